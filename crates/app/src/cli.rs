@@ -1,0 +1,149 @@
+//! Command-line and environment configuration. Every setting has a flag; the old server's
+//! environment variables (`API_KEYS`, `API_HOST`, `API_PORT`, `DATABASE_PATH`, `MODELS_DIR`,
+//! `DATASETS_DIR`, `MAX_CONCURRENT_SESSIONS`) are honoured.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A remotely managed training server.
+#[derive(Debug, Parser)]
+#[command(name = "trainyard", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `trainyard` alone is `trainyard serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Manage API keys stored (hashed) in the database.
+    Keys {
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create a key and print it once.
+    Create {
+        /// A label saying who uses the key.
+        #[arg(long, default_value = "default")]
+        label: String,
+        /// Lifetime such as 30d, 12h, 2w; never expires when absent.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List managed keys (fingerprints, never keys).
+    List,
+    /// Revoke a key by id (`key_...`) or fingerprint (`fp_...`).
+    Revoke { id_or_fingerprint: String },
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// The data directory; the database, models, datasets and scratch files default to it.
+    #[arg(long, env = "TRAINYARD_DATA_DIR", default_value = "trainyard-data")]
+    pub data_dir: PathBuf,
+    /// SQLite database file [default: DATA_DIR/trainyard.db].
+    #[arg(long, env = "DATABASE_PATH")]
+    pub database_path: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    /// The database file.
+    #[must_use]
+    pub fn database(&self) -> PathBuf {
+        self.database_path.clone().unwrap_or_else(|| self.data_dir.join("trainyard.db"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Model files [default: DATA_DIR/models].
+    #[arg(long, env = "MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Dataset files [default: DATA_DIR/datasets].
+    #[arg(long, env = "DATASETS_DIR")]
+    pub datasets_dir: Option<PathBuf>,
+    /// Bind address.
+    #[arg(long, env = "API_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port; 0 picks a free one (printed at start).
+    #[arg(long, env = "API_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Comma-separated API keys accepted besides managed keys. Held in memory as hashes only.
+    #[arg(long, env = "API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// Sessions that may train at once; the rest wait in a FIFO queue.
+    #[arg(long, env = "MAX_CONCURRENT_SESSIONS", default_value_t = 1)]
+    pub max_concurrent_sessions: usize,
+    /// Queued sessions wait while less memory than this (MB) is available; 0 disables.
+    #[arg(long, env = "TRAINYARD_MEMORY_RESERVE_MB", default_value_t = 256)]
+    pub memory_reserve_mb: u64,
+    /// Days after which finished sessions' checkpoints and scratch files are removed.
+    #[arg(long, env = "TRAINYARD_RETENTION_DAYS", default_value_t = 7)]
+    pub retention_days: u32,
+    /// Largest accepted model upload, in MB.
+    #[arg(long, env = "TRAINYARD_MAX_MODEL_UPLOAD_MB", default_value_t = 20_480)]
+    pub max_model_upload_mb: u64,
+    /// Largest accepted dataset upload, in MB.
+    #[arg(long, env = "TRAINYARD_MAX_DATASET_UPLOAD_MB", default_value_t = 5_120)]
+    pub max_dataset_upload_mb: u64,
+    /// Register the bundled example datasets (tempest, iris, wine, breast_cancer, digits) if absent.
+    #[arg(long, env = "TRAINYARD_EXAMPLES")]
+    pub examples: bool,
+    /// HTTP worker threads [default: the number of CPUs, at most 4].
+    #[arg(long, env = "TRAINYARD_WORKERS")]
+    pub workers: Option<usize>,
+    /// Seconds running sessions get to save their weights at shutdown.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "TRAINYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    #[must_use]
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir.clone().unwrap_or_else(|| self.storage.data_dir.join("models"))
+    }
+
+    #[must_use]
+    pub fn datasets_dir(&self) -> PathBuf {
+        self.datasets_dir.clone().unwrap_or_else(|| self.storage.data_dir.join("datasets"))
+    }
+
+    #[must_use]
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("scratch")
+    }
+
+    /// The configured keys, blanks dropped.
+    #[must_use]
+    pub fn keys(&self) -> Vec<String> {
+        self.api_keys.iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect()
+    }
+}

@@ -1,0 +1,147 @@
+//! The `trainyard` binary: reads configuration, builds the adapters, wires them into the
+//! domain's services and the HTTP server, and runs until SIGINT or SIGTERM.
+
+mod cli;
+mod examples;
+mod keys;
+
+use std::{
+    sync::{mpsc, Arc},
+    thread,
+    time::Duration as StdDuration,
+};
+
+use anyhow::Context;
+use clap::Parser;
+use trainyard_domain::{
+    auth::Authenticator,
+    catalog::Catalog,
+    inference::Inference,
+    manager::{Ports, SchedulerPolicy, SessionManager},
+    ports::{AuthStore, SystemClock},
+};
+use trainyard_http::{AppState, UploadLimits};
+use trainyard_monitor::CachedMonitor;
+use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
+use trainyard_trainer_candle::{CandleGenerator, CandleTrainer, FileInspector};
+
+use crate::cli::{Cli, Command, LogFormat, ServeArgs};
+
+/// How often queued sessions are reconsidered and retention runs.
+const TICK: StdDuration = StdDuration::from_secs(2);
+/// How often the monitor refreshes its snapshot.
+const MONITOR_INTERVAL: StdDuration = StdDuration::from_secs(2);
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+        Some(Command::Keys { storage, action }) => {
+            let db = Database::open(&storage.database()).context("opening the database")?;
+            keys::run(&SqliteStore::new(db), action)
+        }
+        Some(Command::Openapi) => {
+            println!("{}", trainyard_http::openapi_json());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(args: &ServeArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},actix_server=warn", args.log_level)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args);
+    let db = Database::open(&args.storage.database()).context("opening the database")?;
+    let store = Arc::new(SqliteStore::new(db.clone()));
+    let models = Arc::new(FileModelRegistry::open(db.clone(), args.models_dir()).context("opening the model registry")?);
+    let datasets = Arc::new(FileDatasetRegistry::open(db, args.datasets_dir()).context("opening the dataset registry")?);
+    let monitor = Arc::new(CachedMonitor::start(args.storage.data_dir.clone(), MONITOR_INTERVAL));
+    let clock = Arc::new(SystemClock);
+    let ports = Ports {
+        sessions: store.clone(),
+        metrics: store.clone(),
+        logs: store.clone(),
+        datasets: datasets.clone(),
+        models: models.clone(),
+        scratch: Arc::new(LocalScratch::new(args.scratch_dir())),
+        trainer: Arc::new(CandleTrainer::new()),
+        monitor: monitor.clone(),
+        clock: clock.clone(),
+    };
+    let policy = SchedulerPolicy {
+        max_concurrent: args.max_concurrent_sessions,
+        memory_reserve_mb: args.memory_reserve_mb,
+        retention: time::Duration::days(i64::from(args.retention_days)),
+    };
+    let manager = SessionManager::new(ports, policy);
+    let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()));
+    let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), store.clone());
+    let auth_store: Arc<dyn AuthStore> = store;
+    let authenticator = Arc::new(Authenticator::new(&args.keys(), auth_store.clone(), clock));
+
+    if args.examples {
+        let added = examples::register(&catalog).context("registering the example datasets")?;
+        if !added.is_empty() {
+            tracing::info!(datasets = ?added, "registered example datasets");
+        }
+    }
+    let resumed = manager.recover().context("recovering sessions")?;
+    if !resumed.is_empty() {
+        tracing::warn!(count = resumed.len(), "resuming sessions interrupted by the last shutdown");
+    }
+
+    let state = AppState {
+        manager: manager.clone(),
+        catalog,
+        inference,
+        authenticator: authenticator.clone(),
+        auth_store: auth_store.clone(),
+        monitor,
+        limits: UploadLimits {
+            model_max_bytes: args.max_model_upload_mb.saturating_mul(1024 * 1024),
+            dataset_max_bytes: args.max_dataset_upload_mb.saturating_mul(1024 * 1024),
+        },
+    };
+    let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
+    actix_web::rt::System::new().block_on(async move {
+        let (server, addrs) = trainyard_http::server(state, (args.host.as_str(), args.port), workers)
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let base_url = addrs.first().map(|a| format!("http://{a}")).unwrap_or_default();
+        keys::ensure_initial_key(&auth_store, authenticator.has_usable_key()?, &base_url)?;
+        let (stop_ticker, ticker) = start_ticker(manager.clone())?;
+        tracing::info!(data_dir = %args.storage.data_dir.display(), "trainyard {} ready", trainyard_http::VERSION);
+        println!("listening on {base_url}");
+        server.await.context("running the HTTP server")?;
+        tracing::info!("HTTP server stopped; stopping running sessions and saving their weights");
+        drop(stop_ticker);
+        let _ = ticker.join();
+        if !manager.shutdown(StdDuration::from_secs(args.shutdown_timeout_secs)) {
+            tracing::warn!("some sessions did not stop in time");
+        }
+        tracing::info!("shutdown complete");
+        anyhow::Ok(())
+    })
+}
+
+/// A thread that calls [`SessionManager::tick`] every [`TICK`] until the sender is dropped.
+fn start_ticker(manager: SessionManager) -> anyhow::Result<(mpsc::Sender<()>, thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let handle = thread::Builder::new()
+        .name("scheduler-tick".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TICK) {
+                manager.tick();
+            }
+        })
+        .context("spawning the scheduler thread")?;
+    Ok((tx, handle))
+}

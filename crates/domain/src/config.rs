@@ -1,0 +1,590 @@
+//! Training configuration: the raw request, its validation (every failing field reported),
+//! and the validated [`TrainingConfig`] with its documented defaults.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DatasetName, ModelName};
+
+/// Default learning rate when a request names none.
+pub const DEFAULT_LEARNING_RATE: f64 = 0.001;
+/// Default mini-batch size.
+pub const DEFAULT_BATCH_SIZE: u32 = 32;
+/// Default number of epochs.
+pub const DEFAULT_EPOCHS: u32 = 10;
+/// Default fraction of samples held out for validation.
+pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.2;
+/// Default seed, so that two runs of the same request on the CPU are identical.
+pub const DEFAULT_SEED: u64 = 42;
+/// Accepted learning rates, inclusive.
+pub const LEARNING_RATE_RANGE: (f64, f64) = (0.0001, 1.0);
+/// Accepted batch sizes, inclusive.
+pub const BATCH_SIZE_RANGE: (u32, u32) = (1, 1024);
+/// Accepted epoch counts, inclusive.
+pub const EPOCHS_RANGE: (u32, u32) = (1, 1000);
+/// Accepted validation splits: at least 0, below 1.
+pub const VALIDATION_SPLIT_MAX: f64 = 0.9;
+
+/// Which kind of data an architecture trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKind {
+    /// Rows of numeric features with a class label (CSV, TSV).
+    Tabular,
+    /// Plain UTF-8 text.
+    Text,
+}
+
+impl fmt::Display for DataKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tabular => "tabular",
+            Self::Text => "text",
+        })
+    }
+}
+
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $wire:literal $(| $alias:literal)*),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $wire)] $variant),+
+        }
+
+        impl $name {
+            /// Every accepted value, in wire spelling.
+            pub const NAMES: &'static [&'static str] = &[$($wire),+];
+            /// Every value.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The wire spelling.
+            #[must_use]
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $wire),+ }
+            }
+
+            /// Other accepted spellings.
+            #[must_use]
+            pub fn aliases(self) -> &'static [&'static str] {
+                match self { $(Self::$variant => &[$($alias),*]),+ }
+            }
+
+            /// Parses the wire spelling or an alias, case-insensitively.
+            #[must_use]
+            pub fn parse(raw: &str) -> Option<Self> {
+                let raw = raw.trim().to_ascii_lowercase();
+                match raw.as_str() { $($wire $(| $alias)* => Some(Self::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// A model architecture the trainer can build.
+    Architecture {
+        /// Multi-layer perceptron on tabular data.
+        Mlp => "mlp",
+        /// The owner's character-level LSTM text generator (alias `char_lstm`).
+        CharLstm => "custom_ai_model" | "char_lstm",
+    }
+);
+
+impl Architecture {
+    /// The kind of dataset this architecture trains on.
+    #[must_use]
+    pub fn data_kind(self) -> DataKind {
+        match self {
+            Self::Mlp => DataKind::Tabular,
+            Self::CharLstm => DataKind::Text,
+        }
+    }
+
+    /// One line describing the architecture, for listings.
+    #[must_use]
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Mlp => "multi-layer perceptron (hidden layers 128 and 64, ReLU) on standardised numeric features",
+            Self::CharLstm => {
+                "character-level LSTM text generator: embedding 128, 2-layer LSTM with hidden size 256, linear to the \
+                 vocabulary, sequences of 100 characters (all overridable)"
+            }
+        }
+    }
+
+    /// The optional config fields that tune this architecture.
+    #[must_use]
+    pub fn tunable_fields(self) -> &'static [&'static str] {
+        match self {
+            Self::Mlp => &[],
+            Self::CharLstm => &["embedding_dim", "hidden_size", "num_layers", "sequence_length"],
+        }
+    }
+}
+
+wire_enum!(
+    /// The optimizer that updates the weights.
+    Optimizer {
+        /// Adam.
+        Adam => "adam",
+        /// Adam with decoupled weight decay.
+        AdamW => "adamw",
+        /// Stochastic gradient descent.
+        Sgd => "sgd",
+        /// RMSprop.
+        RmsProp => "rmsprop",
+    }
+);
+
+wire_enum!(
+    /// The loss the optimizer minimises.
+    LossFunction {
+        /// Softmax cross-entropy against the class index.
+        CrossEntropy => "cross_entropy",
+        /// Mean squared error between softmax probabilities and the one-hot target.
+        Mse => "mse",
+        /// Mean absolute error between softmax probabilities and the one-hot target.
+        Mae => "mae",
+        /// Binary cross-entropy with logits against the one-hot target (numerically stable).
+        Bce => "bce",
+    }
+);
+
+/// A training request as received: every field optional, nothing checked yet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrainingRequest {
+    pub model_architecture: Option<String>,
+    /// The dataset, or the first of several.
+    pub dataset_name: Option<String>,
+    /// Further datasets trained on together with the first (text architectures).
+    pub extra_datasets: Vec<String>,
+    pub learning_rate: Option<f64>,
+    pub batch_size: Option<i64>,
+    pub epochs: Option<i64>,
+    pub optimizer: Option<String>,
+    pub loss_function: Option<String>,
+    pub validation_split: Option<f64>,
+    pub seed: Option<u64>,
+    pub momentum: Option<f64>,
+    pub embedding_dim: Option<i64>,
+    pub hidden_size: Option<i64>,
+    pub num_layers: Option<i64>,
+    pub sequence_length: Option<i64>,
+    pub base_model: Option<String>,
+    pub device: Option<String>,
+}
+
+/// Where a session trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// The first CUDA GPU when this build has CUDA and one is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA GPU number N.
+    Cuda(u32),
+}
+
+impl Device {
+    /// Parses `auto`, `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    #[must_use]
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "cpu" => Some(Self::Cpu),
+            "cuda" | "gpu" => Some(Self::Cuda(0)),
+            other => other.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Self::Cuda),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Layer sizes of the character-level LSTM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CharLstmOptions {
+    pub embedding_dim: u32,
+    pub hidden_size: u32,
+    pub num_layers: u32,
+    pub sequence_length: u32,
+}
+
+impl Default for CharLstmOptions {
+    /// The owner's model: embedding 128, 2 layers of 256, sequences of 100 characters.
+    fn default() -> Self {
+        Self { embedding_dim: 128, hidden_size: 256, num_layers: 2, sequence_length: 100 }
+    }
+}
+
+/// A validated training configuration. Every value in range, every default applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingConfig {
+    pub model_architecture: Architecture,
+    pub dataset_name: DatasetName,
+    /// Further datasets trained on together with `dataset_name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_datasets: Vec<DatasetName>,
+    pub learning_rate: f64,
+    pub batch_size: u32,
+    pub epochs: u32,
+    pub optimizer: Optimizer,
+    pub loss_function: LossFunction,
+    pub validation_split: f64,
+    pub seed: u64,
+    /// SGD and RMSprop momentum (0 when absent).
+    #[serde(default)]
+    pub momentum: f64,
+    /// Layer sizes, for the character-level LSTM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub char_lstm: Option<CharLstmOptions>,
+    /// A registry model to start from (fine-tuning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<ModelName>,
+    #[serde(default)]
+    pub device: Device,
+}
+
+impl TrainingConfig {
+    /// Every dataset the session trains on, the first one first.
+    pub fn datasets(&self) -> impl Iterator<Item = &DatasetName> {
+        std::iter::once(&self.dataset_name).chain(self.extra_datasets.iter())
+    }
+}
+
+/// One field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every field that failed validation, in field order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, thiserror::Error)]
+#[error("invalid training configuration: {}", self.summary())]
+pub struct ConfigErrors(pub Vec<FieldError>);
+
+impl ConfigErrors {
+    /// Adds a failing field.
+    pub fn push(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.to_owned(), message: message.into() });
+    }
+
+    /// `field: message; field: message`.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        self.0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Whether no field failed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn one_of(names: &[&str]) -> String {
+    format!("must be one of: {}", names.join(", "))
+}
+
+impl TrainingConfig {
+    /// Validates a request, applying defaults, and reports every failing field at once.
+    ///
+    /// # Errors
+    /// [`ConfigErrors`] listing each field that is missing or out of range.
+    pub fn validate(req: &TrainingRequest) -> Result<Self, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+
+        let model_architecture = match req.model_architecture.as_deref() {
+            None => {
+                errors.push("model_architecture", format!("is required; {}", one_of(Architecture::NAMES)));
+                None
+            }
+            Some(raw) => Architecture::parse(raw).or_else(|| {
+                errors.push("model_architecture", format!("unknown architecture {raw:?}; {}", one_of(Architecture::NAMES)));
+                None
+            }),
+        };
+        let dataset_name = match req.dataset_name.as_deref() {
+            None => {
+                errors.push("dataset_name", "is required");
+                None
+            }
+            Some(raw) => DatasetName::new(raw).map_err(|e| errors.push("dataset_name", e.to_string())).ok(),
+        };
+        let mut extra_datasets = Vec::new();
+        for raw in &req.extra_datasets {
+            match DatasetName::new(raw.as_str()) {
+                Ok(name) if Some(&name) == dataset_name.as_ref() || extra_datasets.contains(&name) => {
+                    errors.push("dataset_name", format!("dataset '{name}' is listed twice"));
+                }
+                Ok(name) => extra_datasets.push(name),
+                Err(e) => errors.push("dataset_name", format!("{raw:?}: {e}")),
+            }
+        }
+        if !extra_datasets.is_empty() && model_architecture.is_some_and(|a| a.data_kind() != DataKind::Text) {
+            errors.push("dataset_name", "several datasets can be trained on together only by text architectures");
+        }
+
+        let learning_rate = req.learning_rate.unwrap_or(DEFAULT_LEARNING_RATE);
+        let (lo, hi) = LEARNING_RATE_RANGE;
+        if !(learning_rate.is_finite() && (lo..=hi).contains(&learning_rate)) {
+            errors.push("learning_rate", format!("must be between {lo} and {hi}, got {learning_rate}"));
+        }
+
+        let batch_size = check_int(&mut errors, "batch_size", req.batch_size, DEFAULT_BATCH_SIZE, BATCH_SIZE_RANGE);
+        let epochs = check_int(&mut errors, "epochs", req.epochs, DEFAULT_EPOCHS, EPOCHS_RANGE);
+
+        let optimizer =
+            parse_choice(&mut errors, "optimizer", req.optimizer.as_deref(), Optimizer::Adam, Optimizer::parse, Optimizer::NAMES);
+        let loss_function = parse_choice(
+            &mut errors,
+            "loss_function",
+            req.loss_function.as_deref(),
+            LossFunction::CrossEntropy,
+            LossFunction::parse,
+            LossFunction::NAMES,
+        );
+
+        let validation_split = req.validation_split.unwrap_or(DEFAULT_VALIDATION_SPLIT);
+        if !(validation_split.is_finite() && (0.0..=VALIDATION_SPLIT_MAX).contains(&validation_split)) {
+            errors.push("validation_split", format!("must be between 0 and {VALIDATION_SPLIT_MAX}, got {validation_split}"));
+        }
+
+        let momentum = req.momentum.unwrap_or(0.0);
+        if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
+            errors.push("momentum", format!("must be at least 0 and below 1, got {momentum}"));
+        } else if req.momentum.is_some() && !matches!(optimizer, Some(Optimizer::Sgd | Optimizer::RmsProp)) {
+            errors.push("momentum", "applies only to the sgd and rmsprop optimizers");
+        }
+
+        let char_lstm = char_lstm_options(&mut errors, req, model_architecture);
+
+        let base_model =
+            req.base_model.as_deref().and_then(|raw| ModelName::new(raw).map_err(|e| errors.push("base_model", e.to_string())).ok());
+        let device = match req.device.as_deref() {
+            None => Device::Auto,
+            Some(raw) => Device::parse(raw).unwrap_or_else(|| {
+                errors.push("device", format!("unknown device {raw:?}; use auto, cpu or cuda:N"));
+                Device::Auto
+            }),
+        };
+
+        match (model_architecture, dataset_name, errors.is_empty()) {
+            (Some(model_architecture), Some(dataset_name), true) => Ok(Self {
+                model_architecture,
+                dataset_name,
+                extra_datasets,
+                learning_rate,
+                batch_size,
+                epochs,
+                optimizer: optimizer.unwrap_or(Optimizer::Adam),
+                loss_function: loss_function.unwrap_or(LossFunction::CrossEntropy),
+                validation_split,
+                seed: req.seed.unwrap_or(DEFAULT_SEED),
+                momentum,
+                char_lstm,
+                base_model,
+                device,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// Layer-size overrides: applied with defaults for the char-LSTM, refused for other architectures.
+fn char_lstm_options(errors: &mut ConfigErrors, req: &TrainingRequest, arch: Option<Architecture>) -> Option<CharLstmOptions> {
+    let given = [
+        ("embedding_dim", req.embedding_dim),
+        ("hidden_size", req.hidden_size),
+        ("num_layers", req.num_layers),
+        ("sequence_length", req.sequence_length),
+    ];
+    match arch {
+        Some(Architecture::CharLstm) => {
+            let d = CharLstmOptions::default();
+            Some(CharLstmOptions {
+                embedding_dim: check_int(errors, "embedding_dim", req.embedding_dim, d.embedding_dim, (1, 4096)),
+                hidden_size: check_int(errors, "hidden_size", req.hidden_size, d.hidden_size, (1, 8192)),
+                num_layers: check_int(errors, "num_layers", req.num_layers, d.num_layers, (1, 8)),
+                sequence_length: check_int(errors, "sequence_length", req.sequence_length, d.sequence_length, (2, 10_000)),
+            })
+        }
+        Some(other) => {
+            for (field, value) in given {
+                if value.is_some() {
+                    errors.push(field, format!("does not apply to architecture '{other}'"));
+                }
+            }
+            None
+        }
+        None => None,
+    }
+}
+
+fn check_int(errors: &mut ConfigErrors, field: &str, raw: Option<i64>, default: u32, (lo, hi): (u32, u32)) -> u32 {
+    let value = raw.unwrap_or(i64::from(default));
+    match u32::try_from(value) {
+        Ok(v) if (lo..=hi).contains(&v) => v,
+        _ => {
+            errors.push(field, format!("must be between {lo} and {hi}, got {value}"));
+            default
+        }
+    }
+}
+
+fn parse_choice<T: Copy>(
+    errors: &mut ConfigErrors,
+    field: &str,
+    raw: Option<&str>,
+    default: T,
+    parse: fn(&str) -> Option<T>,
+    names: &[&str],
+) -> Option<T> {
+    match raw {
+        None => Some(default),
+        Some(raw) => parse(raw).or_else(|| {
+            errors.push(field, format!("unknown value {raw:?}; {}", one_of(names)));
+            None
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quickcheck::{quickcheck, TestResult};
+
+    use super::*;
+
+    fn minimal() -> TrainingRequest {
+        TrainingRequest { model_architecture: Some("mlp".into()), dataset_name: Some("iris".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let cfg = TrainingConfig::validate(&minimal()).unwrap();
+        assert_eq!(cfg.learning_rate, DEFAULT_LEARNING_RATE);
+        assert_eq!(cfg.batch_size, DEFAULT_BATCH_SIZE);
+        assert_eq!(cfg.epochs, DEFAULT_EPOCHS);
+        assert_eq!(cfg.optimizer, Optimizer::Adam);
+        assert_eq!(cfg.loss_function, LossFunction::CrossEntropy);
+        assert_eq!(cfg.validation_split, DEFAULT_VALIDATION_SPLIT);
+        assert_eq!(cfg.seed, DEFAULT_SEED);
+    }
+
+    #[test]
+    fn the_owners_request_selects_the_char_lstm_with_its_sizes() {
+        let req = TrainingRequest {
+            model_architecture: Some("custom_ai_model".into()),
+            dataset_name: Some("tempest".into()),
+            extra_datasets: vec!["sonnets".into()],
+            learning_rate: Some(0.0001),
+            batch_size: Some(16),
+            epochs: Some(5),
+            optimizer: Some("adam".into()),
+            loss_function: Some("cross_entropy".into()),
+            ..Default::default()
+        };
+        let cfg = TrainingConfig::validate(&req).unwrap();
+        assert_eq!(cfg.model_architecture, Architecture::CharLstm);
+        assert_eq!(cfg.char_lstm, Some(CharLstmOptions::default()));
+        assert_eq!(cfg.datasets().map(DatasetName::as_str).collect::<Vec<_>>(), ["tempest", "sonnets"]);
+        assert_eq!(Architecture::parse("char_lstm"), Some(Architecture::CharLstm));
+        assert_eq!(Device::parse("cuda:1"), Some(Device::Cuda(1)));
+        let mlp_with_lstm_field = TrainingRequest { model_architecture: Some("mlp".into()), sequence_length: Some(50), ..req };
+        let errs = TrainingConfig::validate(&mlp_with_lstm_field).unwrap_err();
+        assert_eq!(errs.0.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["dataset_name", "sequence_length"]);
+    }
+
+    #[test]
+    fn reports_every_failing_field() {
+        let req = TrainingRequest {
+            model_architecture: Some("transformer9000".into()),
+            dataset_name: Some("../x".into()),
+            learning_rate: Some(5.0),
+            batch_size: Some(0),
+            epochs: Some(100_000),
+            optimizer: Some("lbfgs".into()),
+            loss_function: Some("hinge".into()),
+            validation_split: Some(1.5),
+            momentum: Some(0.5),
+            device: Some("tpu".into()),
+            hidden_size: Some(64),
+            ..Default::default()
+        };
+        let errs = TrainingConfig::validate(&req).unwrap_err();
+        let fields: Vec<_> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "model_architecture",
+                "dataset_name",
+                "learning_rate",
+                "batch_size",
+                "epochs",
+                "optimizer",
+                "loss_function",
+                "validation_split",
+                "momentum",
+                "device"
+            ]
+        );
+        assert!(errs.0[0].message.contains("mlp"), "lists the valid architectures");
+    }
+
+    quickcheck! {
+        // Property 3: validation accepts exactly the in-range configurations.
+        fn prop03_validation_accepts_exactly_in_range(lr: f64, batch: i64, epochs: i64, split: f64) -> bool {
+            let req = TrainingRequest {
+                learning_rate: Some(lr), batch_size: Some(batch), epochs: Some(epochs), validation_split: Some(split),
+                ..minimal()
+            };
+            let in_range = (0.0001..=1.0).contains(&lr)
+                && (1..=1024).contains(&batch)
+                && (1..=1000).contains(&epochs)
+                && (0.0..=0.9).contains(&split);
+            TrainingConfig::validate(&req).is_ok() == in_range
+        }
+
+        // Property 4: a valid config keeps exactly the values the request gave.
+        fn prop04_valid_config_preserves_values(lr_milli: u16, batch: u16, epochs: u16, seed: u64) -> TestResult {
+            let lr = f64::from(lr_milli % 1000 + 1) / 1000.0;
+            let (batch, epochs) = (i64::from(batch % 1024 + 1), i64::from(epochs % 1000 + 1));
+            let req = TrainingRequest { learning_rate: Some(lr), batch_size: Some(batch), epochs: Some(epochs), seed: Some(seed), ..minimal() };
+            let cfg = TrainingConfig::validate(&req).unwrap();
+            TestResult::from_bool(cfg.learning_rate == lr && i64::from(cfg.batch_size) == batch && i64::from(cfg.epochs) == epochs && cfg.seed == seed)
+        }
+
+        // Property 5: the number of reported errors equals the number of bad fields.
+        fn prop05_one_error_per_bad_field(bad_lr: bool, bad_batch: bool, bad_epochs: bool, bad_opt: bool, bad_loss: bool) -> bool {
+            let req = TrainingRequest {
+                learning_rate: Some(if bad_lr { 2.0 } else { 0.01 }),
+                batch_size: Some(if bad_batch { -3 } else { 8 }),
+                epochs: Some(if bad_epochs { 0 } else { 3 }),
+                optimizer: Some(if bad_opt { "nope" } else { "sgd" }.into()),
+                loss_function: Some(if bad_loss { "nope" } else { "mse" }.into()),
+                ..minimal()
+            };
+            let expected = [bad_lr, bad_batch, bad_epochs, bad_opt, bad_loss].iter().filter(|b| **b).count();
+            match TrainingConfig::validate(&req) {
+                Ok(_) => expected == 0,
+                Err(e) => e.0.len() == expected,
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The inference use case: text generation with a model from the registry.
+
+use std::{fmt, sync::Arc};
+
+use crate::{
+    ids::ModelName,
+    ports::{GenerateError, GenerateRequest, Generated, Generator, ModelRegistry, StoreError},
+};
+
+/// Longest generation one request may ask for, in characters.
+pub const MAX_GENERATE_LENGTH: u32 = 10_000;
+/// Longest accepted prompt, in characters.
+pub const MAX_PROMPT_CHARS: usize = 10_000;
+
+/// What inference fails with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferenceError {
+    #[error("model '{0}' not found")]
+    NotFound(ModelName),
+    /// The request's values are out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The model cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The model could not be evaluated.
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs registry models.
+#[derive(Clone)]
+pub struct Inference {
+    models: Arc<dyn ModelRegistry>,
+    generator: Arc<dyn Generator>,
+}
+
+impl fmt::Debug for Inference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inference").finish_non_exhaustive()
+    }
+}
+
+impl Inference {
+    #[must_use]
+    pub fn new(models: Arc<dyn ModelRegistry>, generator: Arc<dyn Generator>) -> Self {
+        Self { models, generator }
+    }
+
+    /// Generates text after `req.prompt` with the model `name`.
+    ///
+    /// # Errors
+    /// [`InferenceError::Invalid`] for out-of-range values, [`InferenceError::NotFound`],
+    /// [`InferenceError::Unsupported`] for a model that does not generate text.
+    pub fn generate(&self, name: &ModelName, req: &GenerateRequest) -> Result<Generated, InferenceError> {
+        if !(1..=MAX_GENERATE_LENGTH).contains(&req.max_length) {
+            return Err(InferenceError::Invalid(format!("max_length must be between 1 and {MAX_GENERATE_LENGTH}, got {}", req.max_length)));
+        }
+        if !(req.temperature.is_finite() && req.temperature > 0.0 && req.temperature <= 10.0) {
+            return Err(InferenceError::Invalid(format!("temperature must be above 0 and at most 10, got {}", req.temperature)));
+        }
+        if req.prompt.chars().count() > MAX_PROMPT_CHARS {
+            return Err(InferenceError::Invalid(format!("prompt must be at most {MAX_PROMPT_CHARS} characters")));
+        }
+        let model = self.models.get(name)?.ok_or_else(|| InferenceError::NotFound(name.clone()))?;
+        self.generator.generate(&model, req).map_err(|e| match e {
+            GenerateError::Unsupported(m) => InferenceError::Unsupported(m),
+            GenerateError::Failed(m) => InferenceError::Failed(m),
+        })
+    }
+}

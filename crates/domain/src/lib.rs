@@ -1,0 +1,25 @@
+//! Trainyard's pure domain: validated names, training configs, the session state machine,
+//! the ports adapters implement, and the use cases that drive them.
+//!
+//! This crate performs no I/O of its own and depends on no I/O crate: storage, training,
+//! monitoring and HTTP live in adapter crates that implement [`ports`].
+
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod ids;
+pub mod inference;
+pub mod manager;
+pub mod metrics;
+pub mod ports;
+pub mod registry;
+pub mod session;
+pub mod system;
+pub mod time_fmt;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use config::{Architecture, ConfigErrors, FieldError, LossFunction, Optimizer, TrainingConfig, TrainingRequest};
+pub use ids::{DatasetName, ModelName, NameError, SessionId};
+pub use session::{Session, SessionState, TransitionError};

@@ -1,0 +1,293 @@
+//! Scheduler tests against in-memory fakes of every port.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration as StdDuration,
+};
+
+use quickcheck::{quickcheck, TestResult};
+use time::{Duration, OffsetDateTime};
+
+use super::*;
+use crate::{registry::DatasetFormat, testing::*};
+
+const WAIT: StdDuration = StdDuration::from_secs(10);
+
+struct World {
+    manager: SessionManager,
+    trainer: Arc<ScriptedTrainer>,
+    sessions: Arc<MemorySessions>,
+    metrics: Arc<MemoryMetrics>,
+    models: Arc<MemoryModels>,
+    monitor: Arc<FakeMonitor>,
+    scratch: Arc<MemoryScratch>,
+    clock: Arc<FixedClock>,
+}
+
+fn world(max_concurrent: usize, memory_reserve_mb: u64) -> World {
+    let trainer = Arc::new(ScriptedTrainer::default());
+    let sessions = Arc::new(MemorySessions::default());
+    let metrics = Arc::new(MemoryMetrics::default());
+    let models = Arc::new(MemoryModels::default());
+    let monitor = Arc::new(FakeMonitor::default());
+    let scratch = Arc::new(MemoryScratch::default());
+    let clock = Arc::new(FixedClock::new(OffsetDateTime::UNIX_EPOCH + Duration::days(10_000)));
+    let datasets = Arc::new(MemoryDatasets::default());
+    for name in ["iris", "fail-data", "panic-data"] {
+        datasets.add(name, DatasetFormat::Csv);
+    }
+    datasets.add("tempest", DatasetFormat::Text);
+    let ports = Ports {
+        sessions: sessions.clone(),
+        metrics: metrics.clone(),
+        logs: Arc::new(MemoryLogs::default()),
+        datasets,
+        models: models.clone(),
+        scratch: scratch.clone(),
+        trainer: trainer.clone(),
+        monitor: monitor.clone(),
+        clock: clock.clone(),
+    };
+    let policy = SchedulerPolicy { max_concurrent, memory_reserve_mb, retention: Duration::days(7) };
+    World { manager: SessionManager::new(ports, policy), trainer, sessions, metrics, models, monitor, scratch, clock }
+}
+
+fn request(dataset: &str, epochs: i64) -> TrainingRequest {
+    TrainingRequest {
+        model_architecture: Some("mlp".into()),
+        dataset_name: Some(dataset.into()),
+        epochs: Some(epochs),
+        ..Default::default()
+    }
+}
+
+fn state_of(w: &World, id: &SessionId) -> SessionState {
+    w.manager.view(id).unwrap().session.state
+}
+
+#[test]
+fn unknown_dataset_and_kind_mismatch_are_field_errors() {
+    let w = world(1, 0);
+    let err = w.manager.start(&request("nope", 1)).unwrap_err();
+    assert!(matches!(&err, ManagerError::Invalid(e) if e.0[0].field == "dataset_name" && e.0[0].message.contains("not found")));
+    let err = w.manager.start(&request("tempest", 1)).unwrap_err();
+    assert!(matches!(&err, ManagerError::Invalid(e) if e.0[0].message.contains("'mlp'") && e.0[0].message.contains("'tempest' is text")));
+}
+
+#[test]
+fn a_base_model_that_does_not_fit_is_a_field_error() {
+    let w = world(1, 0);
+    for name in ["bad-base", "good-base"] {
+        w.models
+            .import(crate::registry::NewModel {
+                name: ModelName::new(name).unwrap(),
+                staged_file: name.into(),
+                format: crate::registry::ModelFormat::Pytorch,
+                session_id: None,
+                metadata: serde_json::Value::Null,
+            })
+            .unwrap();
+    }
+    let req = |base: &str| TrainingRequest { base_model: Some(base.into()), ..request("iris", 1) };
+    let err = w.manager.start(&req("bad-base")).unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Invalid(e) if e.0[0].field == "base_model" && e.0[0].message.contains("hidden_size is 3")),
+        "{err:?}"
+    );
+    let err = w.manager.start(&req("missing")).unwrap_err();
+    assert!(matches!(&err, ManagerError::Invalid(e) if e.0[0].message.contains("not found")), "{err:?}");
+    assert!(w.manager.start(&req("good-base")).is_ok());
+}
+
+#[test]
+fn failing_and_panicking_runs_fail_and_the_queue_moves_on() {
+    let w = world(1, 0);
+    let failing = w.manager.start(&request("fail-data", 2)).unwrap().view.session.id;
+    let panicking = w.manager.start(&request("panic-data", 2)).unwrap().view.session.id;
+    let fine = w.manager.start(&request("iris", 2)).unwrap().view.session.id;
+    assert!(w.trainer.wait_started(3, WAIT));
+    assert!(w.manager.wait_idle(WAIT));
+    let f = w.manager.view(&failing).unwrap().session;
+    assert_eq!(f.state, SessionState::Failed);
+    assert!(f.error_message.unwrap().contains("NaN"));
+    let p = w.manager.view(&panicking).unwrap().session;
+    assert_eq!(p.state, SessionState::Failed);
+    assert!(p.error_message.unwrap().contains("scripted panic"));
+    assert_eq!(state_of(&w, &fine), SessionState::Completed);
+}
+
+#[test]
+fn stop_saves_a_model_and_ends_stopped() {
+    let w = world(1, 0);
+    w.trainer.set_hold(true);
+    let id = w.manager.start(&request("iris", 5)).unwrap().view.session.id;
+    assert!(w.trainer.wait_started(1, WAIT));
+    assert!(w.manager.stop(&id).unwrap().contains("stopping"));
+    assert!(w.manager.wait_idle(WAIT));
+    let s = w.manager.view(&id).unwrap().session;
+    assert_eq!(s.state, SessionState::Stopped);
+    assert_eq!(s.model_name.as_ref().map(ModelName::as_str), Some(id.as_str()));
+    assert!(w.models.get(s.model_name.as_ref().unwrap()).unwrap().is_some());
+    assert!(matches!(w.manager.stop(&id), Err(ManagerError::Conflict(m)) if m.contains("already ended")));
+}
+
+#[test]
+fn retention_removes_scratch_of_old_sessions_only() {
+    let w = world(1, 0);
+    let old = w.manager.start(&request("iris", 1)).unwrap().view.session.id;
+    assert!(w.manager.wait_idle(WAIT));
+    w.clock.advance(Duration::days(8));
+    let recent = w.manager.start(&request("iris", 1)).unwrap().view.session.id;
+    assert!(w.manager.wait_idle(WAIT));
+    assert_eq!(w.manager.sweep_retention().unwrap(), 1);
+    let removed = w.scratch.0.lock().unwrap().clone();
+    assert_eq!(removed, vec![old.clone()]);
+    assert!(!removed.contains(&recent));
+    assert_eq!(w.metrics.history(&old).unwrap().len(), 1, "history stays");
+}
+
+#[test]
+fn shutdown_stops_running_sessions_and_refuses_new_ones() {
+    let w = world(2, 0);
+    w.trainer.set_hold(true);
+    let a = w.manager.start(&request("iris", 3)).unwrap().view.session.id;
+    assert!(w.trainer.wait_started(1, WAIT));
+    assert!(w.manager.shutdown(WAIT));
+    assert_eq!(state_of(&w, &a), SessionState::Stopped);
+    assert_eq!(w.manager.start(&request("iris", 1)).unwrap_err(), ManagerError::ShuttingDown);
+}
+
+quickcheck! {
+    // Property 11: never more than `max_concurrent` sessions run; the rest queue with
+    // consecutive positions 1..n in creation order.
+    fn prop11_admission_respects_the_limit(max: u8, n: u8) -> TestResult {
+        let (max, n) = (usize::from(max % 3 + 1), usize::from(n % 6 + 1));
+        let w = world(max, 0);
+        w.trainer.set_hold(true);
+        let ids: Vec<_> = (0..n).map(|_| w.manager.start(&request("iris", 1)).unwrap().view.session.id).collect();
+        let running = ids.iter().filter(|id| state_of(&w, id) == SessionState::Running).count();
+        let queue: Vec<_> = w.manager.queue().unwrap().into_iter().map(|v| (v.session.id, v.queue_position)).collect();
+        let expected_queue: Vec<_> = ids.iter().skip(max).cloned().enumerate().map(|(i, id)| (id, Some(i + 1))).collect();
+        w.trainer.set_hold(false);
+        let idle = w.manager.wait_idle(WAIT);
+        TestResult::from_bool(idle && running == n.min(max) && queue == expected_queue
+            && w.trainer.max_concurrent_seen.load(Ordering::SeqCst) <= max)
+    }
+
+    // Property 12: queued sessions start in FIFO order and every one completes.
+    fn prop12_queue_is_fifo_and_drains(n: u8) -> bool {
+        let n = usize::from(n % 6 + 1);
+        let w = world(1, 0);
+        w.trainer.set_hold(true);
+        let ids: Vec<_> = (0..n).map(|_| w.manager.start(&request("iris", 2)).unwrap().view.session.id).collect();
+        w.trainer.set_hold(false);
+        w.trainer.wait_started(n, WAIT);
+        let idle = w.manager.wait_idle(WAIT);
+        idle && *w.trainer.started.lock().unwrap() == ids
+            && ids.iter().all(|id| state_of(&w, id) == SessionState::Completed)
+    }
+
+    // Property 13: a cancelled queued session never runs, ends stopped, and the others keep
+    // their relative order.
+    fn prop13_cancelled_sessions_never_run(n: u8, pick: u8) -> bool {
+        let n = usize::from(n % 5 + 2);
+        let w = world(1, 0);
+        w.trainer.set_hold(true);
+        let ids: Vec<_> = (0..n).map(|_| w.manager.start(&request("iris", 1)).unwrap().view.session.id).collect();
+        let victim = ids[1 + usize::from(pick) % (n - 1)].clone();
+        w.manager.cancel(&victim).unwrap();
+        let cancel_again = matches!(w.manager.cancel(&victim), Err(ManagerError::Conflict(_)));
+        w.trainer.set_hold(false);
+        let idle = w.manager.wait_idle(WAIT) && w.trainer.wait_started(n - 1, WAIT) && w.manager.wait_idle(WAIT);
+        let expected: Vec<_> = ids.iter().filter(|id| **id != victim).cloned().collect();
+        idle && cancel_again && state_of(&w, &victim) == SessionState::Stopped
+            && *w.trainer.started.lock().unwrap() == expected
+    }
+
+    // Property 14: after a restart nothing is left running without a live run: interrupted
+    // sessions resume (and complete) before queued ones start, and history has no duplicates.
+    fn prop14_recovery_resumes_interrupted_sessions(running: u8, queued: u8) -> bool {
+        let w = world(1, 0);
+        let now = w.clock.now();
+        let make = |state: SessionState| {
+            let cfg = TrainingConfig::validate(&request("iris", 2)).unwrap();
+            let mut s = Session::queued(SessionId::generate(), cfg, now);
+            if state == SessionState::Running {
+                s.transition(state, now).unwrap();
+                s.current_epoch = 1;
+                w.metrics.record(&s.id, &EpochMetrics {
+                    epoch: 1, loss: 9.0, accuracy: 0.0, val_loss: None, val_accuracy: None,
+                    samples_per_second: 1.0, epoch_seconds: 1.0, timestamp: now,
+                }).unwrap();
+            }
+            w.sessions.insert(&s).unwrap();
+            s.id
+        };
+        let was_running: Vec<_> = (0..running % 3).map(|_| make(SessionState::Running)).collect();
+        let was_queued: Vec<_> = (0..queued % 3).map(|_| make(SessionState::Queued)).collect();
+        let resumed = w.manager.recover().unwrap();
+        let all = was_running.len() + was_queued.len();
+        let idle = w.trainer.wait_started(all, WAIT) && w.manager.wait_idle(WAIT);
+        let started = w.trainer.started.lock().unwrap().clone();
+        let first: std::collections::HashSet<_> = started.iter().take(was_running.len()).collect();
+        idle && resumed == was_running
+            && started.len() == all
+            && first == was_running.iter().collect()
+            && was_running.iter().chain(&was_queued).all(|id| {
+                let history: Vec<u32> = w.manager.history(id).unwrap().iter().map(|m| m.epoch).collect();
+                state_of(&w, id) == SessionState::Completed && history == [1, 2]
+                    && w.manager.history(id).unwrap()[0].loss < 9.0
+            })
+    }
+
+    // Property 15: a queued session waits while available memory is below the reserve and
+    // starts once memory frees up.
+    fn prop15_memory_reserve_holds_the_queue(reserve: u16, available: u16) -> bool {
+        let (reserve, available) = (u64::from(reserve % 2000 + 1), u64::from(available % 2000));
+        let w = world(1, reserve);
+        w.monitor.0.store(available, Ordering::SeqCst);
+        let id = w.manager.start(&request("iris", 1)).unwrap().view.session.id;
+        let waited = state_of(&w, &id) == SessionState::Queued;
+        w.monitor.0.store(reserve, Ordering::SeqCst);
+        w.manager.tick();
+        let ran = w.trainer.wait_started(1, WAIT) && w.manager.wait_idle(WAIT);
+        waited == (available < reserve) && ran && state_of(&w, &id) == SessionState::Completed
+    }
+
+    // Property 17: a run that fails or panics ends failed with its message, and every session
+    // queued behind it still runs.
+    fn prop17_failures_fail_and_the_queue_moves_on(kinds: Vec<u8>) -> bool {
+        let w = world(1, 0);
+        w.trainer.set_hold(true);
+        let datasets = ["iris", "fail-data", "panic-data"];
+        let started: Vec<_> = kinds.iter().take(6).map(|k| {
+            let ds = datasets[usize::from(*k) % 3];
+            (ds, w.manager.start(&request(ds, 1)).unwrap().view.session.id)
+        }).collect();
+        w.trainer.set_hold(false);
+        let idle = w.trainer.wait_started(started.len(), WAIT) && w.manager.wait_idle(WAIT);
+        idle && started.iter().all(|(ds, id)| {
+            let s = w.manager.view(id).unwrap().session;
+            match *ds {
+                "iris" => s.state == SessionState::Completed,
+                "fail-data" => s.state == SessionState::Failed && s.error_message.as_deref().is_some_and(|m| m.contains("NaN")),
+                _ => s.state == SessionState::Failed && s.error_message.as_deref().is_some_and(|m| m.contains("scripted panic")),
+            }
+        })
+    }
+
+    // Property 16: a completed session has one metrics row per epoch, in order, its
+    // current_epoch equals its total, and its model is in the registry.
+    fn prop16_completed_sessions_have_full_history(epochs: u8) -> bool {
+        let epochs = i64::from(epochs % 8 + 1);
+        let w = world(1, 0);
+        let id = w.manager.start(&request("iris", epochs)).unwrap().view.session.id;
+        let idle = w.manager.wait_idle(WAIT);
+        let s = w.manager.view(&id).unwrap().session;
+        let history: Vec<u32> = w.manager.history(&id).unwrap().iter().map(|m| m.epoch).collect();
+        idle && s.state == SessionState::Completed
+            && history == (1..=u32::try_from(epochs).unwrap()).collect::<Vec<_>>()
+            && s.current_epoch == s.total_epochs()
+            && w.models.get(&ModelName::new(id.as_str()).unwrap()).unwrap().is_some()
+    }
+}

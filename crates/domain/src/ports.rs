@@ -1,0 +1,322 @@
+//! Ports: the traits adapters implement. All are synchronous (SQLite and candle block);
+//! callers on async runtimes reach them through a blocking pool or a dedicated thread.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use time::OffsetDateTime;
+
+use crate::{
+    auth::{ApiKeyHash, ApiKeyRecord, AuditEntry},
+    config::{Device, TrainingConfig},
+    ids::{DatasetName, ModelName, SessionId},
+    metrics::{EpochMetrics, LogEntry, LogLevel},
+    registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelRecord, NewDataset, NewModel},
+    session::{Session, SessionState},
+    system::SystemSnapshot,
+};
+
+/// What a storage adapter may fail with. Driver errors never cross the port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store stayed busy after retries; the caller may retry later.
+    #[error("storage is busy, try again")]
+    Busy,
+    /// A record with the same unique key exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// The record to change does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Stored data could not be read back (corrupt row, unreadable file).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The disk refused a write (full, read-only, permissions).
+    #[error("disk error: {0}")]
+    Io(String),
+}
+
+/// Persistence of sessions and their state changes.
+///
+/// # Errors
+/// Every method returns [`StoreError::Busy`] when the store stays locked after retries,
+/// [`StoreError::Corrupt`] when a stored row cannot be decoded, and [`StoreError::Io`]
+/// when the disk fails.
+pub trait SessionRepository: Send + Sync + 'static {
+    /// Stores a new session. [`StoreError::Conflict`] when the id exists.
+    fn insert(&self, session: &Session) -> Result<(), StoreError>;
+    /// Writes a session's state, times, error, model and epoch in one transaction.
+    /// [`StoreError::NotFound`] when it does not exist.
+    fn update(&self, session: &Session) -> Result<(), StoreError>;
+    fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
+    /// All sessions, oldest first.
+    fn list(&self) -> Result<Vec<Session>, StoreError>;
+    /// Sessions in `state`, in the order they were created (FIFO for the queue).
+    fn list_in_state(&self, state: SessionState) -> Result<Vec<Session>, StoreError>;
+    /// Terminal sessions that ended before `cutoff`.
+    fn list_ended_before(&self, cutoff: OffsetDateTime) -> Result<Vec<Session>, StoreError>;
+}
+
+/// Per-epoch metrics history.
+///
+/// # Errors
+/// As [`SessionRepository`].
+pub trait MetricsStore: Send + Sync + 'static {
+    /// Records an epoch's metrics; recording the same epoch again replaces it.
+    fn record(&self, session: &SessionId, metrics: &EpochMetrics) -> Result<(), StoreError>;
+    /// The latest epoch's metrics.
+    fn latest(&self, session: &SessionId) -> Result<Option<EpochMetrics>, StoreError>;
+    /// Every epoch's metrics, oldest epoch first.
+    fn history(&self, session: &SessionId) -> Result<Vec<EpochMetrics>, StoreError>;
+    /// Forgets the metrics of epochs after `epoch` (a resumed run redoes them).
+    fn discard_after(&self, session: &SessionId, epoch: u32) -> Result<(), StoreError>;
+}
+
+/// Timestamped session logs.
+///
+/// # Errors
+/// As [`SessionRepository`].
+pub trait LogStore: Send + Sync + 'static {
+    fn append(&self, entry: &LogEntry) -> Result<(), StoreError>;
+    /// The newest `limit` lines, oldest first.
+    fn tail(&self, session: &SessionId, limit: u32) -> Result<Vec<LogEntry>, StoreError>;
+}
+
+/// The model registry: rows in the database, files on local disk, kept in agreement.
+///
+/// # Errors
+/// As [`SessionRepository`]; [`StoreError::Conflict`] when importing a name that exists.
+pub trait ModelRegistry: Send + Sync + 'static {
+    /// All models, newest first.
+    fn list(&self) -> Result<Vec<ModelRecord>, StoreError>;
+    fn get(&self, name: &ModelName) -> Result<Option<ModelRecord>, StoreError>;
+    /// A directory on the registry's filesystem where callers stage files before import.
+    fn staging_dir(&self) -> PathBuf;
+    /// Moves the staged file into the registry under a server-generated file name and
+    /// commits its row. On any error the staged file is removed and no row exists.
+    fn import(&self, model: NewModel) -> Result<ModelRecord, StoreError>;
+    /// Removes the row and the file. [`StoreError::NotFound`] when there is no such model.
+    fn delete(&self, name: &ModelName) -> Result<(), StoreError>;
+}
+
+/// The dataset registry, the twin of [`ModelRegistry`].
+///
+/// # Errors
+/// As [`ModelRegistry`].
+pub trait DatasetRegistry: Send + Sync + 'static {
+    /// All datasets, oldest first (the bot trains on the first one).
+    fn list(&self) -> Result<Vec<DatasetRecord>, StoreError>;
+    fn get(&self, name: &DatasetName) -> Result<Option<DatasetRecord>, StoreError>;
+    fn staging_dir(&self) -> PathBuf;
+    fn import(&self, dataset: NewDataset) -> Result<DatasetRecord, StoreError>;
+    fn delete(&self, name: &DatasetName) -> Result<(), StoreError>;
+}
+
+/// Why a dataset file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InspectError {
+    /// The content is malformed or unsupported; the message says why.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("could not read the file: {0}")]
+    Io(String),
+}
+
+/// Reads a dataset file and describes it: format by content, sample count, dimensions, statistics.
+pub trait DatasetInspector: Send + Sync + 'static {
+    /// Inspects the file at `path`; `file_name` is the client's name, a hint only.
+    ///
+    /// # Errors
+    /// [`InspectError::Invalid`] for malformed content, [`InspectError::Io`] when reading fails.
+    fn inspect(&self, path: &Path, file_name: Option<&str>) -> Result<DatasetInfo, InspectError>;
+}
+
+/// API keys and the authentication audit log.
+///
+/// # Errors
+/// As [`SessionRepository`]; [`StoreError::NotFound`] when revoking an unknown key.
+pub trait AuthStore: Send + Sync + 'static {
+    /// Stores a managed key (its hash, never the key).
+    fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// The managed key with this hash, revoked or expired ones included.
+    fn find_key(&self, hash: &ApiKeyHash) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// All managed keys, oldest first.
+    fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Marks the key with this id or fingerprint revoked at `at`; returns it.
+    fn revoke_key(&self, id_or_fingerprint: &str, at: OffsetDateTime) -> Result<ApiKeyRecord, StoreError>;
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The newest `limit` audit entries, newest first.
+    fn list_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Per-session scratch space: checkpoints and temporary files of a run.
+pub trait ScratchSpace: Send + Sync + 'static {
+    /// The session's scratch directory, created if missing.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when it cannot be created.
+    fn dir_for(&self, session: &SessionId) -> Result<PathBuf, StoreError>;
+    /// Removes the session's scratch directory; succeeds when there is none.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when it exists and cannot be removed.
+    fn remove(&self, session: &SessionId) -> Result<(), StoreError>;
+}
+
+/// Current resource usage, served from a cache refreshed in the background.
+pub trait SystemMonitor: Send + Sync + 'static {
+    fn snapshot(&self) -> SystemSnapshot;
+}
+
+/// The time, so that tests can fix it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A cooperative stop request, checked by the training loop between batches.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<AtomicBool>);
+
+impl StopSignal {
+    /// Asks the run to stop.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    #[must_use]
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a trainer needs to run one session.
+#[derive(Debug, Clone)]
+pub struct TrainingJob {
+    pub session_id: SessionId,
+    pub config: TrainingConfig,
+    pub dataset: DatasetRecord,
+    /// Further datasets trained on together with `dataset`.
+    pub extra_datasets: Vec<DatasetRecord>,
+    /// The registry model to start from, when fine-tuning.
+    pub base_model: Option<ModelRecord>,
+    /// Where the run writes checkpoints and its output model. A checkpoint found here on start
+    /// belongs to an earlier, interrupted run of the same session: the trainer resumes from it.
+    pub scratch_dir: PathBuf,
+}
+
+/// What the trainer reports while it runs.
+pub trait TrainingEvents {
+    /// An epoch finished with these metrics.
+    fn epoch_finished(&mut self, metrics: EpochMetrics);
+    /// A line for the session's log.
+    fn log(&mut self, level: LogLevel, message: String);
+    /// The run resumed from a checkpoint taken after `epoch` (0: it starts over); metrics of
+    /// later epochs are about to be recomputed.
+    fn resumed(&mut self, epoch: u32);
+}
+
+/// A finished (completed or stopped) run's model, written into the scratch directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainedModel {
+    pub file: PathBuf,
+    pub format: ModelFormat,
+    /// Architecture, hyperparameters, labels, normalisation, final metrics.
+    pub metadata: serde_json::Value,
+    /// Epochs fully completed.
+    pub epochs_completed: u32,
+    /// Whether the run ended because a stop was requested.
+    pub stopped: bool,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrainError {
+    /// The dataset cannot be trained on with this config; the message says why.
+    #[error("{0}")]
+    Data(String),
+    /// Training diverged (NaN or infinite loss) or the backend failed.
+    #[error("{0}")]
+    Failed(String),
+    #[error("i/o error: {0}")]
+    Io(String),
+}
+
+/// Trains one session to completion, failure or stop.
+pub trait Trainer: Send + Sync + 'static {
+    /// Runs `job` on the calling thread, reporting through `events` and checking `stop`
+    /// between batches. A stop saves the current weights and returns them with `stopped`.
+    ///
+    /// # Errors
+    /// [`TrainError`] when the run cannot finish.
+    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError>;
+
+    /// Whether this build can train on `device`.
+    ///
+    /// # Errors
+    /// A message saying why not (for example, a build without CUDA asked for `cuda:0`).
+    fn check_device(&self, device: Device) -> Result<(), String>;
+
+    /// Whether `model` can be the starting point of a session with `config`.
+    ///
+    /// # Errors
+    /// A message saying what differs (architecture, layer sizes) or why the file is unusable.
+    fn check_base_model(&self, config: &TrainingConfig, model: &ModelRecord) -> Result<(), String>;
+}
+
+/// A text-generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Characters to generate after the prompt.
+    pub max_length: u32,
+    /// Sampling temperature; lower is more conservative.
+    pub temperature: f64,
+    /// Makes sampling reproducible; random when absent.
+    pub seed: Option<u64>,
+}
+
+/// Generated text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// The characters generated after the prompt.
+    pub text: String,
+    /// Prompt characters the model's vocabulary lacks; they were skipped.
+    pub unknown_characters: Vec<char>,
+    pub seed: u64,
+}
+
+/// Why generation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    /// The model cannot generate text (not a text model, or not a Trainyard/PyTorch char model).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The model file could not be read or evaluated.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs a text model on a prompt.
+pub trait Generator: Send + Sync + 'static {
+    /// Generates up to `req.max_length` characters after `req.prompt` with `model`.
+    ///
+    /// # Errors
+    /// [`GenerateError::Unsupported`] for models that do not generate text.
+    fn generate(&self, model: &ModelRecord, req: &GenerateRequest) -> Result<Generated, GenerateError>;
+}

@@ -1,0 +1,448 @@
+//! In-memory fakes of every port, for the domain's own tests and for adapters' tests.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Condvar, Mutex, PoisonError,
+    },
+    time::Duration as StdDuration,
+};
+
+use time::{Duration, OffsetDateTime};
+
+use crate::{
+    auth::{ApiKeyHash, ApiKeyRecord, AuditEntry},
+    ids::{DatasetName, ModelName, SessionId},
+    metrics::{EpochMetrics, LogEntry, LogLevel},
+    ports::{
+        AuthStore, Clock, DatasetInspector, DatasetRegistry, InspectError, LogStore, MetricsStore, ModelRegistry, ScratchSpace,
+        SessionRepository, StopSignal, StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob,
+    },
+    registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelRecord, NewDataset, NewModel},
+    session::{Session, SessionState},
+    system::SystemSnapshot,
+};
+
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A clock that moves only when told.
+#[derive(Debug)]
+pub struct FixedClock(Mutex<OffsetDateTime>);
+
+impl FixedClock {
+    #[must_use]
+    pub fn new(t: OffsetDateTime) -> Self {
+        Self(Mutex::new(t))
+    }
+
+    pub fn advance(&self, d: Duration) {
+        *guard(&self.0) += d;
+    }
+}
+
+impl Clock for FixedClock {
+    fn now(&self) -> OffsetDateTime {
+        *guard(&self.0)
+    }
+}
+
+/// Sessions in a vector, in insertion order.
+#[derive(Debug, Default)]
+pub struct MemorySessions(Mutex<Vec<Session>>);
+
+impl SessionRepository for MemorySessions {
+    fn insert(&self, session: &Session) -> Result<(), StoreError> {
+        let mut all = guard(&self.0);
+        if all.iter().any(|s| s.id == session.id) {
+            return Err(StoreError::Conflict(format!("session {} exists", session.id)));
+        }
+        all.push(session.clone());
+        Ok(())
+    }
+
+    fn update(&self, session: &Session) -> Result<(), StoreError> {
+        let mut all = guard(&self.0);
+        let slot = all.iter_mut().find(|s| s.id == session.id).ok_or_else(|| StoreError::NotFound(session.id.to_string()))?;
+        *slot = session.clone();
+        Ok(())
+    }
+
+    fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        Ok(guard(&self.0).iter().find(|s| s.id == *id).cloned())
+    }
+
+    fn list(&self) -> Result<Vec<Session>, StoreError> {
+        Ok(guard(&self.0).clone())
+    }
+
+    fn list_in_state(&self, state: SessionState) -> Result<Vec<Session>, StoreError> {
+        Ok(guard(&self.0).iter().filter(|s| s.state == state).cloned().collect())
+    }
+
+    fn list_ended_before(&self, cutoff: OffsetDateTime) -> Result<Vec<Session>, StoreError> {
+        Ok(guard(&self.0).iter().filter(|s| s.state.is_terminal() && s.end_time.is_some_and(|t| t < cutoff)).cloned().collect())
+    }
+}
+
+/// Metrics keyed by session and epoch.
+#[derive(Debug, Default)]
+pub struct MemoryMetrics(Mutex<HashMap<SessionId, BTreeMap<u32, EpochMetrics>>>);
+
+impl MetricsStore for MemoryMetrics {
+    fn record(&self, session: &SessionId, metrics: &EpochMetrics) -> Result<(), StoreError> {
+        guard(&self.0).entry(session.clone()).or_default().insert(metrics.epoch, metrics.clone());
+        Ok(())
+    }
+
+    fn latest(&self, session: &SessionId) -> Result<Option<EpochMetrics>, StoreError> {
+        Ok(guard(&self.0).get(session).and_then(|m| m.values().next_back().cloned()))
+    }
+
+    fn history(&self, session: &SessionId) -> Result<Vec<EpochMetrics>, StoreError> {
+        Ok(guard(&self.0).get(session).map(|m| m.values().cloned().collect()).unwrap_or_default())
+    }
+
+    fn discard_after(&self, session: &SessionId, epoch: u32) -> Result<(), StoreError> {
+        if let Some(m) = guard(&self.0).get_mut(session) {
+            m.retain(|e, _| *e <= epoch);
+        }
+        Ok(())
+    }
+}
+
+/// Log lines in a vector.
+#[derive(Debug, Default)]
+pub struct MemoryLogs(Mutex<Vec<LogEntry>>);
+
+impl LogStore for MemoryLogs {
+    fn append(&self, entry: &LogEntry) -> Result<(), StoreError> {
+        guard(&self.0).push(entry.clone());
+        Ok(())
+    }
+
+    fn tail(&self, session: &SessionId, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        let all: Vec<_> = guard(&self.0).iter().filter(|e| e.session_id == *session).cloned().collect();
+        let skip = all.len().saturating_sub(limit as usize);
+        Ok(all.into_iter().skip(skip).collect())
+    }
+}
+
+/// Model records without files.
+#[derive(Debug, Default)]
+pub struct MemoryModels(Mutex<Vec<ModelRecord>>);
+
+impl ModelRegistry for MemoryModels {
+    fn list(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        Ok(guard(&self.0).clone())
+    }
+
+    fn get(&self, name: &ModelName) -> Result<Option<ModelRecord>, StoreError> {
+        Ok(guard(&self.0).iter().find(|m| m.name == *name).cloned())
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        PathBuf::from("staging")
+    }
+
+    fn import(&self, model: NewModel) -> Result<ModelRecord, StoreError> {
+        let mut all = guard(&self.0);
+        if all.iter().any(|m| m.name == model.name) {
+            return Err(StoreError::Conflict(format!("model '{}' already exists", model.name)));
+        }
+        let rec = ModelRecord {
+            file_path: model.staged_file,
+            name: model.name,
+            size_bytes: 0,
+            format: model.format,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            session_id: model.session_id,
+            metadata: model.metadata,
+        };
+        all.push(rec.clone());
+        Ok(rec)
+    }
+
+    fn delete(&self, name: &ModelName) -> Result<(), StoreError> {
+        let mut all = guard(&self.0);
+        let before = all.len();
+        all.retain(|m| m.name != *name);
+        if all.len() == before {
+            Err(StoreError::NotFound(format!("model '{name}'")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Dataset records without files.
+#[derive(Debug, Default)]
+pub struct MemoryDatasets(Mutex<Vec<DatasetRecord>>);
+
+impl MemoryDatasets {
+    /// Adds a dataset of `format` directly.
+    pub fn add(&self, name: &str, format: crate::registry::DatasetFormat) {
+        guard(&self.0).push(DatasetRecord {
+            name: DatasetName::new(name).unwrap_or_else(|e| panic!("bad test dataset name {name}: {e}")),
+            file_path: PathBuf::from(name),
+            size_bytes: 0,
+            info: DatasetInfo { format, sample_count: Some(10), dimensions: None, statistics: serde_json::Value::Null },
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        });
+    }
+}
+
+impl DatasetRegistry for MemoryDatasets {
+    fn list(&self) -> Result<Vec<DatasetRecord>, StoreError> {
+        Ok(guard(&self.0).clone())
+    }
+
+    fn get(&self, name: &DatasetName) -> Result<Option<DatasetRecord>, StoreError> {
+        Ok(guard(&self.0).iter().find(|d| d.name == *name).cloned())
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        PathBuf::from("staging")
+    }
+
+    fn import(&self, dataset: NewDataset) -> Result<DatasetRecord, StoreError> {
+        let mut all = guard(&self.0);
+        if all.iter().any(|d| d.name == dataset.name) {
+            return Err(StoreError::Conflict(format!("dataset '{}' already exists", dataset.name)));
+        }
+        let rec = DatasetRecord {
+            file_path: dataset.staged_file,
+            name: dataset.name,
+            size_bytes: 0,
+            info: dataset.info,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        all.push(rec.clone());
+        Ok(rec)
+    }
+
+    fn delete(&self, name: &DatasetName) -> Result<(), StoreError> {
+        let mut all = guard(&self.0);
+        let before = all.len();
+        all.retain(|d| d.name != *name);
+        if all.len() == before {
+            Err(StoreError::NotFound(format!("dataset '{name}'")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// An inspector that calls every file a CSV with ten samples.
+#[derive(Debug, Default)]
+pub struct CsvInspector;
+
+impl DatasetInspector for CsvInspector {
+    fn inspect(&self, _path: &Path, file_name: Option<&str>) -> Result<DatasetInfo, InspectError> {
+        if file_name.is_some_and(|n| n.ends_with(".bad")) {
+            return Err(InspectError::Invalid("not a dataset".into()));
+        }
+        Ok(DatasetInfo {
+            format: crate::registry::DatasetFormat::Csv,
+            sample_count: Some(10),
+            dimensions: Some("4".into()),
+            statistics: serde_json::Value::Null,
+        })
+    }
+}
+
+/// Managed keys and audit entries in memory.
+#[derive(Debug, Default)]
+pub struct MemoryAuthStore {
+    keys: Mutex<Vec<ApiKeyRecord>>,
+    audit: Mutex<Vec<AuditEntry>>,
+}
+
+impl AuthStore for MemoryAuthStore {
+    fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        guard(&self.keys).push(key.clone());
+        Ok(())
+    }
+
+    fn find_key(&self, hash: &ApiKeyHash) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(guard(&self.keys).iter().find(|k| k.hash == *hash).cloned())
+    }
+
+    fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        Ok(guard(&self.keys).clone())
+    }
+
+    fn revoke_key(&self, id_or_fingerprint: &str, at: OffsetDateTime) -> Result<ApiKeyRecord, StoreError> {
+        let mut keys = guard(&self.keys);
+        let key = keys
+            .iter_mut()
+            .find(|k| k.id == id_or_fingerprint || k.fingerprint == id_or_fingerprint)
+            .ok_or_else(|| StoreError::NotFound(format!("key '{id_or_fingerprint}'")))?;
+        key.revoked_at = Some(at);
+        Ok(key.clone())
+    }
+
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        guard(&self.audit).push(entry.clone());
+        Ok(())
+    }
+
+    fn list_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(guard(&self.audit).iter().rev().take(limit as usize).cloned().collect())
+    }
+}
+
+/// Scratch directories that are only names; remembers what was removed.
+#[derive(Debug, Default)]
+pub struct MemoryScratch(pub Mutex<Vec<SessionId>>);
+
+impl ScratchSpace for MemoryScratch {
+    fn dir_for(&self, session: &SessionId) -> Result<PathBuf, StoreError> {
+        Ok(PathBuf::from("scratch").join(session.as_str()))
+    }
+
+    fn remove(&self, session: &SessionId) -> Result<(), StoreError> {
+        guard(&self.0).push(session.clone());
+        Ok(())
+    }
+}
+
+/// A monitor whose available memory tests set.
+#[derive(Debug)]
+pub struct FakeMonitor(pub AtomicU64);
+
+impl Default for FakeMonitor {
+    fn default() -> Self {
+        Self(AtomicU64::new(16_000))
+    }
+}
+
+impl SystemMonitor for FakeMonitor {
+    fn snapshot(&self) -> SystemSnapshot {
+        let available = self.0.load(Ordering::SeqCst);
+        SystemSnapshot {
+            cpu_usage_percent: 0.0,
+            cpu_count: 2,
+            memory_used_mb: 32_000u64.saturating_sub(available),
+            memory_total_mb: 32_000,
+            memory_available_mb: available,
+            disk_free_gb: 10.0,
+            disk_total_gb: 20.0,
+            gpus: Vec::new(),
+            gpu_error: Some("no GPU in tests".into()),
+            timestamp: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+}
+
+/// A trainer that reports one metric per epoch. While `hold` is set, runs wait before their
+/// first epoch (until released or stopped). Datasets named `fail*` fail and `panic*` panic.
+#[derive(Debug, Default)]
+pub struct ScriptedTrainer {
+    hold: Mutex<bool>,
+    released: Condvar,
+    /// Session ids in the order their runs began.
+    pub started: Mutex<Vec<SessionId>>,
+    running: AtomicUsize,
+    /// The most runs seen at once.
+    pub max_concurrent_seen: AtomicUsize,
+}
+
+impl ScriptedTrainer {
+    /// Makes new and waiting runs wait (`true`) or go (`false`).
+    pub fn set_hold(&self, hold: bool) {
+        *guard(&self.hold) = hold;
+        self.released.notify_all();
+    }
+
+    /// Waits until `n` runs have begun, or `timeout` passes; returns whether they had.
+    pub fn wait_started(&self, n: usize, timeout: StdDuration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut hold = guard(&self.hold);
+        while guard(&self.started).len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            hold = self.released.wait_timeout(hold, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        true
+    }
+}
+
+impl Trainer for ScriptedTrainer {
+    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_concurrent_seen.fetch_max(now, Ordering::SeqCst);
+        {
+            // Push under the hold lock, which waiters hold while they check, so no wake-up is lost.
+            let _hold = guard(&self.hold);
+            guard(&self.started).push(job.session_id.clone());
+        }
+        self.released.notify_all();
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _leave = Leave(&self.running);
+        {
+            let mut hold = guard(&self.hold);
+            while *hold && !stop.is_requested() {
+                // Stop requests arrive without a notification, so wake up now and then to look.
+                hold = self.released.wait_timeout(hold, StdDuration::from_millis(5)).unwrap_or_else(PoisonError::into_inner).0;
+            }
+        }
+        let name = job.config.dataset_name.as_str();
+        if name.starts_with("panic") {
+            panic!("scripted panic");
+        }
+        if name.starts_with("fail") {
+            return Err(TrainError::Failed("loss became NaN at epoch 1".into()));
+        }
+        let mut done = 0;
+        for epoch in 1..=job.config.epochs {
+            if stop.is_requested() {
+                break;
+            }
+            events.log(LogLevel::Info, format!("epoch {epoch}"));
+            events.epoch_finished(EpochMetrics {
+                epoch,
+                loss: 1.0 / f64::from(epoch),
+                accuracy: 0.5,
+                val_loss: Some(1.0),
+                val_accuracy: Some(0.5),
+                samples_per_second: 100.0,
+                epoch_seconds: 0.01,
+                timestamp: OffsetDateTime::UNIX_EPOCH,
+            });
+            done = epoch;
+        }
+        Ok(TrainedModel {
+            file: job.scratch_dir.join("model.safetensors"),
+            format: ModelFormat::Safetensors,
+            metadata: serde_json::json!({ "architecture": job.config.model_architecture.as_str() }),
+            epochs_completed: done,
+            stopped: stop.is_requested(),
+        })
+    }
+
+    fn check_base_model(&self, _config: &crate::config::TrainingConfig, model: &ModelRecord) -> Result<(), String> {
+        if model.name.as_str().starts_with("bad") {
+            Err("hidden_size is 3 in the base model but 256 in this session".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_device(&self, device: crate::config::Device) -> Result<(), String> {
+        match device {
+            crate::config::Device::Cuda(_) => Err("this build has no CUDA support".into()),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! Wire DTOs: the JSON shapes of the contract, converted from domain types at this edge.
+
+use serde::{Deserialize, Serialize};
+use trainyard_domain::{
+    config::TrainingConfig,
+    manager::SessionView,
+    metrics::{EpochMetrics, LogEntry},
+    registry::{size_mb, DatasetRecord, ModelRecord},
+    system::SystemSnapshot,
+    time_fmt::iso8601,
+    SessionId, TrainingRequest,
+};
+use utoipa::ToSchema;
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `healthy` while the server answers.
+    pub status: &'static str,
+    pub service: &'static str,
+    pub version: &'static str,
+    /// ISO 8601 UTC.
+    pub timestamp: String,
+}
+
+/// `GET /`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Root {
+    pub service: &'static str,
+    pub version: &'static str,
+    pub docs: &'static str,
+    pub openapi: &'static str,
+    pub health: &'static str,
+}
+
+/// One dataset name, or a list of names trained on together (text architectures).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum DatasetNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `POST /api/v1/training/start` body. Unknown fields are rejected.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartTraining {
+    /// One of the architectures listed by `GET /api/v1/architectures` (`mlp`, `custom_ai_model`).
+    #[schema(example = "mlp")]
+    pub model_architecture: Option<String>,
+    /// A dataset name, or a list of text datasets trained on together.
+    #[schema(example = "iris")]
+    pub dataset_name: Option<DatasetNames>,
+    /// 0.0001 to 1.0; default 0.001.
+    pub learning_rate: Option<f64>,
+    /// 1 to 1024; default 32.
+    pub batch_size: Option<i64>,
+    /// 1 to 1000; default 10.
+    pub epochs: Option<i64>,
+    /// `adam` (default), `adamw`, `sgd`, `rmsprop`.
+    pub optimizer: Option<String>,
+    /// `cross_entropy` (default), `mse`, `mae`, `bce`.
+    pub loss_function: Option<String>,
+    /// Fraction held out for validation, 0 to 0.9; default 0.2.
+    pub validation_split: Option<f64>,
+    /// Seed for initialisation, shuffling and the split; default 42.
+    pub seed: Option<u64>,
+    /// Momentum for `sgd` and `rmsprop`, 0 to below 1; default 0.
+    pub momentum: Option<f64>,
+    /// Char-LSTM embedding size; default 128.
+    pub embedding_dim: Option<i64>,
+    /// Char-LSTM hidden size; default 256.
+    pub hidden_size: Option<i64>,
+    /// Char-LSTM layers; default 2.
+    pub num_layers: Option<i64>,
+    /// Char-LSTM training sequence length in characters; default 100.
+    pub sequence_length: Option<i64>,
+    /// A registry model to start from (a Trainyard model or the owner's PyTorch `.pth`).
+    pub base_model: Option<String>,
+    /// `auto` (default), `cpu` or `cuda:N`.
+    pub device: Option<String>,
+}
+
+impl From<StartTraining> for TrainingRequest {
+    fn from(b: StartTraining) -> Self {
+        let (dataset_name, extra_datasets) = match b.dataset_name {
+            None => (None, Vec::new()),
+            Some(DatasetNames::One(name)) => (Some(name), Vec::new()),
+            Some(DatasetNames::Many(names)) => {
+                let mut names = names.into_iter();
+                (names.next(), names.collect())
+            }
+        };
+        Self {
+            model_architecture: b.model_architecture,
+            dataset_name,
+            extra_datasets,
+            learning_rate: b.learning_rate,
+            batch_size: b.batch_size,
+            epochs: b.epochs,
+            optimizer: b.optimizer,
+            loss_function: b.loss_function,
+            validation_split: b.validation_split,
+            seed: b.seed,
+            momentum: b.momentum,
+            embedding_dim: b.embedding_dim,
+            hidden_size: b.hidden_size,
+            num_layers: b.num_layers,
+            sequence_length: b.sequence_length,
+            base_model: b.base_model,
+            device: b.device,
+        }
+    }
+}
+
+/// A validated training configuration, as stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfigDto {
+    pub model_architecture: String,
+    /// The first (or only) dataset.
+    pub dataset_name: String,
+    /// Every dataset trained on, the first one first.
+    pub dataset_names: Vec<String>,
+    pub learning_rate: f64,
+    pub batch_size: u32,
+    pub epochs: u32,
+    pub optimizer: String,
+    pub loss_function: String,
+    pub validation_split: f64,
+    pub seed: u64,
+    pub momentum: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_dim: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_layers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence_length: Option<u32>,
+    pub base_model: Option<String>,
+    pub device: String,
+}
+
+impl From<&TrainingConfig> for ConfigDto {
+    fn from(c: &TrainingConfig) -> Self {
+        let lstm = c.char_lstm;
+        Self {
+            model_architecture: c.model_architecture.to_string(),
+            dataset_name: c.dataset_name.to_string(),
+            dataset_names: c.datasets().map(ToString::to_string).collect(),
+            learning_rate: c.learning_rate,
+            batch_size: c.batch_size,
+            epochs: c.epochs,
+            optimizer: c.optimizer.to_string(),
+            loss_function: c.loss_function.to_string(),
+            validation_split: c.validation_split,
+            seed: c.seed,
+            momentum: c.momentum,
+            embedding_dim: lstm.map(|l| l.embedding_dim),
+            hidden_size: lstm.map(|l| l.hidden_size),
+            num_layers: lstm.map(|l| l.num_layers),
+            sequence_length: lstm.map(|l| l.sequence_length),
+            base_model: c.base_model.as_ref().map(ToString::to_string),
+            device: c.device.to_string(),
+        }
+    }
+}
+
+/// Answer to a start request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Started {
+    pub session_id: String,
+    /// `running` or `queued`.
+    pub status: String,
+    pub message: String,
+    /// 1-based place in the queue when queued.
+    pub queue_position: Option<usize>,
+    pub config: ConfigDto,
+}
+
+/// A plain acknowledgement.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Message {
+    pub message: String,
+}
+
+/// `GET /api/v1/training/{id}/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionStatus {
+    pub session_id: String,
+    /// `queued`, `running`, `completed`, `failed` or `stopped`.
+    pub state: String,
+    pub current_epoch: u32,
+    pub total_epochs: u32,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    pub error_message: Option<String>,
+    pub queue_position: Option<usize>,
+    /// The registry name of the model the session produced.
+    pub model_name: Option<String>,
+    pub created_at: String,
+    pub config: ConfigDto,
+}
+
+impl From<&SessionView> for SessionStatus {
+    fn from(v: &SessionView) -> Self {
+        let s = &v.session;
+        Self {
+            session_id: s.id.to_string(),
+            state: s.state.to_string(),
+            current_epoch: s.current_epoch,
+            total_epochs: s.total_epochs(),
+            start_time: s.start_time.map(iso8601),
+            end_time: s.end_time.map(iso8601),
+            error_message: s.error_message.clone(),
+            queue_position: v.queue_position,
+            model_name: s.model_name.as_ref().map(ToString::to_string),
+            created_at: iso8601(s.created_at),
+            config: (&s.config).into(),
+        }
+    }
+}
+
+/// The `status` object inside a session listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusSummary {
+    pub state: String,
+    pub current_epoch: u32,
+    pub total_epochs: u32,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    pub error_message: Option<String>,
+    pub queue_position: Option<usize>,
+}
+
+/// One entry of `GET /api/v1/training/sessions` and `/queue`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionSummary {
+    pub session_id: String,
+    pub config: ConfigDto,
+    pub status: StatusSummary,
+    pub created_at: String,
+    pub model_name: Option<String>,
+}
+
+impl From<&SessionView> for SessionSummary {
+    fn from(v: &SessionView) -> Self {
+        let full = SessionStatus::from(v);
+        Self {
+            session_id: full.session_id,
+            config: full.config,
+            status: StatusSummary {
+                state: full.state,
+                current_epoch: full.current_epoch,
+                total_epochs: full.total_epochs,
+                start_time: full.start_time,
+                end_time: full.end_time,
+                error_message: full.error_message,
+                queue_position: full.queue_position,
+            },
+            created_at: full.created_at,
+            model_name: full.model_name,
+        }
+    }
+}
+
+/// One epoch's metrics. Before the first epoch finishes, `epoch` is 0 and the values are null.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Metrics {
+    pub session_id: String,
+    pub epoch: u32,
+    pub loss: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub samples_per_second: Option<f64>,
+    pub epoch_seconds: Option<f64>,
+    pub timestamp: Option<String>,
+}
+
+impl Metrics {
+    /// The metrics of one finished epoch.
+    #[must_use]
+    pub fn of(id: &SessionId, m: &EpochMetrics) -> Self {
+        Self {
+            session_id: id.to_string(),
+            epoch: m.epoch,
+            loss: Some(m.loss),
+            accuracy: Some(m.accuracy),
+            val_loss: m.val_loss,
+            val_accuracy: m.val_accuracy,
+            samples_per_second: Some(m.samples_per_second),
+            epoch_seconds: Some(m.epoch_seconds),
+            timestamp: Some(iso8601(m.timestamp)),
+        }
+    }
+
+    /// The answer before any epoch has finished.
+    #[must_use]
+    pub fn none_yet(id: &SessionId) -> Self {
+        Self {
+            session_id: id.to_string(),
+            epoch: 0,
+            loss: None,
+            accuracy: None,
+            val_loss: None,
+            val_accuracy: None,
+            samples_per_second: None,
+            epoch_seconds: None,
+            timestamp: None,
+        }
+    }
+}
+
+/// One log line.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogLine {
+    pub session_id: String,
+    pub timestamp: String,
+    /// `DEBUG`, `INFO`, `WARNING` or `ERROR`.
+    pub level: String,
+    pub message: String,
+}
+
+impl From<&LogEntry> for LogLine {
+    fn from(e: &LogEntry) -> Self {
+        Self {
+            session_id: e.session_id.to_string(),
+            timestamp: iso8601(e.timestamp),
+            level: e.level.to_string(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// One GPU in `system/info`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: String,
+    pub usage_percent: f64,
+    pub memory_used_mb: u64,
+    pub memory_total_mb: u64,
+}
+
+/// `GET /api/v1/system/info`. The flat `gpu_*` fields describe the first GPU.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemInfo {
+    pub cpu_usage_percent: f64,
+    pub cpu_count: usize,
+    pub memory_used_mb: u64,
+    pub memory_total_mb: u64,
+    pub memory_available_mb: u64,
+    pub memory_percent: f64,
+    pub disk_free_gb: f64,
+    pub disk_total_gb: f64,
+    pub gpu_available: bool,
+    pub gpu_usage_percent: Option<f64>,
+    pub gpu_memory_used_mb: Option<u64>,
+    pub gpu_memory_total_mb: Option<u64>,
+    pub gpus: Vec<Gpu>,
+    /// Why no GPU is reported, when none is.
+    pub gpu_error: Option<String>,
+    pub running_sessions: usize,
+    pub max_concurrent_sessions: usize,
+    /// When the monitor took this snapshot (ISO 8601 UTC).
+    pub timestamp: String,
+}
+
+impl SystemInfo {
+    /// The wire form of a monitor snapshot.
+    #[must_use]
+    pub fn of(s: &SystemSnapshot, running_sessions: usize, max_concurrent_sessions: usize) -> Self {
+        let first = s.gpus.first();
+        Self {
+            cpu_usage_percent: (s.cpu_usage_percent * 10.0).round() / 10.0,
+            cpu_count: s.cpu_count,
+            memory_used_mb: s.memory_used_mb,
+            memory_total_mb: s.memory_total_mb,
+            memory_available_mb: s.memory_available_mb,
+            memory_percent: s.memory_percent(),
+            disk_free_gb: s.disk_free_gb,
+            disk_total_gb: s.disk_total_gb,
+            gpu_available: first.is_some(),
+            gpu_usage_percent: first.map(|g| g.usage_percent),
+            gpu_memory_used_mb: first.map(|g| g.memory_used_mb),
+            gpu_memory_total_mb: first.map(|g| g.memory_total_mb),
+            gpus: s
+                .gpus
+                .iter()
+                .map(|g| Gpu {
+                    index: g.index,
+                    name: g.name.clone(),
+                    usage_percent: g.usage_percent,
+                    memory_used_mb: g.memory_used_mb,
+                    memory_total_mb: g.memory_total_mb,
+                })
+                .collect(),
+            gpu_error: s.gpu_error.clone(),
+            running_sessions,
+            max_concurrent_sessions,
+            timestamp: iso8601(s.timestamp),
+        }
+    }
+}
+
+/// One model in the registry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Model {
+    pub name: String,
+    pub size_mb: f64,
+    pub size_bytes: u64,
+    pub created_at: String,
+    pub file_path: String,
+    /// `safetensors`, `pytorch`, `onnx` or `binary`.
+    pub format: String,
+    /// For Trainyard-trained models: the architecture and the producing session.
+    pub architecture: Option<String>,
+    pub session_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+}
+
+impl From<&ModelRecord> for Model {
+    fn from(m: &ModelRecord) -> Self {
+        Self {
+            name: m.name.to_string(),
+            size_mb: size_mb(m.size_bytes),
+            size_bytes: m.size_bytes,
+            created_at: iso8601(m.created_at),
+            file_path: m.file_path.display().to_string(),
+            format: m.format.to_string(),
+            architecture: m.metadata.get("architecture").and_then(|a| a.as_str()).map(str::to_owned),
+            session_id: m.session_id.as_ref().map(ToString::to_string),
+            metadata: m.metadata.clone(),
+        }
+    }
+}
+
+/// One dataset in the registry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dataset {
+    pub name: String,
+    pub size_mb: f64,
+    pub size_bytes: u64,
+    pub sample_count: Option<u64>,
+    /// `csv`, `tsv`, `text`, `npy`, `npz`, `images` or `binary`.
+    pub format: String,
+    /// Such as `13` (features), `8x8`, or `vocab=65`.
+    pub dimensions: Option<String>,
+    pub created_at: String,
+    pub file_path: String,
+    /// Present on `GET /api/v1/datasets/{name}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub statistics: Option<serde_json::Value>,
+}
+
+impl Dataset {
+    /// The wire form, with or without statistics.
+    #[must_use]
+    pub fn of(d: &DatasetRecord, with_statistics: bool) -> Self {
+        Self {
+            name: d.name.to_string(),
+            size_mb: size_mb(d.size_bytes),
+            size_bytes: d.size_bytes,
+            sample_count: d.info.sample_count,
+            format: d.info.format.to_string(),
+            dimensions: d.info.dimensions.clone(),
+            created_at: iso8601(d.created_at),
+            file_path: d.file_path.display().to_string(),
+            statistics: with_statistics.then(|| d.info.statistics.clone()),
+        }
+    }
+}
+
+/// Answer to an upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Uploaded {
+    pub message: String,
+    pub name: String,
+    pub size_mb: f64,
+    pub size_bytes: u64,
+    pub format: String,
+    pub sample_count: Option<u64>,
+    pub dimensions: Option<String>,
+}
+
+/// `POST /api/v1/models/{name}/generate` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    /// Text to continue; characters the model does not know are skipped.
+    #[serde(default)]
+    pub prompt: String,
+    /// Characters to generate, 1 to 10000; default 200.
+    pub max_length: Option<u32>,
+    /// Sampling temperature, above 0 and at most 10; default 0.8.
+    pub temperature: Option<f64>,
+    /// Makes the output reproducible; random when absent.
+    pub seed: Option<u64>,
+}
+
+/// Generated text.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GeneratedDto {
+    pub model: String,
+    pub prompt: String,
+    /// Only the generated characters.
+    pub generated_text: String,
+    /// The prompt followed by the generated characters.
+    pub text: String,
+    /// Prompt characters outside the model's vocabulary (skipped).
+    pub unknown_characters: Vec<String>,
+    /// The seed used, to reproduce this answer.
+    pub seed: u64,
+}
+
+/// One architecture the trainer can build.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArchitectureDto {
+    pub name: String,
+    /// Other names accepted for it.
+    pub aliases: Vec<String>,
+    /// Optional config fields that tune it.
+    pub tunable_fields: Vec<String>,
+    pub description: String,
+    /// Dataset kinds it trains on.
+    pub data_kinds: Vec<String>,
+    /// Dataset formats it accepts.
+    pub dataset_formats: Vec<String>,
+    pub optimizers: Vec<String>,
+    pub loss_functions: Vec<String>,
+}
+
+/// One authentication attempt from the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditLine {
+    pub timestamp: String,
+    /// `success`, `missing`, `invalid`, `expired` or `revoked`.
+    pub outcome: String,
+    /// A non-reversible fingerprint of the presented key, never the key.
+    pub key_fingerprint: Option<String>,
+    pub key_id: Option<String>,
+    pub method: String,
+    pub endpoint: String,
+    pub client_addr: Option<String>,
+}

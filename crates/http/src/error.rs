@@ -1,0 +1,284 @@
+//! The error envelope: one table from error code to HTTP status, and one `ResponseError`
+//! that writes `{"error": {"code", "message", "details"}, "detail": message}` for every error.
+
+use actix_web::{
+    body::BoxBody,
+    http::{header, StatusCode},
+    HttpResponse, ResponseError,
+};
+use serde::Serialize;
+use trainyard_domain::{
+    auth::AuthError, catalog::CatalogError, inference::InferenceError, manager::ManagerError, ports::StoreError, ConfigErrors, NameError,
+};
+
+/// Every error code the API returns. [`ErrorCode::status`] is the one table of statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    BadRequest,
+    MalformedJson,
+    InvalidConfig,
+    InvalidName,
+    InvalidUpload,
+    InvalidDataset,
+    UnsupportedModel,
+    ValidationError,
+    ApiKeyMissing,
+    ApiKeyInvalid,
+    ApiKeyExpired,
+    ApiKeyRevoked,
+    NotFound,
+    SessionNotFound,
+    ModelNotFound,
+    DatasetNotFound,
+    MethodNotAllowed,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    StorageBusy,
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status for this code.
+    #[must_use]
+    pub fn status(self) -> StatusCode {
+        use ErrorCode as C;
+        match self {
+            C::BadRequest
+            | C::MalformedJson
+            | C::InvalidConfig
+            | C::InvalidName
+            | C::InvalidUpload
+            | C::InvalidDataset
+            | C::UnsupportedModel => StatusCode::BAD_REQUEST,
+            C::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
+            C::ApiKeyMissing | C::ApiKeyInvalid | C::ApiKeyExpired | C::ApiKeyRevoked => StatusCode::UNAUTHORIZED,
+            C::NotFound | C::SessionNotFound | C::ModelNotFound | C::DatasetNotFound => StatusCode::NOT_FOUND,
+            C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            C::Conflict => StatusCode::CONFLICT,
+            C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            C::StorageBusy | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code for a status that no handler produced (unknown route, wrong method, ...).
+    #[must_use]
+    pub fn for_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => Self::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            StatusCode::UNAUTHORIZED => Self::ApiKeyInvalid,
+            StatusCode::UNPROCESSABLE_ENTITY => Self::ValidationError,
+            StatusCode::CONFLICT => Self::Conflict,
+            StatusCode::SERVICE_UNAVAILABLE => Self::StorageBusy,
+            s if s.is_server_error() => Self::Internal,
+            _ => Self::BadRequest,
+        }
+    }
+}
+
+/// An error on its way to the client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: ErrorCode,
+    message: &'a str,
+    details: &'a serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: ErrorBody<'a>,
+    detail: &'a str,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), details: serde_json::Value::Null }
+    }
+
+    /// Adds structured details.
+    #[must_use]
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// A 500 whose cause is logged but not shown.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal server error")
+    }
+
+    /// The envelope as JSON bytes.
+    #[must_use]
+    pub fn body(&self) -> String {
+        let env = Envelope { error: ErrorBody { code: self.code, message: &self.message, details: &self.details }, detail: &self.message };
+        serde_json::to_string(&env).unwrap_or_else(|_| {
+            r#"{"error":{"code":"INTERNAL","message":"internal server error","details":null},"detail":"internal server error"}"#.to_owned()
+        })
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse<BoxBody> {
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((header::CONTENT_TYPE, "application/json"));
+        if self.code == ErrorCode::StorageBusy {
+            res.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if self.code.status() == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.body(self.body())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Busy => Self::new(ErrorCode::StorageBusy, "storage is busy, retry shortly"),
+            StoreError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
+            StoreError::NotFound(m) => Self::new(ErrorCode::NotFound, format!("{m} not found")),
+            other @ (StoreError::Corrupt(_) | StoreError::Io(_)) => Self::internal(&other),
+        }
+    }
+}
+
+impl From<ConfigErrors> for ApiError {
+    fn from(e: ConfigErrors) -> Self {
+        let details = serde_json::json!({ "fields": e.0 });
+        Self::new(ErrorCode::InvalidConfig, e.to_string()).with_details(details)
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        match e {
+            ManagerError::Invalid(c) => c.into(),
+            ManagerError::NotFound(id) => Self::new(ErrorCode::SessionNotFound, format!("training session '{id}' not found")),
+            ManagerError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
+            ManagerError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
+            ManagerError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound { kind: "model", .. } => Self::new(ErrorCode::ModelNotFound, e.to_string()),
+            CatalogError::NotFound { kind: "dataset", .. } => Self::new(ErrorCode::DatasetNotFound, e.to_string()),
+            CatalogError::NotFound { .. } => Self::new(ErrorCode::NotFound, e.to_string()),
+            CatalogError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
+            CatalogError::Invalid(m) => Self::new(ErrorCode::InvalidDataset, m),
+            CatalogError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<InferenceError> for ApiError {
+    fn from(e: InferenceError) -> Self {
+        match e {
+            InferenceError::NotFound(_) => Self::new(ErrorCode::ModelNotFound, e.to_string()),
+            InferenceError::Invalid(m) => Self::new(ErrorCode::BadRequest, m),
+            InferenceError::Unsupported(m) => Self::new(ErrorCode::UnsupportedModel, m),
+            InferenceError::Failed(m) => Self::internal(&m),
+            InferenceError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let code = match &e {
+            AuthError::Missing => ErrorCode::ApiKeyMissing,
+            AuthError::Invalid => ErrorCode::ApiKeyInvalid,
+            AuthError::Expired => ErrorCode::ApiKeyExpired,
+            AuthError::Revoked => ErrorCode::ApiKeyRevoked,
+            AuthError::Store(s) => return s.clone().into(),
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        Self::internal(&e)
+    }
+}
+
+/// A name that failed validation, as a 400 naming the parameter.
+pub fn bad_name(what: &str, raw: &str, e: &NameError) -> ApiError {
+    let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+    ApiError::new(ErrorCode::InvalidName, format!("invalid {what} '{shown}': {e}")).with_details(serde_json::json!({ "parameter": what }))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+    use quickcheck::quickcheck;
+
+    use super::*;
+
+    const ALL: [ErrorCode; 23] = [
+        ErrorCode::UnsupportedModel,
+        ErrorCode::BadRequest,
+        ErrorCode::MalformedJson,
+        ErrorCode::InvalidConfig,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidUpload,
+        ErrorCode::InvalidDataset,
+        ErrorCode::ValidationError,
+        ErrorCode::ApiKeyMissing,
+        ErrorCode::ApiKeyInvalid,
+        ErrorCode::ApiKeyExpired,
+        ErrorCode::ApiKeyRevoked,
+        ErrorCode::NotFound,
+        ErrorCode::SessionNotFound,
+        ErrorCode::ModelNotFound,
+        ErrorCode::DatasetNotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Conflict,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::StorageBusy,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+    ];
+
+    quickcheck! {
+        // Property 30: every error, whatever its message, is one JSON envelope whose top-level
+        // `detail` equals `error.message`, with a 4xx/5xx status from the one table.
+        fn prop30_every_error_is_one_envelope(pick: u8, message: String) -> bool {
+            let code = ALL[usize::from(pick) % ALL.len()];
+            let res = ApiError::new(code, message.clone()).error_response();
+            let status = res.status();
+            let bytes = res.into_body().try_into_bytes().unwrap_or_default();
+            let v: serde_json::Value = match serde_json::from_slice(&bytes) { Ok(v) => v, Err(_) => return false };
+            (status.is_client_error() || status.is_server_error())
+                && v["detail"] == serde_json::Value::String(message.clone())
+                && v["error"]["message"] == v["detail"]
+                && v["error"]["code"].is_string()
+                && v["error"].get("details").is_some()
+        }
+    }
+}

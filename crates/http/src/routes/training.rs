@@ -1,0 +1,194 @@
+//! Training sessions: start, stop, status, metrics, history, logs, listings and the queue.
+
+use actix_web::web;
+use serde::Deserialize;
+use trainyard_domain::{
+    config::{Architecture, LossFunction, Optimizer},
+    registry::DatasetFormat,
+    SessionId, TrainingRequest,
+};
+
+use super::blocking;
+use crate::{
+    dto::{ArchitectureDto, LogLine, Message, Metrics, SessionStatus, SessionSummary, StartTraining, Started},
+    error::{ApiError, ErrorCode},
+    AppState,
+};
+
+/// Most log lines one request may ask for.
+const MAX_LOG_LIMIT: u32 = 10_000;
+
+fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(raw).map_err(|_| {
+        let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+        ApiError::new(ErrorCode::SessionNotFound, format!("training session '{shown}' not found"))
+    })
+}
+
+/// Starts a session, or queues it when the server is at capacity.
+#[utoipa::path(
+    post, path = "/api/v1/training/start", tag = "training", request_body = StartTraining,
+    responses(
+        (status = 200, body = Started),
+        (status = 400, description = "invalid configuration; every failing field is listed in `error.details.fields`"),
+        (status = 422, description = "wrong JSON types or unknown fields"),
+    )
+)]
+pub(crate) async fn start_training(state: web::Data<AppState>, body: web::Json<StartTraining>) -> Result<web::Json<Started>, ApiError> {
+    let req: TrainingRequest = body.into_inner().into();
+    let manager = state.manager.clone();
+    let started = blocking(move || manager.start(&req)).await?;
+    let s = &started.view.session;
+    Ok(web::Json(Started {
+        session_id: s.id.to_string(),
+        status: s.state.to_string(),
+        message: started.message.clone(),
+        queue_position: started.view.queue_position,
+        config: (&s.config).into(),
+    }))
+}
+
+/// Stops a running session (its current weights are saved) or cancels a queued one.
+#[utoipa::path(
+    post, path = "/api/v1/training/{session_id}/stop", tag = "training",
+    responses((status = 200, body = Message), (status = 404), (status = 409, description = "the session has already ended"))
+)]
+pub(crate) async fn stop_training(state: web::Data<AppState>, path: web::Path<String>) -> Result<web::Json<Message>, ApiError> {
+    let id = session_id(&path)?;
+    let manager = state.manager.clone();
+    let message = blocking(move || manager.stop(&id)).await?;
+    Ok(web::Json(Message { message }))
+}
+
+/// Longest long-poll a status request may ask for.
+const MAX_WAIT_SECONDS: u64 = 300;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct StatusQuery {
+    /// Long-poll: when the session has not ended yet, wait up to this many seconds (at most
+    /// 300) for it to end (or to reach `min_epoch`) before answering.
+    wait_seconds: Option<u64>,
+    /// With `wait_seconds`: also answer as soon as this epoch has finished.
+    min_epoch: Option<u32>,
+}
+
+/// A session's state and progress.
+#[utoipa::path(
+    get, path = "/api/v1/training/{session_id}/status", tag = "training", params(StatusQuery),
+    responses((status = 200, body = SessionStatus), (status = 404))
+)]
+pub(crate) async fn session_status(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<StatusQuery>,
+) -> Result<web::Json<SessionStatus>, ApiError> {
+    let id = session_id(&path)?;
+    let manager = state.manager.clone();
+    let view = match q.wait_seconds {
+        None | Some(0) => blocking(move || manager.view(&id)).await?,
+        Some(secs) if secs <= MAX_WAIT_SECONDS => {
+            let min_epoch = q.min_epoch;
+            blocking(move || manager.wait_for(&id, std::time::Duration::from_secs(secs), min_epoch)).await?
+        }
+        Some(secs) => {
+            return Err(ApiError::new(ErrorCode::BadRequest, format!("wait_seconds must be at most {MAX_WAIT_SECONDS}, got {secs}")))
+        }
+    };
+    Ok(web::Json((&view).into()))
+}
+
+/// The latest epoch's metrics (epoch 0 with null values before the first epoch ends).
+#[utoipa::path(get, path = "/api/v1/training/{session_id}/metrics", tag = "training", responses((status = 200, body = Metrics), (status = 404)))]
+pub(crate) async fn session_metrics(state: web::Data<AppState>, path: web::Path<String>) -> Result<web::Json<Metrics>, ApiError> {
+    let id = session_id(&path)?;
+    let manager = state.manager.clone();
+    let lookup = id.clone();
+    let latest = blocking(move || manager.latest_metrics(&lookup)).await?;
+    Ok(web::Json(latest.map_or_else(|| Metrics::none_yet(&id), |m| Metrics::of(&id, &m))))
+}
+
+/// Every epoch's metrics, oldest first.
+#[utoipa::path(get, path = "/api/v1/training/{session_id}/history", tag = "training", responses((status = 200, body = [Metrics]), (status = 404)))]
+pub(crate) async fn session_history(state: web::Data<AppState>, path: web::Path<String>) -> Result<web::Json<Vec<Metrics>>, ApiError> {
+    let id = session_id(&path)?;
+    let manager = state.manager.clone();
+    let lookup = id.clone();
+    let history = blocking(move || manager.history(&lookup)).await?;
+    Ok(web::Json(history.iter().map(|m| Metrics::of(&id, m)).collect()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct LogsQuery {
+    /// How many of the newest lines (1 to 10000, default 100), oldest first.
+    limit: Option<u32>,
+}
+
+/// The newest log lines of a session, oldest first.
+#[utoipa::path(get, path = "/api/v1/training/{session_id}/logs", tag = "training", params(LogsQuery), responses((status = 200, body = [LogLine]), (status = 404)))]
+pub(crate) async fn session_logs(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<LogsQuery>,
+) -> Result<web::Json<Vec<LogLine>>, ApiError> {
+    let id = session_id(&path)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LOG_LIMIT).contains(&limit) {
+        return Err(ApiError::new(ErrorCode::BadRequest, format!("limit must be between 1 and {MAX_LOG_LIMIT}, got {limit}")));
+    }
+    let manager = state.manager.clone();
+    let lines = blocking(move || manager.logs(&id, limit)).await?;
+    Ok(web::Json(lines.iter().map(LogLine::from).collect()))
+}
+
+/// Every session, oldest first.
+#[utoipa::path(get, path = "/api/v1/training/sessions", tag = "training", responses((status = 200, body = [SessionSummary])))]
+pub(crate) async fn list_sessions(state: web::Data<AppState>) -> Result<web::Json<Vec<SessionSummary>>, ApiError> {
+    let manager = state.manager.clone();
+    let views = blocking(move || manager.list()).await?;
+    Ok(web::Json(views.iter().map(SessionSummary::from).collect()))
+}
+
+/// Queued sessions in the order they will start.
+#[utoipa::path(get, path = "/api/v1/training/queue", tag = "training", responses((status = 200, body = [SessionSummary])))]
+pub(crate) async fn list_queue(state: web::Data<AppState>) -> Result<web::Json<Vec<SessionSummary>>, ApiError> {
+    let manager = state.manager.clone();
+    let views = blocking(move || manager.queue()).await?;
+    Ok(web::Json(views.iter().map(SessionSummary::from).collect()))
+}
+
+/// Removes a queued session from the queue (it ends `stopped`).
+#[utoipa::path(
+    delete, path = "/api/v1/training/queue/{session_id}", tag = "training",
+    responses((status = 200, body = Message), (status = 404), (status = 409, description = "the session is not queued"))
+)]
+pub(crate) async fn cancel_queued(state: web::Data<AppState>, path: web::Path<String>) -> Result<web::Json<Message>, ApiError> {
+    let id = session_id(&path)?;
+    let manager = state.manager.clone();
+    let message = blocking(move || manager.cancel(&id)).await?;
+    Ok(web::Json(Message { message }))
+}
+
+/// The architectures this server can train, with the datasets each accepts.
+#[utoipa::path(get, path = "/api/v1/architectures", tag = "training", responses((status = 200, body = [ArchitectureDto])))]
+pub(crate) async fn list_architectures() -> web::Json<Vec<ArchitectureDto>> {
+    let names = |all: &[&str]| all.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    web::Json(
+        Architecture::ALL
+            .iter()
+            .map(|a| ArchitectureDto {
+                name: a.as_str().to_owned(),
+                aliases: names(a.aliases()),
+                tunable_fields: names(a.tunable_fields()),
+                description: a.description().to_owned(),
+                data_kinds: vec![a.data_kind().to_string()],
+                dataset_formats: DatasetFormat::ALL
+                    .iter()
+                    .filter(|f| f.data_kind() == Some(a.data_kind()))
+                    .map(|f| f.as_str().to_owned())
+                    .collect(),
+                optimizers: names(Optimizer::NAMES),
+                loss_functions: names(LossFunction::NAMES),
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,117 @@
+//! Streaming multipart uploads into a registry's staging directory: bounded memory, a size
+//! limit enforced while reading, and a temporary file that disappears unless imported.
+
+use std::{io::Write, path::PathBuf};
+
+use actix_multipart::Multipart;
+use actix_web::{http::header, web, HttpRequest};
+use futures_util::StreamExt;
+use tempfile::NamedTempFile;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Bytes gathered before each write to disk.
+const WRITE_BUFFER: usize = 1024 * 1024;
+/// Leading bytes kept for format detection.
+const HEAD_BYTES: usize = 64;
+
+/// A fully received upload, staged on disk.
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub file: NamedTempFile,
+    pub file_name: Option<String>,
+    pub size: u64,
+    pub head: Vec<u8>,
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(ErrorCode::PayloadTooLarge, format!("upload larger than the limit of {limit} bytes"))
+        .with_details(serde_json::json!({ "limit_bytes": limit }))
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidUpload, message)
+}
+
+/// Refuses at once a request whose declared length is over `limit`.
+pub(crate) fn check_declared_length(req: &HttpRequest, limit: u64) -> Result<(), ApiError> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit.saturating_add(64 * 1024) => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the multipart field `file` into a temporary file in `staging`. Other fields are
+/// ignored; a second `file` field is an error.
+pub(crate) async fn receive(req: &HttpRequest, payload: web::Payload, staging: PathBuf, limit: u64) -> Result<Received, ApiError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "expected a multipart/form-data upload with the file in the field 'file'",
+        ));
+    }
+    let mut multipart = Multipart::new(req.headers(), payload);
+    let mut received: Option<Received> = None;
+    while let Some(field) = multipart.next().await {
+        let mut field = field.map_err(|e| invalid(format!("invalid multipart upload: {e}")))?;
+        if field.name() != Some("file") {
+            while let Some(chunk) = field.next().await {
+                chunk.map_err(|e| invalid(format!("invalid multipart upload: {e}")))?;
+            }
+            continue;
+        }
+        if received.is_some() {
+            return Err(invalid("only one field named 'file' may be sent"));
+        }
+        let file_name = field.content_disposition().and_then(|cd| cd.get_filename()).map(str::to_owned);
+        let dir = staging.clone();
+        let mut file = web::block(move || tempfile::Builder::new().prefix(".upload-").tempfile_in(dir))
+            .await?
+            .map_err(|e| ApiError::internal(&format!("cannot create a staging file: {e}")))?;
+        let mut size = 0u64;
+        let mut head = Vec::with_capacity(HEAD_BYTES);
+        let mut buf = Vec::with_capacity(WRITE_BUFFER);
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|e| invalid(format!("upload interrupted: {e}")))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(too_large(limit));
+            }
+            if head.len() < HEAD_BYTES {
+                let take = (HEAD_BYTES - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+            }
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= WRITE_BUFFER {
+                (file, buf) = write_out(file, buf).await?;
+            }
+        }
+        if !buf.is_empty() {
+            (file, _) = write_out(file, buf).await?;
+        }
+        received = Some(Received { file, file_name, size, head });
+    }
+    let received = received.ok_or_else(|| invalid("the multipart field 'file' is missing"))?;
+    if received.size == 0 {
+        return Err(invalid("the uploaded file is empty"));
+    }
+    Ok(received)
+}
+
+async fn write_out(mut file: NamedTempFile, mut buf: Vec<u8>) -> Result<(NamedTempFile, Vec<u8>), ApiError> {
+    web::block(move || {
+        file.write_all(&buf)?;
+        buf.clear();
+        Ok::<_, std::io::Error>((file, buf))
+    })
+    .await?
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            ApiError::new(ErrorCode::StorageBusy, "the disk is full; the upload was discarded")
+        } else {
+            ApiError::internal(&format!("cannot write the upload: {e}"))
+        }
+    })
+}

@@ -1,0 +1,249 @@
+//! [`FileModelRegistry`]: model rows in SQLite, model files in a local directory.
+
+use std::path::PathBuf;
+
+use rusqlite::{params, OptionalExtension, Row};
+use trainyard_domain::{
+    ports::{ModelRegistry, StoreError},
+    registry::{ModelFormat, ModelRecord, NewModel},
+    ModelName, SessionId,
+};
+
+use crate::{codec, db::conflict_as, files::FileStore, Database};
+
+const COLUMNS: &str = "name, file_path, size_bytes, format, created_at, session_id, metadata";
+
+/// The model registry over a [`Database`] and a directory. Files are stored under
+/// server-generated names (`{name}_{timestamp}.{ext}`); uploads are staged in
+/// [`ModelRegistry::staging_dir`], `<dir>/.staging`.
+#[derive(Debug)]
+pub struct FileModelRegistry {
+    db: Database,
+    files: FileStore,
+}
+
+impl FileModelRegistry {
+    /// Opens the registry in `dir`, creating it and its staging directory, and removes files
+    /// an earlier run left in staging.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the directories cannot be created or listed.
+    pub fn open(db: Database, dir: PathBuf) -> Result<Self, StoreError> {
+        Ok(Self { db, files: FileStore::open(dir, "model")? })
+    }
+
+    /// Models matching `filter` (a `WHERE` and `ORDER BY` tail), decoded.
+    fn query(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<ModelRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM models {filter}");
+        let rows = self.db.read(|c| c.prepare_cached(&sql)?.query_map(args, ModelRow::read)?.collect::<rusqlite::Result<Vec<_>>>())?;
+        rows.into_iter().map(|r| r.decode(&self.files)).collect()
+    }
+}
+
+/// A model's columns as SQLite returns them.
+struct ModelRow {
+    name: String,
+    file_path: String,
+    size_bytes: i64,
+    format: String,
+    created_at: String,
+    session_id: Option<String>,
+    metadata: String,
+}
+
+impl ModelRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            name: r.get(0)?,
+            file_path: r.get(1)?,
+            size_bytes: r.get(2)?,
+            format: r.get(3)?,
+            created_at: r.get(4)?,
+            session_id: r.get(5)?,
+            metadata: r.get(6)?,
+        })
+    }
+
+    fn decode(self, files: &FileStore) -> Result<ModelRecord, StoreError> {
+        let name = ModelName::new(&self.name).map_err(|e| codec::corrupt(&format!("model name {:?}", self.name), e))?;
+        let field = |f: &str| format!("model '{name}' {f}");
+        Ok(ModelRecord {
+            file_path: files.path_of(&self.file_path)?,
+            size_bytes: codec::to_u64(self.size_bytes, &field("size"))?,
+            format: ModelFormat::parse(&self.format)
+                .ok_or_else(|| StoreError::Corrupt(format!("model '{name}' has unknown format {:?}", self.format)))?,
+            created_at: codec::parse_ts(&self.created_at)?,
+            session_id: self.session_id.as_deref().map(SessionId::parse).transpose().map_err(|e| codec::corrupt(&field("session"), e))?,
+            metadata: serde_json::from_str(&self.metadata).map_err(|e| codec::corrupt(&field("metadata"), e))?,
+            name,
+        })
+    }
+}
+
+impl ModelRegistry for FileModelRegistry {
+    fn list(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        self.query("ORDER BY created_at DESC, rowid DESC", &[])
+    }
+
+    fn get(&self, name: &ModelName) -> Result<Option<ModelRecord>, StoreError> {
+        Ok(self.query("WHERE name = ?1", params![name.as_str()])?.into_iter().next())
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.files.staging_dir()
+    }
+
+    fn import(&self, model: NewModel) -> Result<ModelRecord, StoreError> {
+        let name = model.name.as_str();
+        let metadata = model.metadata.to_string();
+        self.files.import(name, model.format.extension(), &model.staged_file, |placed| {
+            let created_at = codec::ts(placed.created_at)?;
+            let size = codec::to_i64(placed.size_bytes, "model size")?;
+            self.db
+                .write(|tx| {
+                    tx.prepare_cached(&format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"))?.execute(params![
+                        name,
+                        placed.file_name,
+                        size,
+                        model.format.as_str(),
+                        created_at,
+                        model.session_id.as_ref().map(SessionId::as_str),
+                        metadata
+                    ])
+                })
+                .map_err(conflict_as(|| format!("model '{name}' already exists")))?;
+            Ok(ModelRecord {
+                name: model.name.clone(),
+                file_path: self.files.path_of(&placed.file_name)?,
+                size_bytes: placed.size_bytes,
+                format: model.format,
+                created_at: placed.created_at,
+                session_id: model.session_id.clone(),
+                metadata: model.metadata.clone(),
+            })
+        })
+    }
+
+    fn delete(&self, name: &ModelName) -> Result<(), StoreError> {
+        let file: Option<String> = self.db.write(|tx| {
+            tx.prepare_cached("DELETE FROM models WHERE name = ?1 RETURNING file_path")?.query_row([name.as_str()], |r| r.get(0)).optional()
+        })?;
+        let file = file.ok_or_else(|| StoreError::NotFound(format!("model '{name}'")))?;
+        self.files.remove(&file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use quickcheck::{Gen, QuickCheck};
+    use serde_json::json;
+
+    use super::*;
+    use crate::test_support::{entries, name_from, temp_dir_db};
+
+    fn registry() -> (tempfile::TempDir, FileModelRegistry) {
+        let (dir, db) = temp_dir_db();
+        let reg = FileModelRegistry::open(db, dir.path().join("models")).unwrap();
+        (dir, reg)
+    }
+
+    fn stage(reg: &FileModelRegistry, bytes: &[u8]) -> PathBuf {
+        let path = reg.staging_dir().join(format!("upload-{}", bytes.len()));
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn new_model(reg: &FileModelRegistry, name: &str, bytes: &[u8], format: ModelFormat) -> NewModel {
+        NewModel {
+            name: ModelName::new(name).unwrap(),
+            staged_file: stage(reg, bytes),
+            format,
+            session_id: None,
+            metadata: json!({ "original_file_name": "m.bin" }),
+        }
+    }
+
+    #[test]
+    fn lists_newest_first() {
+        let (_dir, reg) = registry();
+        for name in ["first", "second", "third"] {
+            reg.import(new_model(&reg, name, b"w", ModelFormat::Binary)).unwrap();
+        }
+        let names: Vec<_> = reg.list().unwrap().into_iter().map(|m| m.name.to_string()).collect();
+        assert_eq!(names, ["third", "second", "first"]);
+    }
+
+    #[test]
+    fn a_missing_staged_file_is_an_io_error_and_leaves_no_row() {
+        let (_dir, reg) = registry();
+        let mut model = new_model(&reg, "m", b"w", ModelFormat::Onnx);
+        model.staged_file = reg.staging_dir().join("never-written");
+        assert!(matches!(reg.import(model), Err(StoreError::Io(_))));
+        assert_eq!(reg.list().unwrap(), []);
+    }
+
+    #[test]
+    fn deleting_an_entry_whose_file_is_gone_succeeds() {
+        let (_dir, reg) = registry();
+        let rec = reg.import(new_model(&reg, "m", b"w", ModelFormat::Binary)).unwrap();
+        fs::remove_file(&rec.file_path).unwrap();
+        reg.delete(&rec.name).unwrap();
+        assert_eq!(reg.get(&rec.name).unwrap(), None);
+    }
+
+    // Property 21: model import, get, download path and delete round trip: the file's bytes
+    // are preserved, row and disk agree (after delete neither exists), staging is empty after
+    // an import or a failed one, and a duplicate name is a conflict that leaves no file.
+    #[test]
+    fn prop21_model_import_get_delete_round_trip() {
+        fn prop(bytes: Vec<u8>, raw_name: String, format: u8, session: bool, label: String) -> bool {
+            let (_dir, reg) = registry();
+            let models_dir = reg.staging_dir().parent().unwrap().to_path_buf();
+            let formats = [ModelFormat::Safetensors, ModelFormat::Pytorch, ModelFormat::Onnx, ModelFormat::Binary];
+            let format = formats[usize::from(format) % formats.len()];
+            let name = ModelName::new(name_from(&raw_name)).unwrap();
+            let session_id = session.then(SessionId::generate);
+            let metadata = json!({ "label": label, "epochs": bytes.len() });
+            let staged = stage(&reg, &bytes);
+            let rec = reg
+                .import(NewModel {
+                    name: name.clone(),
+                    staged_file: staged.clone(),
+                    format,
+                    session_id: session_id.clone(),
+                    metadata: metadata.clone(),
+                })
+                .unwrap();
+            let stored_name = rec.file_path.file_name().unwrap().to_string_lossy().into_owned();
+            let imported = rec.name == name
+                && rec.format == format
+                && rec.session_id == session_id
+                && rec.metadata == metadata
+                && rec.size_bytes == bytes.len() as u64
+                && rec.file_path.parent() == Some(models_dir.as_path())
+                && stored_name.starts_with(&format!("{name}_"))
+                && stored_name.ends_with(&format!(".{}", format.extension()))
+                && fs::read(&rec.file_path).unwrap() == bytes
+                && !staged.exists()
+                && entries(&reg.staging_dir()).is_empty()
+                && reg.get(&name).unwrap().as_ref() == Some(&rec)
+                && reg.list().unwrap() == [rec.clone()];
+
+            let duplicate = reg.import(new_model(&reg, name.as_str(), b"other", ModelFormat::Binary));
+            let refused = matches!(duplicate, Err(StoreError::Conflict(ref m)) if m.contains(name.as_str()))
+                && entries(&reg.staging_dir()).is_empty()
+                && entries(&models_dir) == [".staging".to_owned(), stored_name]
+                && fs::read(&rec.file_path).unwrap() == bytes;
+
+            let deleted = reg.delete(&name).is_ok()
+                && reg.get(&name).unwrap().is_none()
+                && !rec.file_path.exists()
+                && entries(&models_dir) == [".staging"]
+                && reg.delete(&name) == Err(StoreError::NotFound(format!("model '{name}'")));
+            imported && refused && deleted
+        }
+        QuickCheck::new().tests(30).rng(Gen::new(64)).quickcheck(prop as fn(Vec<u8>, String, u8, bool, String) -> bool);
+    }
+}

@@ -1,0 +1,29 @@
+//! [`SqliteStore`]: the session, metrics, log and auth ports over one [`Database`].
+
+mod auth;
+mod logs;
+mod metrics;
+mod sessions;
+
+use crate::Database;
+
+/// Sessions, metrics, logs, API keys and the auth audit log, in SQLite. Implements
+/// [`SessionRepository`](trainyard_domain::ports::SessionRepository),
+/// [`MetricsStore`](trainyard_domain::ports::MetricsStore),
+/// [`LogStore`](trainyard_domain::ports::LogStore) and
+/// [`AuthStore`](trainyard_domain::ports::AuthStore).
+///
+/// Metrics and log lines belong to a session: recording them for a session that does not
+/// exist fails with [`StoreError::NotFound`](trainyard_domain::ports::StoreError::NotFound).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    db: Database,
+}
+
+impl SqliteStore {
+    /// A store over `db`.
+    #[must_use]
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}

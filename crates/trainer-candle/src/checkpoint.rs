@@ -1,0 +1,107 @@
+//! Writing a model as safetensors: every variable of a `VarMap` under its dotted name, the
+//! run's metadata in the header's `__metadata__` string map, written to a temporary file in
+//! the same directory and renamed into place so that a reader never sees half a file.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::PoisonError,
+};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde_json::Value;
+
+/// Why a checkpoint could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SaveError {
+    #[error("could not copy the weights off the device: {0}")]
+    Backend(#[from] candle_core::Error),
+    #[error("could not write {path}: {message}")]
+    Io { path: PathBuf, message: String },
+}
+
+/// The safetensors `__metadata__` map for a JSON object: strings as they are, anything else as
+/// JSON text (lists and objects stay machine-readable).
+pub(crate) fn header_metadata(metadata: &Value) -> HashMap<String, String> {
+    let Some(object) = metadata.as_object() else { return HashMap::new() };
+    let mut out: HashMap<String, String> = object
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+            )
+        })
+        .collect();
+    // What `safetensors.torch` writes; loaders such as transformers look for it.
+    out.entry("format".into()).or_insert_with(|| "pt".into());
+    out
+}
+
+/// Writes every variable of `varmap` with `metadata` to `path`, atomically.
+pub(crate) fn save(varmap: &VarMap, metadata: HashMap<String, String>, path: &Path) -> Result<(), SaveError> {
+    save_with(varmap, Vec::new(), metadata, path)
+}
+
+/// Writes every variable of `varmap` and the `extra` tensors (optimizer state) with
+/// `metadata` to `path`, atomically.
+pub(crate) fn save_with(
+    varmap: &VarMap,
+    extra: Vec<(String, Tensor)>,
+    metadata: HashMap<String, String>,
+    path: &Path,
+) -> Result<(), SaveError> {
+    let io = |message: String| SaveError::Io { path: path.to_path_buf(), message };
+    let mut tensors: Vec<(String, Tensor)> = {
+        let vars = varmap.data().lock().unwrap_or_else(PoisonError::into_inner);
+        // Copied to the CPU first: safetensors' view of a device tensor panics if the copy fails.
+        vars.iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .chain(extra)
+            .map(|(name, t)| Ok((name, t.to_device(&Device::Cpu)?)))
+            .collect::<Result<_, SaveError>>()?
+    };
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.safetensors");
+    let tmp = dir.join(format!(".{file_name}.partial"));
+    let written = safetensors::tensor::serialize_to_file(tensors, Some(metadata), &tmp)
+        .map_err(|e| io(e.to_string()))
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| io(e.to_string())));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::DType;
+    use candle_nn::Init;
+
+    use super::*;
+
+    #[test]
+    fn writes_tensors_and_metadata_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let varmap = VarMap::new();
+        varmap.get((2, 3), "layers.0.weight", Init::Const(0.5), DType::F32, &Device::Cpu).unwrap();
+        let meta = header_metadata(&serde_json::json!({ "architecture": "mlp", "classes": ["a", "b"], "input_features": 3 }));
+        let path = dir.path().join("model.safetensors");
+        save(&varmap, meta, &path).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let m = header.metadata().clone().unwrap();
+        assert_eq!((m["architecture"].as_str(), m["classes"].as_str(), m["input_features"].as_str()), ("mlp", r#"["a","b"]"#, "3"));
+        assert_eq!(m["format"], "pt");
+        let loaded = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(loaded["layers.0.weight"].dims(), [2, 3]);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "only the model remains");
+    }
+}

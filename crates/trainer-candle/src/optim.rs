@@ -1,0 +1,262 @@
+//! The optimizers sessions choose from, written the way PyTorch defines them, with state that
+//! can be saved in a checkpoint and loaded to resume: Adam, AdamW (decoupled weight decay
+//! 0.01), SGD with optional momentum, and RMSprop with optional momentum.
+
+use std::collections::HashMap;
+
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
+use trainyard_domain::Optimizer as OptimizerKind;
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+/// AdamW's decoupled weight decay (PyTorch's default).
+const ADAMW_WEIGHT_DECAY: f64 = 0.01;
+const RMS_ALPHA: f64 = 0.99;
+const RMS_EPS: f64 = 1e-8;
+
+/// Key prefix of optimizer state in a checkpoint.
+pub(crate) const STATE_PREFIX: &str = "optim.";
+
+/// One trained parameter and its optimizer state.
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    var: Var,
+    /// Adam's first moment, or the momentum buffer.
+    first: Option<Tensor>,
+    /// Adam's second moment, or RMSprop's squared-gradient average.
+    second: Option<Tensor>,
+}
+
+/// A session's optimizer over named parameters.
+#[derive(Debug)]
+pub struct TrainOptimizer {
+    kind: OptimizerKind,
+    lr: f64,
+    momentum: f64,
+    slots: Vec<Slot>,
+    steps: u64,
+}
+
+impl TrainOptimizer {
+    /// An optimizer of `kind` over `vars` (name, variable), all state zero.
+    pub fn new(kind: OptimizerKind, vars: Vec<(String, Var)>, lr: f64, momentum: f64) -> Self {
+        let slots = vars
+            .into_iter()
+            .filter(|(_, v)| v.dtype().is_float())
+            .map(|(name, var)| Slot { name, var, first: None, second: None })
+            .collect();
+        Self { kind, lr, momentum, slots, steps: 0 }
+    }
+
+    /// Updates done so far.
+    #[must_use]
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Back-propagates `loss` and updates the weights.
+    ///
+    /// # Errors
+    /// A candle error from the backward pass or the update.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        self.step(&grads)
+    }
+
+    /// Applies one update from `grads`.
+    ///
+    /// # Errors
+    /// A candle error from the update.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.steps += 1;
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+        let t = self.steps as i32;
+        let (lr, momentum) = (self.lr, self.momentum);
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let theta = slot.var.as_tensor();
+            let next = match self.kind {
+                OptimizerKind::Adam | OptimizerKind::AdamW => {
+                    let m = blend(slot.first.as_ref(), BETA1, g, 1.0 - BETA1)?;
+                    let v = blend(slot.second.as_ref(), BETA2, &g.sqr()?, 1.0 - BETA2)?;
+                    let m_hat = (&m / (1.0 - BETA1.powi(t)))?;
+                    let v_hat = (&v / (1.0 - BETA2.powi(t)))?;
+                    let update = (m_hat / (v_hat.sqrt()? + ADAM_EPS)?)?;
+                    let decayed =
+                        if self.kind == OptimizerKind::AdamW { (theta * (1.0 - lr * ADAMW_WEIGHT_DECAY))? } else { theta.clone() };
+                    slot.first = Some(m);
+                    slot.second = Some(v);
+                    (decayed - (update * lr)?)?
+                }
+                OptimizerKind::Sgd if momentum > 0.0 => {
+                    let buf = match &slot.first {
+                        Some(b) => ((b * momentum)? + g)?,
+                        None => g.clone(),
+                    };
+                    let next = (theta - (&buf * lr)?)?;
+                    slot.first = Some(buf);
+                    next
+                }
+                OptimizerKind::Sgd => (theta - (g * lr)?)?,
+                OptimizerKind::RmsProp => {
+                    let v = blend(slot.second.as_ref(), RMS_ALPHA, &g.sqr()?, 1.0 - RMS_ALPHA)?;
+                    let scaled = (g / (v.sqrt()? + RMS_EPS)?)?;
+                    slot.second = Some(v);
+                    if momentum > 0.0 {
+                        let buf = match &slot.first {
+                            Some(b) => ((b * momentum)? + &scaled)?,
+                            None => scaled,
+                        };
+                        let next = (theta - (&buf * lr)?)?;
+                        slot.first = Some(buf);
+                        next
+                    } else {
+                        (theta - (scaled * lr)?)?
+                    }
+                }
+            };
+            slot.var.set(&next)?;
+        }
+        Ok(())
+    }
+
+    /// The state to checkpoint: `optim.steps`, and per parameter `optim.first.NAME` and
+    /// `optim.second.NAME` where they exist.
+    ///
+    /// # Errors
+    /// A candle error creating the step counter.
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let device = self.slots.first().map_or(candle_core::Device::Cpu, |s| s.var.device().clone());
+        #[allow(clippy::cast_precision_loss)]
+        let steps = Tensor::new(&[self.steps as f64], &device)?;
+        let mut out = vec![(format!("{STATE_PREFIX}steps"), steps)];
+        for slot in &self.slots {
+            if let Some(t) = &slot.first {
+                out.push((format!("{STATE_PREFIX}first.{}", slot.name), t.clone()));
+            }
+            if let Some(t) = &slot.second {
+                out.push((format!("{STATE_PREFIX}second.{}", slot.name), t.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores state saved by [`Self::state`]; tensors of other shapes are ignored (their
+    /// state restarts at zero).
+    ///
+    /// # Errors
+    /// A candle error reading the step counter or moving tensors to the device.
+    pub fn load_state(&mut self, saved: &HashMap<String, Tensor>) -> Result<()> {
+        if let Some(steps) = saved.get(&format!("{STATE_PREFIX}steps")) {
+            let v = steps.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            if let Some(n) = v.first() {
+                self.steps = *n as u64;
+            }
+        }
+        for slot in &mut self.slots {
+            let fetch = |kind: &str| -> Result<Option<Tensor>> {
+                match saved.get(&format!("{STATE_PREFIX}{kind}.{}", slot.name)) {
+                    Some(t) if t.shape() == slot.var.shape() => Ok(Some(t.to_device(slot.var.device())?.to_dtype(slot.var.dtype())?)),
+                    _ => Ok(None),
+                }
+            };
+            slot.first = fetch("first")?;
+            slot.second = fetch("second")?;
+        }
+        Ok(())
+    }
+}
+
+/// `decay * previous + (1 - decay) * x`, starting from zero.
+fn blend(previous: Option<&Tensor>, decay: f64, x: &Tensor, weight: f64) -> Result<Tensor> {
+    match previous {
+        Some(p) => (p * decay)? + (x * weight)?,
+        None => x * weight,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+
+    fn var(values: &[f32]) -> Var {
+        Var::from_tensor(&Tensor::new(values, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn quad_loss(w: &Var) -> Tensor {
+        w.as_tensor().sqr().unwrap().sum_all().unwrap()
+    }
+
+    #[test]
+    fn rmsprop_matches_a_hand_computed_step() {
+        let w = var(&[1.0, -2.0]);
+        let mut opt = TrainOptimizer::new(OptimizerKind::RmsProp, vec![("w".into(), w.clone())], 0.1, 0.0);
+        opt.backward_step(&quad_loss(&w)).unwrap();
+        let got = w.as_tensor().to_vec1::<f32>().unwrap();
+        let step = |w: f64| {
+            let g = 2.0 * w;
+            let v = 0.01 * g * g;
+            w - 0.1 * g / (v.sqrt() + 1e-8)
+        };
+        assert!((f64::from(got[0]) - step(1.0)).abs() < 1e-5, "{got:?}");
+        assert!((f64::from(got[1]) - step(-2.0)).abs() < 1e-5, "{got:?}");
+    }
+
+    #[test]
+    fn adam_first_step_moves_each_weight_by_the_learning_rate() {
+        let w = var(&[1.0, -2.0, 3.0]);
+        let mut opt = TrainOptimizer::new(OptimizerKind::Adam, vec![("w".into(), w.clone())], 0.1, 0.0);
+        opt.backward_step(&quad_loss(&w)).unwrap();
+        let got = w.as_tensor().to_vec1::<f32>().unwrap();
+        for (g, w0) in got.iter().zip([1.0f32, -2.0, 3.0]) {
+            assert!((g - (w0 - 0.1 * w0.signum())).abs() < 1e-5, "{got:?}");
+        }
+    }
+
+    #[test]
+    fn every_kind_with_and_without_momentum_lowers_a_simple_loss() {
+        for &kind in OptimizerKind::ALL {
+            for momentum in [0.0, 0.9] {
+                let w = Var::ones(3, DType::F32, &Device::Cpu).unwrap();
+                let mut opt = TrainOptimizer::new(kind, vec![("w".into(), w.clone())], 0.05, momentum);
+                let before = quad_loss(&w).to_scalar::<f32>().unwrap();
+                for _ in 0..5 {
+                    opt.backward_step(&quad_loss(&w)).unwrap();
+                }
+                assert!(quad_loss(&w).to_scalar::<f32>().unwrap() < before, "{kind} momentum {momentum}");
+            }
+        }
+    }
+
+    #[test]
+    fn saved_state_resumes_exactly() {
+        for &kind in OptimizerKind::ALL {
+            let run = |split: bool| {
+                let w = var(&[0.5, -1.5, 2.5]);
+                let mut opt = TrainOptimizer::new(kind, vec![("w".into(), w.clone())], 0.05, 0.5);
+                for _ in 0..3 {
+                    opt.backward_step(&quad_loss(&w)).unwrap();
+                }
+                let (w, mut opt) = if split {
+                    let saved: HashMap<String, Tensor> = opt.state().unwrap().into_iter().collect();
+                    let w2 = var(&w.as_tensor().to_vec1::<f32>().unwrap());
+                    let mut fresh = TrainOptimizer::new(kind, vec![("w".into(), w2.clone())], 0.05, 0.5);
+                    fresh.load_state(&saved).unwrap();
+                    (w2, fresh)
+                } else {
+                    (w, opt)
+                };
+                for _ in 0..3 {
+                    opt.backward_step(&quad_loss(&w)).unwrap();
+                }
+                (w.as_tensor().to_vec1::<f32>().unwrap(), opt.steps())
+            };
+            assert_eq!(run(false), run(true), "{kind}");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Per-epoch checkpoints shared by every architecture: the weights, the optimizer state, the
+//! epoch and its metrics, written atomically to the session's scratch directory after every
+//! epoch, and read back when an interrupted session's run starts again.
+
+use std::{collections::HashMap, path::Path};
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use serde_json::{Map, Value};
+use trainyard_domain::{
+    metrics::EpochMetrics,
+    ports::{TrainError, TrainingEvents},
+};
+
+use crate::{
+    checkpoint,
+    optim::{TrainOptimizer, STATE_PREFIX},
+    trainer::backend,
+    weights,
+};
+
+/// The checkpoint's file name in the scratch directory.
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+/// A checkpoint read back.
+#[derive(Debug)]
+pub(crate) struct Checkpoint {
+    /// The last epoch it holds.
+    pub epoch: u32,
+    /// What the writer recorded about the run (architecture, sizes, vocabulary, ...).
+    pub metadata: Map<String, Value>,
+    pub tensors: HashMap<String, Tensor>,
+    metrics: Option<EpochMetrics>,
+}
+
+impl Checkpoint {
+    /// Reads the checkpoint in `dir`, if there is one.
+    pub(crate) fn read(dir: &Path, device: &Device) -> Result<Option<Self>, String> {
+        let path = dir.join(CHECKPOINT_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let loaded = weights::load_safetensors(&path, device).map_err(|e| format!("unreadable checkpoint: {e}"))?;
+        let epoch = loaded
+            .metadata
+            .get("epoch")
+            .and_then(Value::as_u64)
+            .and_then(|e| u32::try_from(e).ok())
+            .ok_or("the checkpoint names no epoch")?;
+        let metrics = loaded.metadata.get("metrics").and_then(|m| serde_json::from_value(m.clone()).ok());
+        Ok(Some(Self { epoch, metadata: loaded.metadata, tensors: loaded.tensors, metrics }))
+    }
+
+    /// Whether the writer recorded `value` under `key`.
+    pub(crate) fn recorded(&self, key: &str, value: &Value) -> bool {
+        self.metadata.get(key) == Some(value)
+    }
+
+    /// Loads the optimizer state, then tells `events` where the run resumes and replays the
+    /// checkpoint's epoch metrics (the crash may have come before they were recorded).
+    /// Returns the epoch to continue after.
+    pub(crate) fn restore(&self, optimizer: &mut TrainOptimizer, events: &mut dyn TrainingEvents) -> Result<u32, TrainError> {
+        let state: HashMap<String, Tensor> =
+            self.tensors.iter().filter(|(k, _)| k.starts_with(STATE_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        optimizer.load_state(&state).map_err(backend)?;
+        events.resumed(self.epoch);
+        if let Some(m) = &self.metrics {
+            events.epoch_finished(m.clone());
+        }
+        Ok(self.epoch)
+    }
+}
+
+/// Writes the checkpoint of a finished epoch: `metadata` plus the epoch and its metrics.
+pub(crate) fn write(
+    dir: &Path,
+    varmap: &VarMap,
+    optimizer: &TrainOptimizer,
+    mut metadata: Value,
+    metrics: &EpochMetrics,
+) -> Result<(), TrainError> {
+    if let Some(obj) = metadata.as_object_mut() {
+        obj.insert("epoch".into(), metrics.epoch.into());
+        obj.insert("metrics".into(), serde_json::to_value(metrics).unwrap_or(Value::Null));
+    }
+    let extra = optimizer.state().map_err(backend)?;
+    checkpoint::save_with(varmap, extra, checkpoint::header_metadata(&metadata), &dir.join(CHECKPOINT_FILE))
+        .map_err(|e| TrainError::Io(e.to_string()))
+}
+
+/// Copies `tensors` into the same-named variables of `varmap`. Embedding and output rows may
+/// be fewer than the variable's (a grown vocabulary): the first rows are copied, the rest keep
+/// their fresh initialisation. Returns how many variables grew that way.
+pub(crate) fn assign(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<usize, String> {
+    let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut grown = 0;
+    for (name, var) in data.iter() {
+        let Some(src) = tensors.get(name) else { return Err(format!("the weights lack '{name}'")) };
+        grown += usize::from(copy_rows(var, src, name)?);
+    }
+    Ok(grown)
+}
+
+fn copy_rows(var: &Var, src: &Tensor, name: &str) -> Result<bool, String> {
+    let (want, have) = (var.dims().to_vec(), src.dims().to_vec());
+    let src = src.to_device(var.device()).and_then(|t| t.to_dtype(var.dtype())).map_err(|e| e.to_string())?;
+    if want == have {
+        var.set(&src).map_err(|e| e.to_string())?;
+        return Ok(false);
+    }
+    if want.len() == have.len() && !want.is_empty() && want[1..] == have[1..] && have[0] < want[0] {
+        let rest = var.as_tensor().narrow(0, have[0], want[0] - have[0]).map_err(|e| e.to_string())?;
+        let merged = Tensor::cat(&[&src, &rest], 0).map_err(|e| e.to_string())?;
+        var.set(&merged).map_err(|e| e.to_string())?;
+        return Ok(true);
+    }
+    Err(format!("'{name}' has shape {have:?} but this model needs {want:?}"))
+}

@@ -1,0 +1,373 @@
+//! Tests of [`CandleTrainer`]: learning iris, every optimizer and loss, reproducibility,
+//! stopping, and refusing data it cannot train on.
+
+use std::{fs, path::Path, time::Instant};
+
+use quickcheck::{quickcheck, QuickCheck, TestResult};
+use trainyard_domain::{
+    registry::{DatasetInfo, DatasetRecord},
+    DatasetName, LossFunction, Optimizer, SessionId, TrainingRequest,
+};
+
+use super::*;
+
+const IRIS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/datasets/iris.csv");
+const TEMPEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/datasets/tempest.txt");
+
+/// Everything a run reported.
+#[derive(Debug, Default)]
+struct Recorded {
+    metrics: Vec<EpochMetrics>,
+    logs: Vec<(LogLevel, String)>,
+    resumed_from: Option<u32>,
+}
+
+impl TrainingEvents for Recorded {
+    fn epoch_finished(&mut self, metrics: EpochMetrics) {
+        self.metrics.push(metrics);
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.logs.push((level, message));
+    }
+
+    fn resumed(&mut self, epoch: u32) {
+        self.resumed_from = Some(epoch);
+    }
+}
+
+fn config(req: TrainingRequest) -> TrainingConfig {
+    TrainingConfig::validate(&TrainingRequest { model_architecture: Some("mlp".into()), dataset_name: Some("data".into()), ..req }).unwrap()
+}
+
+fn job(path: &Path, format: DatasetFormat, config: TrainingConfig, scratch: &Path) -> TrainingJob {
+    TrainingJob {
+        session_id: SessionId::generate(),
+        config,
+        dataset: DatasetRecord {
+            name: DatasetName::new("data").unwrap(),
+            file_path: path.to_path_buf(),
+            size_bytes: fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            info: DatasetInfo { format, sample_count: None, dimensions: None, statistics: Value::Null },
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        },
+        extra_datasets: Vec::new(),
+        base_model: None,
+        scratch_dir: scratch.to_path_buf(),
+    }
+}
+
+fn run(trainer: &CandleTrainer, path: &Path, format: DatasetFormat, req: TrainingRequest) -> (Result<TrainedModel, TrainError>, Recorded) {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut events = Recorded::default();
+    let mut result = trainer.train(&job(path, format, config(req), scratch.path()), &mut events, &StopSignal::default());
+    // Keep the model file readable after the scratch directory goes away.
+    if let Ok(model) = &mut result {
+        let kept = std::env::temp_dir().join(format!("trainyard-test-{}.safetensors", SessionId::generate()));
+        fs::copy(&model.file, &kept).unwrap();
+        model.file = kept;
+    }
+    (result, events)
+}
+
+fn iris(req: TrainingRequest) -> (Result<TrainedModel, TrainError>, Recorded) {
+    run(&CandleTrainer::cpu(), Path::new(IRIS), DatasetFormat::Csv, req)
+}
+
+/// A small two-class table with a learnable rule, from quickcheck's numbers.
+fn synthetic(dir: &Path, values: &[i16]) -> std::path::PathBuf {
+    let mut text = "a,b,c,label\n".to_owned();
+    for r in 0..24 {
+        let v = |k: usize| f64::from(values.get((r * 3 + k) % values.len().max(1)).copied().unwrap_or(0)) / 100.0;
+        let (a, b, c) = (v(0), v(1), v(2) + r as f64);
+        text += &format!("{a},{b},{c},{}\n", r % 2);
+    }
+    let path = dir.join("synthetic.csv");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn tensor_bytes(file: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let bytes = fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn learns_iris_to_ninety_percent_validation_accuracy() {
+    let started = Instant::now();
+    let (model, events) = iris(TrainingRequest {
+        learning_rate: Some(0.01),
+        batch_size: Some(16),
+        epochs: Some(30),
+        optimizer: Some("adam".into()),
+        loss_function: Some("cross_entropy".into()),
+        ..TrainingRequest::default()
+    });
+    let model = model.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let last = events.metrics.last().unwrap();
+    let per_epoch = events.metrics.iter().map(|m| m.epoch_seconds).sum::<f64>() / 30.0;
+    println!(
+        "iris: val_accuracy {:.4}, accuracy {:.4}, loss {:.4}; {per_epoch:.4}s per epoch, {elapsed:.2}s in all",
+        last.val_accuracy.unwrap(),
+        last.accuracy,
+        last.loss
+    );
+    // One validation sample is 3.3%: judge the last five epochs together, so that a rounding
+    // difference on another CPU cannot flip the verdict, and the final one on its own loosely.
+    let recent = events.metrics[25..].iter().filter_map(|m| m.val_accuracy).sum::<f64>() / 5.0;
+    println!("iris: mean val_accuracy over epochs 26-30: {recent:.4}");
+    assert!(recent >= 0.9, "{:?}", &events.metrics[25..]);
+    assert!(last.val_accuracy.unwrap() >= 0.85, "{last:?}");
+    assert_eq!(events.metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(), (1..=30).collect::<Vec<_>>());
+    assert!(last.loss < events.metrics[0].loss * 0.5);
+    assert_eq!((model.epochs_completed, model.stopped, model.format), (30, false, ModelFormat::Safetensors));
+    assert_eq!(model.metadata["classes"], json!(["0", "1", "2"]));
+    assert_eq!(model.metadata["input_features"], 4);
+    assert_eq!(model.metadata["hyperparameters"]["optimizer"], "adam");
+
+    let logs: Vec<&str> = events.logs.iter().map(|(_, m)| m.as_str()).collect();
+    assert!(logs[0].contains("150 rows, 4 features, 3 classes"), "{logs:?}");
+    assert!(logs[1].contains("120 training / 30 validation"), "{logs:?}");
+    assert!(logs[2].contains("9091 parameters") && logs[2].contains("device cpu"), "{logs:?}");
+    assert!(logs[3].starts_with("epoch 1/30: loss ") && logs[3].contains("val_accuracy"), "{logs:?}");
+
+    // The file: PyTorch names, and the metadata in the header.
+    let bytes = fs::read(&model.file).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    assert_eq!(meta["architecture"], "mlp");
+    assert_eq!(meta["classes"], r#"["0","1","2"]"#);
+    assert_eq!(meta["session_id"], model.metadata["session_id"].as_str().unwrap());
+    let mean: Vec<f64> = serde_json::from_str(&meta["feature_mean"]).unwrap();
+    assert_eq!(mean.len(), 4);
+    let final_metrics: Value = serde_json::from_str(&meta["final_metrics"]).unwrap();
+    assert_eq!(final_metrics["epoch"], 30);
+    let names: Vec<String> = tensor_bytes(&model.file).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names, ["layers.0.bias", "layers.0.weight", "layers.2.bias", "layers.2.weight", "layers.4.bias", "layers.4.weight"]);
+    fs::remove_file(&model.file).unwrap();
+}
+
+#[test]
+fn every_optimizer_and_loss_runs_an_epoch_with_a_finite_loss() {
+    let combos =
+        Optimizer::ALL.iter().map(|&o| (o, LossFunction::CrossEntropy)).chain(LossFunction::ALL.iter().map(|&l| (Optimizer::Adam, l)));
+    for (optimizer, loss) in combos {
+        let (model, events) = iris(TrainingRequest {
+            epochs: Some(1),
+            batch_size: Some(16),
+            learning_rate: Some(0.01),
+            optimizer: Some(optimizer.as_str().into()),
+            loss_function: Some(loss.as_str().into()),
+            ..TrainingRequest::default()
+        });
+        let model = model.unwrap_or_else(|e| panic!("{optimizer}/{loss}: {e}"));
+        let m = &events.metrics[0];
+        assert!(m.loss.is_finite() && m.val_loss.is_some_and(f64::is_finite), "{optimizer}/{loss}: {m:?}");
+        println!("{optimizer}/{loss}: loss {:.4}, val_accuracy {:.3}", m.loss, m.val_accuracy.unwrap());
+        fs::remove_file(&model.file).unwrap();
+    }
+}
+
+#[test]
+fn no_validation_split_reports_no_validation_metrics() {
+    let (model, events) = iris(TrainingRequest { epochs: Some(1), validation_split: Some(0.0), ..TrainingRequest::default() });
+    fs::remove_file(model.unwrap().file).unwrap();
+    assert_eq!((events.metrics[0].val_loss, events.metrics[0].val_accuracy), (None, None));
+    assert!(events.logs[1].1.contains("150 training / 0 validation"));
+    assert!(!events.logs[3].1.contains("val_"));
+}
+
+#[test]
+fn prop27_same_seed_same_metrics_and_weights() {
+    // Property 27: same seed => identical metrics and identical saved weights bytes on CPU.
+    fn prop(values: Vec<i16>, seed: u64, batch: u8, optimizer: u8) -> TestResult {
+        let dir = tempfile::tempdir().unwrap();
+        let path = synthetic(dir.path(), &values);
+        let req = TrainingRequest {
+            epochs: Some(2),
+            batch_size: Some(i64::from(batch % 8) + 1),
+            seed: Some(seed),
+            learning_rate: Some(0.01),
+            optimizer: Some(Optimizer::ALL[usize::from(optimizer) % Optimizer::ALL.len()].as_str().into()),
+            ..TrainingRequest::default()
+        };
+        let once = || {
+            let (model, events) = run(&CandleTrainer::cpu(), &path, DatasetFormat::Csv, req.clone());
+            let model = model.unwrap();
+            let weights = tensor_bytes(&model.file);
+            fs::remove_file(&model.file).unwrap();
+            let metrics: Vec<_> = events.metrics.iter().map(|m| (m.epoch, m.loss, m.accuracy, m.val_loss, m.val_accuracy)).collect();
+            (metrics, weights, model.metadata["classes"].clone())
+        };
+        let (a, b) = (once(), once());
+        TestResult::from_bool(a == b && a.0.len() == 2)
+    }
+    QuickCheck::new().tests(10).quickcheck(prop as fn(Vec<i16>, u64, u8, u8) -> TestResult);
+}
+
+#[test]
+fn different_seeds_train_differently() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = synthetic(dir.path(), &[3, 1, 4, 1, 5, 9, 2, 6]);
+    let weights = |seed| {
+        let (model, _) = run(
+            &CandleTrainer::cpu(),
+            &path,
+            DatasetFormat::Csv,
+            TrainingRequest { epochs: Some(1), seed: Some(seed), ..TrainingRequest::default() },
+        );
+        let file = model.unwrap().file;
+        let w = tensor_bytes(&file);
+        fs::remove_file(file).unwrap();
+        w
+    };
+    assert_ne!(weights(1), weights(2));
+}
+
+#[test]
+fn prop28_stop_after_k_batches_saves_a_loadable_model() {
+    // Property 28: a stop requested after k batches ends with stopped=true, a loadable
+    // safetensors file whose tensors have the right shapes.
+    fn prop(k: u8, batch: u8) -> TestResult {
+        let batch = u64::from(batch % 40) + 8;
+        let epochs = 3u64;
+        let per_epoch = 120u64.div_ceil(batch);
+        let k = u64::from(k) % (per_epoch * epochs);
+        let trainer = CandleTrainer { stop_after_batches: Some(k), ..CandleTrainer::cpu() };
+        let req = TrainingRequest {
+            epochs: Some(epochs as i64),
+            batch_size: Some(batch as i64),
+            validation_split: Some(0.2),
+            ..TrainingRequest::default()
+        };
+        let (model, events) = run(&trainer, Path::new(IRIS), DatasetFormat::Csv, req);
+        let model = match model {
+            Ok(m) => m,
+            Err(e) => return TestResult::error(e.to_string()),
+        };
+        let loaded = candle_core::safetensors::load(&model.file, &Device::Cpu).unwrap();
+        fs::remove_file(&model.file).unwrap();
+        let shapes_ok =
+            mlp::parameter_shapes(4, 3).iter().all(|(name, shape)| loaded.get(name).is_some_and(|t| t.dims() == shape.as_slice()));
+        let completed = u32::try_from(k / per_epoch).unwrap();
+        TestResult::from_bool(
+            model.stopped
+                && shapes_ok
+                && loaded.len() == 6
+                && model.epochs_completed == completed
+                && events.metrics.len() == completed as usize
+                && model.metadata["stopped"] == true
+                && events.logs.iter().any(|(_, m)| m.contains("stop requested")),
+        )
+    }
+    QuickCheck::new().tests(15).quickcheck(prop as fn(u8, u8) -> TestResult);
+}
+
+#[test]
+fn a_stop_before_the_first_batch_still_saves_the_initial_weights() {
+    let scratch = tempfile::tempdir().unwrap();
+    let stop = StopSignal::default();
+    stop.request();
+    let model = CandleTrainer::cpu()
+        .train(
+            &job(Path::new(IRIS), DatasetFormat::Csv, config(TrainingRequest::default()), scratch.path()),
+            &mut Recorded::default(),
+            &stop,
+        )
+        .unwrap();
+    assert_eq!((model.stopped, model.epochs_completed, model.metadata["final_metrics"].clone()), (true, 0, Value::Null));
+    assert_eq!(model.file, scratch.path().join(MODEL_FILE_NAME));
+    assert!(model.file.exists());
+}
+
+#[test]
+fn a_nan_loss_fails_the_run_naming_epoch_and_batch() {
+    let trainer = CandleTrainer { nan_at_batch: Some(9), ..CandleTrainer::cpu() };
+    let (result, _) =
+        run(&trainer, Path::new(IRIS), DatasetFormat::Csv, TrainingRequest { batch_size: Some(16), ..TrainingRequest::default() });
+    // 120 training rows in batches of 16: 8 per epoch, so batch 9 overall is epoch 2, batch 2.
+    assert_eq!(result.unwrap_err(), TrainError::Failed("loss became NaN at epoch 2, batch 2; try a lower learning rate".into()));
+}
+
+#[test]
+fn refuses_data_it_cannot_train_on() {
+    let (r, _) = run(&CandleTrainer::cpu(), Path::new(TEMPEST), DatasetFormat::Text, TrainingRequest::default());
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.contains("mlp") && msg.contains("tabular") && msg.contains("text"), "{msg}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_error = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        match run(&CandleTrainer::cpu(), &path, DatasetFormat::Csv, TrainingRequest::default()).0 {
+            Err(TrainError::Data(m)) => m,
+            other => panic!("{name}: expected a data error, got {other:?}"),
+        }
+    };
+    assert!(data_error("one_class.csv", "a,label\n1,0\n2,0\n3,0\n").contains("single class"));
+    assert!(data_error("one_row.csv", "a,label\n1,0\n").contains("at least 2"));
+    assert!(data_error("ragged.csv", "a,b,label\n1,2,0\n3,4\n").contains("line 3"));
+    let missing = run(&CandleTrainer::cpu(), &dir.path().join("gone.csv"), DatasetFormat::Csv, TrainingRequest::default()).0;
+    assert!(matches!(missing, Err(TrainError::Io(_))), "{missing:?}");
+}
+
+#[test]
+fn string_labels_and_tsv_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.tsv");
+    let mut text = "x\ty\tspecies\n".to_owned();
+    for i in 0..30 {
+        let (x, label) = if i % 2 == 0 { (f64::from(i), "cat") } else { (-f64::from(i), "dog") };
+        text += &format!("{x}\t{}\t{label}\n", i % 5);
+    }
+    fs::write(&path, text).unwrap();
+    let (model, events) =
+        run(&CandleTrainer::cpu(), &path, DatasetFormat::Tsv, TrainingRequest { epochs: Some(3), ..TrainingRequest::default() });
+    let model = model.unwrap();
+    fs::remove_file(&model.file).unwrap();
+    assert_eq!(model.metadata["classes"], json!(["cat", "dog"]));
+    assert_eq!(model.metadata["label_column"], "species");
+    assert_eq!(events.metrics.len(), 3);
+}
+
+quickcheck! {
+    // Property 42: a run interrupted after any batch and started again on its scratch
+    // directory resumes from the last epoch's checkpoint and ends with exactly the weights and
+    // metrics of the uninterrupted run.
+    fn prop42_resumed_runs_match_uninterrupted_ones(stop_after: u8, opt: u8) -> bool {
+        let optimizer = ["adam", "adamw", "sgd", "rmsprop"][usize::from(opt % 4)];
+        let req = || TrainingRequest {
+            epochs: Some(4),
+            batch_size: Some(32),
+            learning_rate: Some(0.01),
+            optimizer: Some(optimizer.into()),
+            ..TrainingRequest::default()
+        };
+        let weights = |file: &Path| {
+            let mut t: Vec<_> = candle_core::safetensors::load(file, &candle_core::Device::Cpu).unwrap().into_iter().collect();
+            t.sort_by(|a, b| a.0.cmp(&b.0));
+            t.into_iter().map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect::<Vec<_>>()
+        };
+        let (whole, whole_events) = iris(req());
+        let whole = whole.unwrap();
+
+        let scratch = tempfile::tempdir().unwrap();
+        let job = job(Path::new(IRIS), DatasetFormat::Csv, config(req()), scratch.path());
+        // 120 training rows in batches of 32: 4 batches an epoch, 16 in all.
+        let interrupted = CandleTrainer { stop_after_batches: Some(u64::from(stop_after % 15) + 1), ..CandleTrainer::cpu() };
+        let mut first = Recorded::default();
+        let partial = interrupted.train(&job, &mut first, &StopSignal::default()).unwrap();
+        let mut second = Recorded::default();
+        let resumed = CandleTrainer::cpu().train(&job, &mut second, &StopSignal::default()).unwrap();
+        let all_epochs: Vec<u32> = first.metrics.iter().chain(&second.metrics).map(|m| m.epoch).collect();
+        partial.stopped
+            && second.resumed_from == (partial.epochs_completed > 0).then_some(partial.epochs_completed)
+            && weights(&resumed.file) == weights(&whole.file)
+            && second.metrics.last().map(|m| m.loss) == whole_events.metrics.last().map(|m| m.loss)
+            && all_epochs.iter().max() == Some(&4)
+    }
+}

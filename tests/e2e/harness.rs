@@ -1,0 +1,258 @@
+//! Starts the real `trainyard` binary on a free port with its own data directory, and talks
+//! HTTP to it.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// The key every test server accepts unless a test configures otherwise.
+pub const KEY: &str = "test-key-0123456789";
+
+/// How long a server gets to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running server. Killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    /// Standard output lines printed before "listening on".
+    pub banner: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Options for starting a server.
+pub struct Opts {
+    pub keys: Option<String>,
+    pub extra_args: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self { keys: Some(KEY.to_owned()), extra_args: Vec::new(), data_dir: None }
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_trainyard")
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(Opts::default())
+    }
+
+    pub fn start_with(opts: Opts) -> Self {
+        let (tmp, data_dir) = match opts.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("temp dir");
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--port", "0", "--host", "127.0.0.1", "--memory-reserve-mb", "0", "--log-level", "warn"])
+            .args(&opts.extra_args)
+            .env_remove("API_KEYS")
+            .env_remove("DATABASE_PATH")
+            .env_remove("MODELS_DIR")
+            .env_remove("DATASETS_DIR")
+            .env_remove("MAX_CONCURRENT_SESSIONS")
+            .env_remove("API_PORT")
+            .env_remove("API_HOST")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(keys) = &opts.keys {
+            cmd.env("API_KEYS", keys);
+        }
+        let mut child = cmd.spawn().expect("spawn trainyard");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut banner = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(Some((url.to_owned(), std::mem::take(&mut banner))));
+                } else {
+                    banner.push(line);
+                }
+            }
+            let _ = tx.send(None);
+        });
+        let (base, banner) = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(found)) => found,
+            other => {
+                let _ = child.kill();
+                panic!("trainyard did not start: {other:?}");
+            }
+        };
+        Self { child, base, data_dir, banner, _tmp: tmp }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build()
+    }
+
+    /// A request with the test key.
+    pub fn req(&self, method: &str, path: &str) -> ureq::Request {
+        Self::agent().request(method, &self.url(path)).set("Authorization", &format!("Bearer {KEY}"))
+    }
+
+    /// A request without a key.
+    pub fn anon(&self, method: &str, path: &str) -> ureq::Request {
+        Self::agent().request(method, &self.url(path))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        call(self.req("GET", path), None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        call(self.req("POST", path), Some(body))
+    }
+
+    pub fn post(&self, path: &str) -> (u16, Value) {
+        call(self.req("POST", path), None)
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        call(self.req("DELETE", path), None)
+    }
+
+    /// Uploads `bytes` as multipart field `file` named `file_name`.
+    pub fn upload(&self, path: &str, file_name: &str, bytes: &[u8]) -> (u16, Value) {
+        let (content_type, body) = multipart(file_name, bytes);
+        status_json(self.req("POST", path).set("Content-Type", &content_type).send_bytes(&body))
+    }
+
+    pub fn upload_file(&self, path: &str, file: &Path) -> (u16, Value) {
+        let bytes = std::fs::read(file).expect("read upload");
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        self.upload(path, name, &bytes)
+    }
+
+    /// Raw bytes of a GET.
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>, Option<String>) {
+        let resp = match self.req("GET", path).call() {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {path}: {e}"),
+        };
+        let status = resp.status();
+        let disposition = resp.header("content-disposition").map(str::to_owned);
+        let mut bytes = Vec::new();
+        resp.into_reader().read_to_end(&mut bytes).expect("body");
+        (status, bytes, disposition)
+    }
+
+    /// Waits (server-side long poll) until the session ends; returns its status.
+    pub fn wait_ended(&self, session: &str) -> Value {
+        let (code, status) = self.get(&format!("/api/v1/training/{session}/status?wait_seconds=240"));
+        assert_eq!(code, 200, "{status}");
+        let state = status["state"].as_str().unwrap_or_default();
+        assert!(["completed", "failed", "stopped"].contains(&state), "session did not end: {status}");
+        status
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill9(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.data_dir.clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success();
+        assert!(ok, "kill -TERM failed");
+        self.child.wait().expect("wait")
+    }
+
+    /// Keeps the data directory alive past this server (for restarts).
+    pub fn take_tmp(&mut self) -> Option<tempfile::TempDir> {
+        self._tmp.take()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn call(req: ureq::Request, body: Option<&Value>) -> (u16, Value) {
+    let res = match body {
+        Some(b) => req.send_json(b.clone()),
+        None => req.call(),
+    };
+    status_json(res)
+}
+
+pub fn status_json(res: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let resp = match res {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = resp.status();
+    let ct = resp.header("content-type").unwrap_or_default().to_owned();
+    let text = resp.into_string().unwrap_or_default();
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: non-JSON body ({ct}): {text:.200}"));
+    (status, value)
+}
+
+pub fn multipart(file_name: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----trainyard-test-boundary-7f3a9c";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+            .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Asserts the error envelope and returns its code.
+pub fn envelope_code(v: &Value) -> String {
+    let message = v["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message in {v}"));
+    assert_eq!(v["detail"].as_str(), Some(message), "detail must equal error.message: {v}");
+    assert!(v["error"].get("details").is_some(), "no error.details in {v}");
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {v}")).to_owned()
+}
+
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/datasets").join(name)
+}
+
+thread_local! {
+    static THREAD_SERVER: std::cell::OnceCell<Server> = const { std::cell::OnceCell::new() };
+}
+
+/// Runs `f` with this test thread's own server, started on first use and killed when the
+/// thread ends. quickcheck properties are plain `fn`s, so they reach their server this way.
+pub fn with_thread_server<R>(f: impl FnOnce(&Server) -> R) -> R {
+    THREAD_SERVER.with(|cell| f(cell.get_or_init(Server::start)))
+}
+
+/// A name no other case of this run has used.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("{prefix}{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: each starts the real `trainyard` binary on a free port and talks HTTP.
+
+mod harness;
+
+mod api;
+mod lifecycle;
+mod registry;
+mod text;
+mod training;

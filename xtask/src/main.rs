@@ -1,0 +1,243 @@
+//! Project automation, run as `cargo xtask <task>`:
+//! `ci` runs exactly what CI runs; `tidy` checks the architecture's rules; `openapi` writes
+//! the OpenAPI document to `docs/openapi.json`; `bench` measures char-LSTM training speed
+//! against PyTorch in the same run.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let root = root();
+    match task.as_str() {
+        "ci" => ci(&root),
+        "tidy" => tidy(&root),
+        "openapi" => openapi(&root),
+        "bench" => bench(&root),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench>");
+            eprintln!("  ci       format check, tidy, clippy with warnings denied, and every test");
+            eprintln!("  tidy     crate dependency rules and module docs");
+            eprintln!("  openapi  write docs/openapi.json from the code");
+            eprintln!("  bench    char-LSTM training speed: Trainyard, stock candle and PyTorch, as ratios");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn run(root: &Path, program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program).args(args).current_dir(root).status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn ci(root: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(root, &cargo, &["fmt", "--all", "--", "--check"])?;
+    tidy(root)?;
+    run(root, &cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    test_with_total(root, &cargo)
+}
+
+/// Runs every test, passing the output through, and closes with one plain total line
+/// (`tests: N passed, M failed`) summed over all the test binaries.
+fn test_with_total(root: &Path, cargo: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("$ {cargo} test --workspace --locked");
+    let mut child = Command::new(cargo)
+        .args(["test", "--workspace", "--locked"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(word).and_then(|n| n.trim().split(' ').next_back()?.parse::<u64>().ok()))
+                };
+                passed += count("passed").unwrap_or(0);
+                failed += count("failed").unwrap_or(0);
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// The crates each crate may depend on, among the workspace's own.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("trainyard-domain", &[]),
+    ("trainyard-storage-sqlite", &["trainyard-domain"]),
+    ("trainyard-trainer-candle", &["trainyard-domain"]),
+    ("trainyard-monitor", &["trainyard-domain"]),
+    ("trainyard-http", &["trainyard-domain"]),
+    ("trainyard", &["trainyard-domain", "trainyard-storage-sqlite", "trainyard-trainer-candle", "trainyard-monitor", "trainyard-http"]),
+    ("xtask", &[]),
+];
+
+/// Crates the pure domain must never depend on.
+const DOMAIN_FORBIDDEN: &[&str] = &["actix-web", "rusqlite", "r2d2", "candle-core", "candle-nn", "sysinfo", "nvml-wrapper", "tokio"];
+
+fn tidy(root: &Path) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (krate, allowed) in ALLOWED {
+        let manifest = manifest_of(root, krate)?;
+        let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+        for line in text.lines() {
+            let dep = line.split(['=', '.']).next().unwrap_or("").trim();
+            if (dep.starts_with("trainyard") || dep == "xtask") && !allowed.contains(&dep) {
+                problems.push(format!("{krate} must not depend on {dep}"));
+            }
+            if *krate == "trainyard-domain" && DOMAIN_FORBIDDEN.contains(&dep) {
+                problems.push(format!("the domain crate must not depend on the I/O crate {dep}"));
+            }
+        }
+    }
+    for file in
+        rust_files(&root.join("crates"))?.into_iter().chain(rust_files(&root.join("xtask"))?).chain(rust_files(&root.join("tests"))?)
+    {
+        let text = std::fs::read_to_string(&file)?;
+        if !text.trim_start().starts_with("//!") {
+            problems.push(format!("{} does not open with a `//!` line saying what it is for", file.display()));
+        }
+    }
+    if problems.is_empty() {
+        eprintln!("tidy: ok");
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("tidy: {p}");
+        }
+        bail!("tidy found {} problems", problems.len())
+    }
+}
+
+fn manifest_of(root: &Path, krate: &str) -> anyhow::Result<PathBuf> {
+    let dir = match krate {
+        "trainyard" => "crates/app".to_owned(),
+        "xtask" => "xtask".to_owned(),
+        other => format!("crates/{}", other.trim_start_matches("trainyard-")),
+    };
+    let path = root.join(dir).join("Cargo.toml");
+    if path.exists() {
+        Ok(path)
+    } else {
+        bail!("no manifest for {krate} at {}", path.display())
+    }
+}
+
+fn rust_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "target") {
+                continue;
+            }
+            out.extend(rust_files(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+fn openapi(root: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(["run", "--quiet", "--package", "trainyard", "--", "openapi"])
+        .current_dir(root)
+        .output()
+        .context("running trainyard openapi")?;
+    if !out.status.success() {
+        bail!("trainyard openapi failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = root.join("docs/openapi.json");
+    std::fs::write(&path, &out.stdout)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The PyTorch interpreter for the reference: `TORCH_PYTHON`, else a virtual environment in
+/// `target/torchenv`, created (CPU PyTorch from the package registry, several GB) if missing.
+fn torch_python(root: &Path) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("TORCH_PYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = root.join("target/torchenv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("installing PyTorch into {} for the reference (once; several GB)", venv.display());
+        run(root, "python3", &["-m", "venv", &venv.to_string_lossy()])?;
+        run(root, &venv.join("bin/pip").to_string_lossy(), &["install", "--quiet", "torch", "numpy", "safetensors"])?;
+    }
+    Ok(python)
+}
+
+fn json_lines(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out).lines().filter(|l| l.trim_start().starts_with('{')).map(str::to_owned).collect()
+}
+
+fn field(line: &str, key: &str) -> Option<f64> {
+    let at = line.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = line[at..].trim_start().strip_prefix(':')?.trim_start();
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().parse().ok()
+}
+
+fn bench(root: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let text = root.join("examples/datasets/tempest.txt");
+    let text = text.to_string_lossy();
+    eprintln!("$ cargo run --release -p trainyard-trainer-candle --example lstm_bench -- {text}");
+    let ours = Command::new(&cargo)
+        .args(["run", "--quiet", "--release", "-p", "trainyard-trainer-candle", "--example", "lstm_bench", "--", &text])
+        .current_dir(root)
+        .output()
+        .context("running the Trainyard benchmark")?;
+    if !ours.status.success() {
+        bail!("lstm_bench failed: {}", String::from_utf8_lossy(&ours.stderr));
+    }
+    let python = torch_python(root)?;
+    let script = root.join("../shared/bench/torch_char_lstm.py");
+    let reference = Command::new(&python).arg(&script).arg(&*text).current_dir(root).output().context("running the PyTorch reference")?;
+    if !reference.status.success() {
+        bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&reference.stderr));
+    }
+    let torch = json_lines(&reference.stdout).pop().context("no result from the PyTorch reference")?;
+    let torch_ms = field(&torch, "ms_per_step").context("no ms_per_step from PyTorch")?;
+    println!("char-LSTM training step (emb 128, 2x256 LSTM, seq 100, batch 16, Adam), CPU, this run:");
+    println!("{:<16} {:>12} {:>16}", "implementation", "ms/step", "vs PyTorch");
+    println!("{:<16} {:>12.2} {:>15.2}x", "pytorch", torch_ms, 1.0);
+    for line in json_lines(&ours.stdout) {
+        let name = line.split("\"impl\"").nth(1).and_then(|r| r.split('"').nth(1)).unwrap_or("?").to_owned();
+        if let Some(ms) = field(&line, "ms_per_step") {
+            println!("{name:<16} {ms:>12.2} {:>15.2}x", ms / torch_ms);
+        }
+    }
+    println!("(ratio below 1 means faster than PyTorch)");
+    Ok(())
+}

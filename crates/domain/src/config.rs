@@ -25,6 +25,14 @@ pub const BATCH_SIZE_RANGE: (u32, u32) = (1, 1024);
 pub const EPOCHS_RANGE: (u32, u32) = (1, 1000);
 /// Accepted validation splits: at least 0, below 1.
 pub const VALIDATION_SPLIT_MAX: f64 = 0.9;
+/// The MLP's hidden layer widths when a request names none.
+pub const DEFAULT_HIDDEN_SIZES: [u32; 2] = [128, 64];
+/// Accepted number of MLP hidden layers, inclusive.
+pub const HIDDEN_LAYERS_RANGE: (usize, usize) = (1, 8);
+/// Accepted width of one MLP hidden layer, inclusive.
+pub const HIDDEN_WIDTH_RANGE: (u32, u32) = (1, 8192);
+/// Accepted dropout probabilities: at least 0, below this.
+pub const DROPOUT_MAX: f64 = 0.9;
 
 /// Which kind of data an architecture trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -34,6 +42,8 @@ pub enum DataKind {
     Tabular,
     /// Plain UTF-8 text.
     Text,
+    /// Images with a class label (image archives, IDX, CIFAR-10, image-shaped NumPy arrays).
+    Image,
 }
 
 impl fmt::Display for DataKind {
@@ -41,6 +51,7 @@ impl fmt::Display for DataKind {
         f.write_str(match self {
             Self::Tabular => "tabular",
             Self::Text => "text",
+            Self::Image => "image",
         })
     }
 }
@@ -94,6 +105,16 @@ wire_enum!(
         Mlp => "mlp",
         /// The owner's character-level LSTM text generator (alias `char_lstm`).
         CharLstm => "custom_ai_model" | "char_lstm",
+        /// LeNet-style convolutional network for small images.
+        Cnn => "cnn" | "lenet",
+        /// torchvision's ResNet-18.
+        Resnet18 => "resnet18",
+        /// torchvision's ResNet-50.
+        Resnet50 => "resnet50",
+        /// torchvision's VGG-16 (without batch norm).
+        Vgg16 => "vgg16",
+        /// torchvision's MobileNetV2.
+        MobilenetV2 => "mobilenet_v2" | "mobilenetv2",
     }
 );
 
@@ -104,6 +125,7 @@ impl Architecture {
         match self {
             Self::Mlp => DataKind::Tabular,
             Self::CharLstm => DataKind::Text,
+            Self::Cnn | Self::Resnet18 | Self::Resnet50 | Self::Vgg16 | Self::MobilenetV2 => DataKind::Image,
         }
     }
 
@@ -111,7 +133,15 @@ impl Architecture {
     #[must_use]
     pub fn description(self) -> &'static str {
         match self {
-            Self::Mlp => "multi-layer perceptron (hidden layers 128 and 64, ReLU) on standardised numeric features",
+            Self::Mlp => {
+                "multi-layer perceptron on standardised numeric features: hidden layers 128 and 64 with ReLU (hidden_sizes and \
+                 dropout overridable)"
+            }
+            Self::Cnn => "LeNet-style CNN: two 5x5 convolutions with ReLU and 2x2 max-pooling, then three linear layers",
+            Self::Resnet18 => "torchvision ResNet-18 (BasicBlock [2,2,2,2]); small inputs use a 3x3 stem without max-pool",
+            Self::Resnet50 => "torchvision ResNet-50 (Bottleneck [3,4,6,3]); small inputs use a 3x3 stem without max-pool",
+            Self::Vgg16 => "torchvision VGG-16: 13 3x3 convolutions, 7x7 adaptive average pool, classifier 4096-4096; pools skipped once the map is 1x1",
+            Self::MobilenetV2 => "torchvision MobileNetV2 (inverted residuals, width 1.0); small inputs keep stride 1 in the stem and first stages",
             Self::CharLstm => {
                 "character-level LSTM text generator: embedding 128, 2-layer LSTM with hidden size 256, linear to the \
                  vocabulary, sequences of 100 characters (all overridable)"
@@ -123,7 +153,8 @@ impl Architecture {
     #[must_use]
     pub fn tunable_fields(self) -> &'static [&'static str] {
         match self {
-            Self::Mlp => &[],
+            Self::Mlp => &["hidden_sizes", "dropout"],
+            Self::Cnn | Self::Resnet18 | Self::Resnet50 | Self::Vgg16 | Self::MobilenetV2 => &["dropout"],
             Self::CharLstm => &["embedding_dim", "hidden_size", "num_layers", "sequence_length"],
         }
     }
@@ -177,6 +208,10 @@ pub struct TrainingRequest {
     pub hidden_size: Option<i64>,
     pub num_layers: Option<i64>,
     pub sequence_length: Option<i64>,
+    /// MLP hidden layer widths.
+    pub hidden_sizes: Option<Vec<i64>>,
+    /// Dropout probability before each hidden-to-next linear layer (MLP) or the classifier (images).
+    pub dropout: Option<f64>,
     pub base_model: Option<String>,
     pub device: Option<String>,
 }
@@ -253,6 +288,12 @@ pub struct TrainingConfig {
     /// Layer sizes, for the character-level LSTM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub char_lstm: Option<CharLstmOptions>,
+    /// MLP hidden layer widths (the MLP only; `None` for other architectures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_sizes: Option<Vec<u32>>,
+    /// Dropout probability during training (0 = none); not used by the char-LSTM.
+    #[serde(default)]
+    pub dropout: f64,
     /// A registry model to start from (fine-tuning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<ModelName>,
@@ -374,6 +415,13 @@ impl TrainingConfig {
         }
 
         let char_lstm = char_lstm_options(&mut errors, req, model_architecture);
+        let hidden_sizes = hidden_sizes(&mut errors, req.hidden_sizes.as_deref(), model_architecture);
+        let dropout = req.dropout.unwrap_or(0.0);
+        if !(dropout.is_finite() && (0.0..DROPOUT_MAX).contains(&dropout)) {
+            errors.push("dropout", format!("must be at least 0 and below {DROPOUT_MAX}, got {dropout}"));
+        } else if req.dropout.is_some() && model_architecture == Some(Architecture::CharLstm) {
+            errors.push("dropout", "does not apply to architecture 'custom_ai_model'");
+        }
 
         let base_model =
             req.base_model.as_deref().and_then(|raw| ModelName::new(raw).map_err(|e| errors.push("base_model", e.to_string())).ok());
@@ -399,6 +447,8 @@ impl TrainingConfig {
                 seed: req.seed.unwrap_or(DEFAULT_SEED),
                 momentum,
                 char_lstm,
+                hidden_sizes,
+                dropout,
                 base_model,
                 device,
             }),
@@ -434,6 +484,32 @@ fn char_lstm_options(errors: &mut ConfigErrors, req: &TrainingRequest, arch: Opt
             None
         }
         None => None,
+    }
+}
+
+/// The MLP's hidden widths: the request's, checked, or the defaults; refused for other architectures.
+fn hidden_sizes(errors: &mut ConfigErrors, raw: Option<&[i64]>, arch: Option<Architecture>) -> Option<Vec<u32>> {
+    match (arch, raw) {
+        (Some(Architecture::Mlp), None) => Some(DEFAULT_HIDDEN_SIZES.to_vec()),
+        (Some(Architecture::Mlp), Some(raw)) => {
+            let ((lo, hi), (wlo, whi)) = (HIDDEN_LAYERS_RANGE, HIDDEN_WIDTH_RANGE);
+            if !(lo..=hi).contains(&raw.len()) {
+                errors.push("hidden_sizes", format!("must list {lo} to {hi} layer widths, got {}", raw.len()));
+                return Some(DEFAULT_HIDDEN_SIZES.to_vec());
+            }
+            match raw.iter().map(|&w| u32::try_from(w).ok().filter(|w| (wlo..=whi).contains(w))).collect::<Option<Vec<u32>>>() {
+                Some(widths) => Some(widths),
+                None => {
+                    errors.push("hidden_sizes", format!("each width must be between {wlo} and {whi}, got {raw:?}"));
+                    Some(DEFAULT_HIDDEN_SIZES.to_vec())
+                }
+            }
+        }
+        (Some(other), Some(_)) => {
+            errors.push("hidden_sizes", format!("does not apply to architecture '{other}'"));
+            None
+        }
+        _ => None,
     }
 }
 

@@ -201,7 +201,7 @@ impl SessionManager {
                 None => errors.push("dataset_name", format!("dataset '{name}' not found; list datasets with GET /api/v1/datasets")),
                 Some(ds) => {
                     let wanted = config.model_architecture.data_kind();
-                    if ds.info.format.data_kind() != Some(wanted) {
+                    if ds.info.data_kind() != Some(wanted) {
                         errors.push(
                             "dataset_name",
                             format!(

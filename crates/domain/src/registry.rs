@@ -108,13 +108,19 @@ pub enum DatasetFormat {
     Text,
     Npy,
     Npz,
+    /// A zip or tar(.gz) archive of PNG/JPEG images, one folder per class.
     Images,
+    /// MNIST IDX files (images and labels), gzipped or not, alone or in an archive.
+    Idx,
+    /// The CIFAR-10 binary batch format: records of a label byte and 32x32x3 pixels.
+    Cifar10,
     Binary,
 }
 
 impl DatasetFormat {
     /// Every format.
-    pub const ALL: [Self; 7] = [Self::Csv, Self::Tsv, Self::Text, Self::Npy, Self::Npz, Self::Images, Self::Binary];
+    pub const ALL: [Self; 9] =
+        [Self::Csv, Self::Tsv, Self::Text, Self::Npy, Self::Npz, Self::Images, Self::Idx, Self::Cifar10, Self::Binary];
 
     /// The wire spelling.
     #[must_use]
@@ -126,6 +132,8 @@ impl DatasetFormat {
             Self::Npy => "npy",
             Self::Npz => "npz",
             Self::Images => "images",
+            Self::Idx => "idx",
+            Self::Cifar10 => "cifar10",
             Self::Binary => "binary",
         }
     }
@@ -136,7 +144,7 @@ impl DatasetFormat {
         match self {
             Self::Text => "txt",
             Self::Images => "zip",
-            Self::Binary => "bin",
+            Self::Cifar10 | Self::Binary => "bin",
             other => other.as_str(),
         }
     }
@@ -147,13 +155,16 @@ impl DatasetFormat {
         Self::ALL.into_iter().find(|f| f.as_str() == raw)
     }
 
-    /// The kind of training data this format holds, if any architecture trains on it today.
+    /// The kinds of training data a file of this format can hold. NumPy files hold either
+    /// tables (`[samples, features]`) or images; [`DatasetInfo::data_kind`] tells which.
     #[must_use]
-    pub fn data_kind(self) -> Option<DataKind> {
+    pub fn data_kinds(self) -> &'static [DataKind] {
         match self {
-            Self::Csv | Self::Tsv => Some(DataKind::Tabular),
-            Self::Text => Some(DataKind::Text),
-            Self::Npy | Self::Npz | Self::Images | Self::Binary => None,
+            Self::Csv | Self::Tsv => &[DataKind::Tabular],
+            Self::Text => &[DataKind::Text],
+            Self::Npy | Self::Npz => &[DataKind::Tabular, DataKind::Image],
+            Self::Images | Self::Idx | Self::Cifar10 => &[DataKind::Image],
+            Self::Binary => &[],
         }
     }
 }
@@ -173,6 +184,23 @@ pub struct DatasetInfo {
     pub dimensions: Option<String>,
     /// Per-format statistics computed once at upload.
     pub statistics: serde_json::Value,
+}
+
+impl DatasetInfo {
+    /// The kind of training data this dataset holds: by format, and for NumPy files by the
+    /// number of dimensions per sample (`13` is a table, `8x8x1` images).
+    #[must_use]
+    pub fn data_kind(&self) -> Option<DataKind> {
+        match self.format.data_kinds() {
+            [one] => Some(*one),
+            [] => None,
+            _ => match self.dimensions.as_deref() {
+                Some(d) if d.contains('x') => Some(DataKind::Image),
+                Some(_) => Some(DataKind::Tabular),
+                None => None,
+            },
+        }
+    }
 }
 
 /// A dataset in the registry.

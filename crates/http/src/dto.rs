@@ -75,6 +75,10 @@ pub struct StartTraining {
     pub num_layers: Option<i64>,
     /// Char-LSTM training sequence length in characters; default 100.
     pub sequence_length: Option<i64>,
+    /// MLP hidden layer widths, 1 to 8 layers of 1 to 8192; default `[128, 64]`.
+    pub hidden_sizes: Option<Vec<i64>>,
+    /// Dropout probability while training, 0 to below 0.9; default 0 (not for the char-LSTM).
+    pub dropout: Option<f64>,
     /// A registry model to start from (a Trainyard model or the owner's PyTorch `.pth`).
     pub base_model: Option<String>,
     /// `auto` (default), `cpu` or `cuda:N`.
@@ -107,6 +111,8 @@ impl From<StartTraining> for TrainingRequest {
             hidden_size: b.hidden_size,
             num_layers: b.num_layers,
             sequence_length: b.sequence_length,
+            hidden_sizes: b.hidden_sizes,
+            dropout: b.dropout,
             base_model: b.base_model,
             device: b.device,
         }
@@ -137,6 +143,9 @@ pub struct ConfigDto {
     pub num_layers: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sequence_length: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden_sizes: Option<Vec<u32>>,
+    pub dropout: f64,
     pub base_model: Option<String>,
     pub device: String,
 }
@@ -160,6 +169,8 @@ impl From<&TrainingConfig> for ConfigDto {
             hidden_size: lstm.map(|l| l.hidden_size),
             num_layers: lstm.map(|l| l.num_layers),
             sequence_length: lstm.map(|l| l.sequence_length),
+            hidden_sizes: c.hidden_sizes.clone(),
+            dropout: c.dropout,
             base_model: c.base_model.as_ref().map(ToString::to_string),
             device: c.device.to_string(),
         }

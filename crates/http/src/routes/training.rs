@@ -183,7 +183,7 @@ pub(crate) async fn list_architectures() -> web::Json<Vec<ArchitectureDto>> {
                 data_kinds: vec![a.data_kind().to_string()],
                 dataset_formats: DatasetFormat::ALL
                     .iter()
-                    .filter(|f| f.data_kind() == Some(a.data_kind()))
+                    .filter(|f| f.data_kinds().contains(&a.data_kind()))
                     .map(|f| f.as_str().to_owned())
                     .collect(),
                 optimizers: names(Optimizer::NAMES),

@@ -189,7 +189,9 @@ fn prop25_csv_statistics_match_a_direct_computation() {
             // Summation order differs, so the mean may differ by rounding at the scale of the
             // values summed, not of the mean: +2e7 and -2e7 average to ~0 with an error ~1e-9.
             let scale = min.abs().max(max.abs()).max(1.0);
-            s["min"].as_f64() == Some(min) && s["max"].as_f64() == Some(max) && s["mean"].as_f64().is_some_and(|m| (m - mean).abs() <= 1e-12 * scale * col.len() as f64)
+            s["min"].as_f64() == Some(min)
+                && s["max"].as_f64() == Some(max)
+                && s["mean"].as_f64().is_some_and(|m| (m - mean).abs() <= 1e-12 * scale * col.len() as f64)
         });
         TestResult::from_bool(
             info.format == DatasetFormat::Csv

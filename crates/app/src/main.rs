@@ -23,7 +23,7 @@ use trainyard_domain::{
 use trainyard_http::{AppState, UploadLimits};
 use trainyard_monitor::CachedMonitor;
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
-use trainyard_trainer_candle::{CandleGenerator, CandleTrainer, FileInspector};
+use trainyard_trainer_candle::{CandleGenerator, CandlePredictor, CandleTrainer, FileInspector};
 
 use crate::cli::{Cli, Command, LogFormat, ServeArgs};
 
@@ -83,7 +83,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retention: time::Duration::days(i64::from(args.retention_days)),
     };
     let manager = SessionManager::new(ports, policy);
-    let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()));
+    let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()), Arc::new(CandlePredictor::new()));
     let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), store.clone());
     let auth_store: Arc<dyn AuthStore> = store;
     let authenticator = Arc::new(Authenticator::new(&args.keys(), auth_store.clone(), clock));

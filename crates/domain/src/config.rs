@@ -588,6 +588,29 @@ mod tests {
     }
 
     #[test]
+    fn mlp_widths_and_dropout_are_checked_and_kept() {
+        let cfg = TrainingConfig::validate(&minimal()).unwrap();
+        assert_eq!((cfg.hidden_sizes, cfg.dropout), (Some(DEFAULT_HIDDEN_SIZES.to_vec()), 0.0));
+        let req = TrainingRequest { hidden_sizes: Some(vec![32, 16, 8]), dropout: Some(0.25), ..minimal() };
+        let cfg = TrainingConfig::validate(&req).unwrap();
+        assert_eq!((cfg.hidden_sizes, cfg.dropout), (Some(vec![32, 16, 8]), 0.25));
+        for (hidden, dropout) in
+            [(Some(vec![]), None), (Some(vec![0]), None), (Some(vec![8; 9]), None), (None, Some(0.9)), (None, Some(-0.1))]
+        {
+            let req = TrainingRequest { hidden_sizes: hidden.clone(), dropout, ..minimal() };
+            assert!(TrainingConfig::validate(&req).is_err(), "{hidden:?} {dropout:?}");
+        }
+        let cnn =
+            TrainingRequest { model_architecture: Some("resnet18".into()), hidden_sizes: Some(vec![8]), dropout: Some(0.5), ..minimal() };
+        let errs = TrainingConfig::validate(&cnn).unwrap_err();
+        assert_eq!(errs.0.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["hidden_sizes"]);
+        let lstm = TrainingRequest { model_architecture: Some("custom_ai_model".into()), dropout: Some(0.1), ..minimal() };
+        assert_eq!(TrainingConfig::validate(&lstm).unwrap_err().0[0].field, "dropout");
+        assert_eq!(Architecture::parse("MobileNetV2"), Some(Architecture::MobilenetV2));
+        assert_eq!(Architecture::Vgg16.data_kind(), DataKind::Image);
+    }
+
+    #[test]
     fn reports_every_failing_field() {
         let req = TrainingRequest {
             model_architecture: Some("transformer9000".into()),

@@ -1,16 +1,21 @@
-//! The inference use case: text generation with a model from the registry.
+//! The inference use cases: text generation and classification with a model from the registry.
 
 use std::{fmt, sync::Arc};
 
 use crate::{
     ids::ModelName,
-    ports::{GenerateError, GenerateRequest, Generated, Generator, ModelRegistry, StoreError},
+    ports::{
+        ClassPrediction, GenerateError, GenerateRequest, Generated, Generator, ModelRegistry, PredictError, PredictInput, Predictor,
+        StoreError,
+    },
 };
 
 /// Longest generation one request may ask for, in characters.
 pub const MAX_GENERATE_LENGTH: u32 = 10_000;
 /// Longest accepted prompt, in characters.
 pub const MAX_PROMPT_CHARS: usize = 10_000;
+/// Most samples one prediction request may hold.
+pub const MAX_PREDICT_SAMPLES: usize = 10_000;
 
 /// What inference fails with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +40,7 @@ pub enum InferenceError {
 pub struct Inference {
     models: Arc<dyn ModelRegistry>,
     generator: Arc<dyn Generator>,
+    predictor: Arc<dyn Predictor>,
 }
 
 impl fmt::Debug for Inference {
@@ -45,8 +51,29 @@ impl fmt::Debug for Inference {
 
 impl Inference {
     #[must_use]
-    pub fn new(models: Arc<dyn ModelRegistry>, generator: Arc<dyn Generator>) -> Self {
-        Self { models, generator }
+    pub fn new(models: Arc<dyn ModelRegistry>, generator: Arc<dyn Generator>, predictor: Arc<dyn Predictor>) -> Self {
+        Self { models, generator, predictor }
+    }
+
+    /// Classifies every sample of `input` with the model `name`.
+    ///
+    /// # Errors
+    /// [`InferenceError::Invalid`] for no samples, too many, or samples that do not fit the
+    /// model, [`InferenceError::NotFound`], [`InferenceError::Unsupported`] for a model that
+    /// is not a classifier.
+    pub fn predict(&self, name: &ModelName, input: &PredictInput) -> Result<Vec<ClassPrediction>, InferenceError> {
+        if input.is_empty() {
+            return Err(InferenceError::Invalid("no samples to classify".into()));
+        }
+        if input.len() > MAX_PREDICT_SAMPLES {
+            return Err(InferenceError::Invalid(format!("at most {MAX_PREDICT_SAMPLES} samples per request, got {}", input.len())));
+        }
+        let model = self.models.get(name)?.ok_or_else(|| InferenceError::NotFound(name.clone()))?;
+        self.predictor.predict(&model, input).map_err(|e| match e {
+            PredictError::Unsupported(m) => InferenceError::Unsupported(m),
+            PredictError::Invalid(m) => InferenceError::Invalid(m),
+            PredictError::Failed(m) => InferenceError::Failed(m),
+        })
     }
 
     /// Generates text after `req.prompt` with the model `name`.

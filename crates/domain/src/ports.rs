@@ -320,3 +320,79 @@ pub trait Generator: Send + Sync + 'static {
     /// [`GenerateError::Unsupported`] for models that do not generate text.
     fn generate(&self, model: &ModelRecord, req: &GenerateRequest) -> Result<Generated, GenerateError>;
 }
+
+/// A numeric array: `values` in row-major order of `shape`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NdArray {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// What a classifier is asked to classify.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PredictInput {
+    /// Tabular rows, each the feature values in the model's feature order.
+    Rows(Vec<Vec<f64>>),
+    /// Tabular rows given as feature name and value; every feature of the model must be named.
+    NamedRows(Vec<Vec<(String, f64)>>),
+    /// Images as arrays, each `[H, W]`, `[H, W, C]` or `[C, H, W]`, pixels in 0..=255 or 0..=1
+    /// as the model was trained (see the model's metadata).
+    Arrays(Vec<NdArray>),
+    /// One encoded image file (PNG or JPEG).
+    Encoded(Vec<u8>),
+}
+
+impl PredictInput {
+    /// How many samples the input holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Rows(r) => r.len(),
+            Self::NamedRows(r) => r.len(),
+            Self::Arrays(a) => a.len(),
+            Self::Encoded(_) => 1,
+        }
+    }
+
+    /// Whether the input holds no sample.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One sample's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassPrediction {
+    /// The most probable class.
+    pub class: String,
+    pub class_index: u32,
+    /// Its probability.
+    pub confidence: f64,
+    /// Every class with its probability, most probable first.
+    pub probabilities: Vec<(String, f64)>,
+}
+
+/// Why prediction failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PredictError {
+    /// The model is not a classifier this server can run.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The input does not fit the model: wrong kind, shape, channel count or feature names.
+    #[error("{0}")]
+    Invalid(String),
+    /// The model file could not be read or evaluated.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs a classifier on samples.
+pub trait Predictor: Send + Sync + 'static {
+    /// Classifies every sample of `input` with `model`.
+    ///
+    /// # Errors
+    /// [`PredictError::Unsupported`] for models that are not Trainyard classifiers,
+    /// [`PredictError::Invalid`] saying what the model expects when the input does not fit.
+    fn predict(&self, model: &ModelRecord, input: &PredictInput) -> Result<Vec<ClassPrediction>, PredictError>;
+}

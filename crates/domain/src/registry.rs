@@ -244,6 +244,22 @@ mod tests {
     }
 
     #[test]
+    fn numpy_datasets_are_tables_or_images_by_their_dimensions() {
+        let info = |format, dims: Option<&str>| DatasetInfo {
+            format,
+            sample_count: None,
+            dimensions: dims.map(str::to_owned),
+            statistics: serde_json::Value::Null,
+        };
+        assert_eq!(info(DatasetFormat::Npz, Some("13")).data_kind(), Some(DataKind::Tabular));
+        assert_eq!(info(DatasetFormat::Npy, Some("8x8x1")).data_kind(), Some(DataKind::Image));
+        assert_eq!(info(DatasetFormat::Npz, None).data_kind(), None);
+        assert_eq!(info(DatasetFormat::Cifar10, Some("32x32x3")).data_kind(), Some(DataKind::Image));
+        assert_eq!(info(DatasetFormat::Csv, None).data_kind(), Some(DataKind::Tabular));
+        assert_eq!(info(DatasetFormat::Binary, None).data_kind(), None);
+    }
+
+    #[test]
     fn size_mb_rounds_to_two_decimals() {
         assert_eq!(size_mb(0), 0.0);
         assert_eq!(size_mb(1024 * 1024), 1.0);

@@ -527,6 +527,45 @@ pub struct GeneratedDto {
     pub seed: u64,
 }
 
+/// A prediction request: `inputs` (a list of samples) or `input` (one sample).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictBody {
+    /// Samples: rows of numbers in the model's feature order, objects of feature name to
+    /// number, or images as nested lists (`[H][W]`, `[H][W][C]` or `[C][H][W]`).
+    #[schema(value_type = Vec<Object>, example = json!([[5.1, 3.5, 1.4, 0.2]]))]
+    pub inputs: Option<Vec<serde_json::Value>>,
+    /// One sample.
+    #[schema(value_type = Object)]
+    pub input: Option<serde_json::Value>,
+}
+
+/// A class and its probability.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClassProbability {
+    pub class: String,
+    pub probability: f64,
+}
+
+/// One sample's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictionDto {
+    /// The most probable class.
+    pub class: String,
+    pub class_index: u32,
+    /// The most probable class's probability.
+    pub confidence: f64,
+    /// Every class, most probable first.
+    pub probabilities: Vec<ClassProbability>,
+}
+
+/// Answer to a prediction request, one entry per sample in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictedDto {
+    pub model: String,
+    pub predictions: Vec<PredictionDto>,
+}
+
 /// One architecture the trainer can build.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ArchitectureDto {

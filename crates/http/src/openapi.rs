@@ -31,7 +31,7 @@ impl Modify for Security {
         health, root, system_info,
         start_training, stop_training, session_status, session_metrics, session_history, session_logs,
         list_sessions, list_queue, cancel_queued, list_architectures,
-        list_models, upload_model, download_model, delete_model, generate,
+        list_models, upload_model, download_model, delete_model, generate, predict,
         list_datasets, get_dataset, upload_dataset, delete_dataset,
         audit_log,
     ),

@@ -1,6 +1,7 @@
-//! Tabular training data: the table read through the shared reader, labels mapped to class
-//! indices, a seeded train/validation split, and features standardised with the training
-//! split's mean and standard deviation (missing values imputed with the training mean).
+//! Training data: tables read through the shared reader (or from NumPy files) and decoded
+//! images, labels mapped to class indices, a seeded train/validation split, and inputs
+//! standardised with the training split's statistics: per feature for tables (missing values
+//! imputed with the training mean), per channel for images.
 
 use std::{cmp::Ordering, fs::File, io::BufReader, path::Path};
 
@@ -53,6 +54,16 @@ pub(crate) fn read_table(path: &Path, delimiter: Delimiter) -> Result<Table, Tab
     Ok(Table { feature_names, label_column, features, labels })
 }
 
+/// A NumPy table as a [`Table`]: features named `x0`, `x1`, ... and the label column `y`.
+pub(crate) fn table_from_numpy(t: crate::images::NumpyTable) -> Table {
+    Table {
+        feature_names: (0..t.features).map(|j| format!("x{j}")).collect(),
+        label_column: "y".into(),
+        features: t.x.into_iter().map(Some).collect(),
+        labels: t.labels,
+    }
+}
+
 /// Samples of one split: standardised features and class indices.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Split {
@@ -70,6 +81,9 @@ impl Split {
 /// Training-ready data.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Prepared {
+    /// One sample's shape: `[features]` for tables, `[channels, height, width]` for images.
+    pub sample_shape: Vec<usize>,
+    /// Feature names of a table; empty for images.
     pub feature_names: Vec<String>,
     pub label_column: String,
     /// Class names; a sample's class index points into this list.
@@ -78,7 +92,8 @@ pub(crate) struct Prepared {
     pub train: Split,
     /// `None` when the validation split is 0.
     pub val: Option<Split>,
-    /// Per-feature mean and standard deviation of the training split, as applied.
+    /// Mean and standard deviation of the training split, per feature (tables) or per
+    /// channel (images), as applied.
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
     /// Missing cells replaced by the training mean.
@@ -86,9 +101,106 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// Numbers per sample.
     pub(crate) fn features(&self) -> usize {
-        self.feature_names.len()
+        self.sample_shape.iter().product()
     }
+
+    /// Whether the samples are images.
+    pub(crate) fn is_image(&self) -> bool {
+        self.sample_shape.len() == 3
+    }
+}
+
+/// Shuffles `0..rows` with `seed` and cuts off the validation rows: `(validation, training)`.
+fn split_rows(rows: usize, validation_split: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..rows).collect();
+    SplitMix64::stream(seed, Stream::Split).shuffle(&mut order);
+    let n_val = if validation_split > 0.0 {
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let wanted = (rows as f64 * validation_split).round() as usize;
+        wanted.clamp(1, rows - 1)
+    } else {
+        0
+    };
+    let train = order.split_off(n_val);
+    (order, train)
+}
+
+/// Checks the class list a labelled dataset yields.
+fn check_classes(classes: &[String], what: &str) -> Result<(), String> {
+    match classes.len() {
+        0 | 1 => {
+            Err(format!("{what} holds a single class ({:?}); a classifier needs at least two", classes.first().map_or("", String::as_str)))
+        }
+        n if n > MAX_CLASSES => {
+            Err(format!("{what} holds {n} distinct values, more than the {MAX_CLASSES} classes supported; is it a regression target?"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Splits decoded images with `seed` and standardises each channel with the training split's
+/// mean and standard deviation.
+///
+/// # Errors
+/// A message when the images cannot train a classifier: fewer than two, or a single class.
+pub(crate) fn prepare_images(images: crate::images::ImageData, validation_split: f64, seed: u64) -> Result<Prepared, String> {
+    let (c, h, w) = (images.channels, images.height, images.width);
+    let per = c * h * w;
+    let rows = images.y.len();
+    if rows < 2 {
+        return Err(format!("the dataset has {rows} image(s); training needs at least 2"));
+    }
+    let mut present = vec![false; images.classes.len()];
+    for &y in &images.y {
+        present[y as usize] = true;
+    }
+    let used: Vec<String> = images.classes.iter().zip(&present).filter(|(_, &p)| p).map(|(c, _)| c.clone()).collect();
+    check_classes(&used, "the dataset")?;
+    let (val_rows, train_rows) = split_rows(rows, validation_split, seed);
+    let plane = h * w;
+    let (mut mean, mut std) = (vec![0.0f64; c], vec![1.0f64; c]);
+    for ch in 0..c {
+        let (mut sum, mut sq) = (0.0f64, 0.0f64);
+        for &r in &train_rows {
+            for &v in &images.x[r * per + ch * plane..r * per + (ch + 1) * plane] {
+                sum += f64::from(v);
+                sq += f64::from(v) * f64::from(v);
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let n = (train_rows.len() * plane) as f64;
+        let m = sum / n;
+        let sd = (sq / n - m * m).max(0.0).sqrt();
+        mean[ch] = m;
+        std[ch] = if sd > 1e-6 { sd } else { 1.0 };
+    }
+    let split = |rows: &[usize]| -> Split {
+        let mut x = Vec::with_capacity(rows.len() * per);
+        for &r in rows {
+            for ch in 0..c {
+                #[allow(clippy::cast_possible_truncation)]
+                let (m, s) = (mean[ch] as f32, std[ch] as f32);
+                x.extend(images.x[r * per + ch * plane..r * per + (ch + 1) * plane].iter().map(|v| (v - m) / s));
+            }
+        }
+        Split { x, y: rows.iter().map(|&r| images.y[r]).collect() }
+    };
+    let train = split(&train_rows);
+    let val = (!val_rows.is_empty()).then(|| split(&val_rows));
+    Ok(Prepared {
+        sample_shape: vec![c, h, w],
+        feature_names: Vec::new(),
+        label_column: String::new(),
+        classes: images.classes,
+        rows,
+        train,
+        val,
+        mean,
+        std,
+        imputed: 0,
+    })
 }
 
 /// Maps labels, splits with `seed`, and standardises.
@@ -105,34 +217,14 @@ pub(crate) fn prepare(table: Table, validation_split: f64, seed: u64) -> Result<
     let mut classes: Vec<String> = table.labels.clone();
     classes.sort_by(|a, b| label_order(a, b));
     classes.dedup();
-    if classes.len() < 2 {
-        return Err(format!(
-            "the label column '{}' holds a single class ({:?}); a classifier needs at least two",
-            table.label_column, classes[0]
-        ));
-    }
-    if classes.len() > MAX_CLASSES {
-        return Err(format!(
-            "the label column '{}' holds {} distinct values, more than the {MAX_CLASSES} classes the mlp supports; is it a regression target?",
-            table.label_column,
-            classes.len()
-        ));
-    }
+    check_classes(&classes, &format!("the label column '{}'", table.label_column))?;
     let class_of = |label: &str| -> u32 {
         let i = classes.binary_search_by(|c| label_order(c, label)).unwrap_or(0);
         u32::try_from(i).unwrap_or(0)
     };
 
-    let mut order: Vec<usize> = (0..rows).collect();
-    SplitMix64::stream(seed, Stream::Split).shuffle(&mut order);
-    let n_val = if validation_split > 0.0 {
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let wanted = (rows as f64 * validation_split).round() as usize;
-        wanted.clamp(1, rows - 1)
-    } else {
-        0
-    };
-    let (val_rows, train_rows) = order.split_at(n_val);
+    let (val_rows, train_rows) = split_rows(rows, validation_split, seed);
+    let n_val = val_rows.len();
 
     // Mean and standard deviation (population) of the training split, ignoring missing cells.
     let (mut mean, mut std) = (vec![0.0f64; d], vec![1.0f64; d]);
@@ -167,9 +259,20 @@ pub(crate) fn prepare(table: Table, validation_split: f64, seed: u64) -> Result<
         }
         Split { x, y: rows.iter().map(|&r| class_of(&table.labels[r])).collect() }
     };
-    let train = split(train_rows);
-    let val = (n_val > 0).then(|| split(val_rows));
-    Ok(Prepared { feature_names: table.feature_names, label_column: table.label_column, classes, rows, train, val, mean, std, imputed })
+    let train = split(&train_rows);
+    let val = (n_val > 0).then(|| split(&val_rows));
+    Ok(Prepared {
+        sample_shape: vec![d],
+        feature_names: table.feature_names,
+        label_column: table.label_column,
+        classes,
+        rows,
+        train,
+        val,
+        mean,
+        std,
+        imputed,
+    })
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub(crate) enum Stream {
     Split = 1,
     Init = 2,
     Batches = 3,
+    Dropout = 4,
 }
 
 impl SplitMix64 {

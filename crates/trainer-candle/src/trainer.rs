@@ -1,6 +1,7 @@
-//! [`CandleTrainer`], the trainer: an MLP classifier on CSV/TSV datasets, trained in-process
-//! with candle, reporting every epoch, stopping between batches on request, and saving its
-//! weights as safetensors.
+//! [`CandleTrainer`], the trainer: classifiers (the MLP on tables, the [`crate::vision`]
+//! models on images) trained in-process with candle, reporting every epoch, checkpointing so
+//! an interrupted run resumes, stopping between batches on request, and saving the weights as
+//! safetensors; the char-LSTM runs in [`crate::char_run`].
 
 use std::{path::Path, time::Instant};
 
@@ -19,12 +20,13 @@ use trainyard_domain::{
 use crate::{
     checkpoint, data,
     data::{Prepared, Split},
-    loss,
-    mlp::{self, Mlp},
+    images, loss,
+    mlp::{Mlp, MlpShape},
     optim::TrainOptimizer,
     resume::{self, Checkpoint},
     rng::{self, SplitMix64, Stream},
     table::{Delimiter, TableError},
+    vision::{self, ImageClassifier, ImageShape, Mode},
 };
 
 /// The file a run writes into its scratch directory.
@@ -33,13 +35,15 @@ pub const MODEL_FILE_NAME: &str = "model.safetensors";
 /// Rows evaluated at once when computing validation metrics.
 const EVAL_CHUNK: usize = 4096;
 
-/// Trains [`Architecture::Mlp`] on CSV and TSV datasets with candle.
+/// Trains every [`Architecture`] with candle: the MLP on tables (CSV, TSV, NumPy), the image
+/// models on image archives, IDX, CIFAR-10 and image-shaped NumPy arrays, the char-LSTM on text.
 ///
 /// Runs are reproducible: on the CPU the same config, seed and data give bit-identical
-/// metrics and weights. The model file holds the parameters named in [`crate::mlp`]'s table
-/// and, in the safetensors `__metadata__` header, everything needed to use it: architecture,
-/// input features and their names, class names, the standardisation mean and std,
-/// hyperparameters, final metrics and the session id.
+/// metrics and weights. The model file holds the parameters with PyTorch's names (see
+/// [`crate::mlp`] and [`crate::vision`]) and, in the safetensors `__metadata__` header,
+/// everything needed to use it: architecture, input shape (and feature names for tables),
+/// class names, the standardisation mean and std, hyperparameters, final metrics and the
+/// session id.
 #[derive(Debug, Clone)]
 pub struct CandleTrainer {
     /// Forces the CPU even when the `cuda` feature is on.
@@ -128,23 +132,34 @@ impl Trainer for CandleTrainer {
             let device = self.device(cfg.device)?;
             return crate::char_run::train(job, &device, events, stop);
         }
-        let delimiter = match (cfg.model_architecture, format) {
-            (Architecture::Mlp, DatasetFormat::Csv) => Delimiter::Comma,
-            (Architecture::Mlp, DatasetFormat::Tsv) => Delimiter::Tab,
-            (arch, other) => {
-                return Err(TrainError::Data(format!(
-                    "architecture '{arch}' trains on {} datasets (csv or tsv); dataset '{}' is {other}",
-                    arch.data_kind(),
-                    job.dataset.name
-                )))
+        if job.dataset.info.data_kind() != Some(cfg.model_architecture.data_kind()) {
+            return Err(TrainError::Data(format!(
+                "architecture '{}' trains on {} datasets; dataset '{}' is {} ({})",
+                cfg.model_architecture,
+                cfg.model_architecture.data_kind(),
+                job.dataset.name,
+                format,
+                job.dataset.info.dimensions.as_deref().unwrap_or("no dimensions"),
+            )));
+        }
+        let in_dataset = |m: String| TrainError::Data(format!("dataset '{}': {m}", job.dataset.name));
+        let path = &job.dataset.file_path;
+        let prepared = match format {
+            DatasetFormat::Csv | DatasetFormat::Tsv => {
+                let delimiter = if format == DatasetFormat::Csv { Delimiter::Comma } else { Delimiter::Tab };
+                let table = data::read_table(path, delimiter).map_err(|e| match e {
+                    TableError::Invalid(m) => in_dataset(m),
+                    TableError::Io(m) => TrainError::Io(m),
+                })?;
+                data::prepare(table, cfg.validation_split, cfg.seed)
             }
-        };
-        let table = data::read_table(&job.dataset.file_path, delimiter).map_err(|e| match e {
-            TableError::Invalid(m) => TrainError::Data(format!("dataset '{}': {m}", job.dataset.name)),
-            TableError::Io(m) => TrainError::Io(m),
-        })?;
-        let prepared = data::prepare(table, cfg.validation_split, cfg.seed)
-            .map_err(|m| TrainError::Data(format!("dataset '{}': {m}", job.dataset.name)))?;
+            _ if cfg.model_architecture == Architecture::Mlp => {
+                let table = images::load_numpy_table(path, format).map_err(in_dataset)?;
+                data::prepare(data::table_from_numpy(table), cfg.validation_split, cfg.seed)
+            }
+            _ => data::prepare_images(images::load_images(path, format).map_err(in_dataset)?, cfg.validation_split, cfg.seed),
+        }
+        .map_err(in_dataset)?;
         let device = self.device(cfg.device)?;
         Run {
             #[cfg(test)]
@@ -181,6 +196,103 @@ impl Trainer for CandleTrainer {
     }
 }
 
+/// A classifier being trained.
+pub(crate) enum Net {
+    Mlp(Mlp),
+    Image(Box<dyn ImageClassifier>),
+}
+
+impl Net {
+    /// Logits for a batch.
+    pub(crate) fn forward(&self, x: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Mlp(m) => m.forward(x, mode),
+            Self::Image(m) => m.forward(x, mode),
+        }
+    }
+}
+
+/// What a run builds: the architecture and the sizes its parameters follow from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum NetSpec {
+    Mlp(MlpShape),
+    Image { arch: Architecture, input: ImageShape, classes: usize },
+}
+
+impl NetSpec {
+    /// The spec for a config and prepared data.
+    fn of(cfg: &TrainingConfig, data: &Prepared) -> Self {
+        let classes = data.classes.len();
+        match (cfg.model_architecture, data.sample_shape.as_slice()) {
+            (arch, &[channels, height, width]) if arch != Architecture::Mlp => {
+                Self::Image { arch, input: ImageShape { channels, height, width }, classes }
+            }
+            _ => Self::Mlp(MlpShape {
+                inputs: data.features(),
+                hidden: cfg
+                    .hidden_sizes
+                    .clone()
+                    .unwrap_or_else(|| config::DEFAULT_HIDDEN_SIZES.to_vec())
+                    .into_iter()
+                    .map(|w| w as usize)
+                    .collect(),
+                classes,
+                dropout: cfg.dropout > 0.0,
+            }),
+        }
+    }
+
+    /// The spec recorded in checkpoints and model files, so a resume or a load builds the same.
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            Self::Mlp(s) => {
+                json!({ "architecture": "mlp", "layers": std::iter::once(s.inputs).chain(s.hidden.iter().copied()).chain([s.classes]).collect::<Vec<_>>(), "dropout_layers": s.dropout })
+            }
+            Self::Image { arch, input, classes } => {
+                json!({ "architecture": arch.as_str(), "input_shape": [input.channels, input.height, input.width], "classes": classes })
+            }
+        }
+    }
+
+    /// Builds the network with fresh parameters in `varmap`.
+    fn build(&self, varmap: &VarMap, dropout: f64, rng: &mut SplitMix64, device: &Device) -> candle_core::Result<Net> {
+        Ok(match self {
+            Self::Mlp(shape) => Net::Mlp(Mlp::new(varmap, shape, dropout, rng, device)?),
+            Self::Image { arch, input, classes } => Net::Image(vision::build(*arch, varmap, *input, *classes, dropout, rng, device)?),
+        })
+    }
+
+    /// Every parameter (and buffer) name with its shape.
+    fn parameter_shapes(&self) -> candle_core::Result<Vec<(String, Vec<usize>)>> {
+        match self {
+            Self::Mlp(shape) => Ok(shape.parameter_shapes()),
+            Self::Image { arch, input, classes } => vision::parameter_shapes(*arch, *input, *classes),
+        }
+    }
+
+    /// Trainable numbers.
+    fn parameter_count(&self) -> usize {
+        match self {
+            Self::Mlp(shape) => shape.parameter_count(),
+            Self::Image { arch, input, classes } => vision::parameter_count(*arch, *input, *classes),
+        }
+    }
+
+    /// `mlp 4-128-64-3` or `resnet18 on 8x8x1 images (3x3 stem ...)`.
+    fn describe(&self) -> String {
+        match self {
+            Self::Mlp(shape) => format!("mlp {}", shape.describe()),
+            Self::Image { arch, input, classes } => format!(
+                "{arch} on {}x{}x{} images, {classes} classes ({})",
+                input.height,
+                input.width,
+                input.channels,
+                vision::adaptation(*arch, *input)
+            ),
+        }
+    }
+}
+
 /// One training run's state.
 struct Run<'a> {
     #[cfg(test)]
@@ -200,16 +312,21 @@ impl Run<'_> {
 
     fn go(mut self) -> Result<TrainedModel, TrainError> {
         let (cfg, data) = (self.cfg, self.data);
-        let (inputs, classes) = (data.features(), data.classes.len());
+        let spec = NetSpec::of(cfg, data);
         let val_len = data.val.as_ref().map_or(0, Split::len);
-        self.log_start(inputs, classes, val_len);
+        self.log_start(&spec, val_len);
 
         let varmap = VarMap::new();
-        let model = Mlp::new(&varmap, inputs, classes, &mut SplitMix64::stream(cfg.seed, Stream::Init), self.device).map_err(backend)?;
-        let mut optimizer = TrainOptimizer::new(cfg.optimizer, named_vars(&varmap), cfg.learning_rate, cfg.momentum);
-        let x_train = Tensor::from_slice(&data.train.x, (data.train.len(), inputs), self.device).map_err(backend)?;
+        let model = spec.build(&varmap, cfg.dropout, &mut SplitMix64::stream(cfg.seed, Stream::Init), self.device).map_err(backend)?;
+        let trained: Vec<_> = named_vars(&varmap).into_iter().filter(|(name, _)| !vision::is_buffer(name)).collect();
+        let mut optimizer = TrainOptimizer::new(cfg.optimizer, trained, cfg.learning_rate, cfg.momentum);
+        let samples = |split: &Split| {
+            let shape: Vec<usize> = std::iter::once(split.len()).chain(data.sample_shape.iter().copied()).collect();
+            Tensor::from_slice(&split.x, shape, self.device).map_err(backend)
+        };
+        let x_train = samples(&data.train)?;
         let x_val = match &data.val {
-            Some(v) => Some(Tensor::from_slice(&v.x, (v.len(), inputs), self.device).map_err(backend)?),
+            Some(v) => Some(samples(v)?),
             None => None,
         };
 
@@ -218,7 +335,7 @@ impl Run<'_> {
         let batch_size = usize::try_from(cfg.batch_size).unwrap_or(1).max(1);
         let mut labels = Vec::with_capacity(batch_size);
         let resumed = match Checkpoint::read(&self.job.scratch_dir, self.device) {
-            Ok(Some(ckpt)) if ckpt.recorded("layers", &json!([inputs, mlp::HIDDEN[0], mlp::HIDDEN[1], classes])) => Some(ckpt),
+            Ok(Some(ckpt)) if ckpt.recorded("model", &spec.to_json()) => Some(ckpt),
             Ok(Some(_)) => {
                 self.log(LogLevel::Warning, "ignoring a checkpoint written for another model shape; starting over".into());
                 None
@@ -241,6 +358,8 @@ impl Run<'_> {
         'epochs: for epoch in start_epoch + 1..=cfg.epochs {
             let started = Instant::now();
             let order = rng::epoch_order(&rows, batch_seed, epoch);
+            // Dropout masks per epoch, so that a resumed run draws what the uninterrupted one would.
+            let mut masks = SplitMix64::stream(cfg.seed ^ u64::from(epoch), Stream::Dropout);
             let (mut loss_sum, mut batches, mut correct) = (0.0f64, 0u32, 0usize);
             for (b, chunk) in order.chunks(batch_size).enumerate() {
                 #[cfg(test)]
@@ -262,7 +381,7 @@ impl Run<'_> {
                 labels.extend(chunk.iter().map(|&i| data.train.y[i as usize]));
                 let index = Tensor::from_slice(chunk, chunk.len(), self.device).map_err(backend)?;
                 let xb = x_train.index_select(&index, 0).map_err(backend)?;
-                let logits = model.forward(&xb).map_err(backend)?;
+                let logits = model.forward(&xb, Mode::Train(&mut masks)).map_err(backend)?;
                 let batch_loss = loss::compute(cfg.loss_function, &logits, &labels).map_err(backend)?;
                 #[cfg(test)]
                 let batch_loss =
@@ -308,13 +427,7 @@ impl Run<'_> {
                 timestamp: OffsetDateTime::now_utc(),
             };
             // The checkpoint first: once an epoch is reported finished it can be resumed from.
-            resume::write(
-                &self.job.scratch_dir,
-                &varmap,
-                &optimizer,
-                json!({ "architecture": "mlp", "layers": [inputs, mlp::HIDDEN[0], mlp::HIDDEN[1], classes] }),
-                &metrics,
-            )?;
+            resume::write(&self.job.scratch_dir, &varmap, &optimizer, json!({ "model": spec.to_json() }), &metrics)?;
             let line = epoch_line(&metrics, cfg.epochs);
             self.events.epoch_finished(metrics.clone());
             self.log(LogLevel::Info, line);
@@ -322,24 +435,30 @@ impl Run<'_> {
             completed = epoch;
         }
 
-        let metadata = self.metadata(&last, completed, stopped);
+        let metadata = self.metadata(&spec, &last, completed, stopped);
         let file = self.job.scratch_dir.join(MODEL_FILE_NAME);
         save(&varmap, &metadata, &file)?;
         Ok(TrainedModel { file, format: ModelFormat::Safetensors, metadata, epochs_completed: completed, stopped })
     }
 
-    fn log_start(&mut self, inputs: usize, classes: usize, val_len: usize) {
+    fn log_start(&mut self, spec: &NetSpec, val_len: usize) {
         let (cfg, data) = (self.cfg, self.data);
         let shown: Vec<&str> = data.classes.iter().take(20).map(String::as_str).collect();
         let more = if data.classes.len() > shown.len() { ", ..." } else { "" };
+        let (samples, labels) = if data.is_image() {
+            ("images".to_owned(), String::new())
+        } else {
+            ("rows".to_owned(), format!(" in column '{}'", data.label_column))
+        };
+        let shape = data.sample_shape.iter().map(ToString::to_string).collect::<Vec<_>>().join("x");
         self.log(
             LogLevel::Info,
             format!(
-                "dataset '{}': {} rows, {inputs} features, {classes} classes [{}{more}] in column '{}'",
+                "dataset '{}': {} {samples} of shape {shape}, {} classes [{}{more}]{labels}",
                 self.job.dataset.name,
                 data.rows,
+                data.classes.len(),
                 shown.join(", "),
-                data.label_column
             ),
         );
         self.log(
@@ -354,12 +473,13 @@ impl Run<'_> {
         if data.imputed > 0 {
             self.log(LogLevel::Warning, format!("replaced {} missing feature values with the training mean", data.imputed));
         }
-        let [h0, h1] = mlp::HIDDEN;
         self.log(
             LogLevel::Info,
             format!(
-                "model: mlp {inputs}-{h0}-{h1}-{classes}, {} parameters; optimizer {} (lr {}), loss {}, batch size {}, {} epochs; device {}",
-                mlp::parameter_count(inputs, classes),
+                "model: {}, {} parameters; dropout {}; optimizer {} (lr {}), loss {}, batch size {}, {} epochs; device {}",
+                spec.describe(),
+                spec.parameter_count(),
+                cfg.dropout,
                 cfg.optimizer,
                 cfg.learning_rate,
                 cfg.loss_function,
@@ -371,26 +491,21 @@ impl Run<'_> {
     }
 
     /// What the model file and the registry record about the run.
-    fn metadata(&self, last: &Option<EpochMetrics>, completed: u32, stopped: bool) -> Value {
+    fn metadata(&self, spec: &NetSpec, last: &Option<EpochMetrics>, completed: u32, stopped: bool) -> Value {
         let (cfg, data) = (self.cfg, self.data);
-        let (inputs, classes) = (data.features(), data.classes.len());
         let parameters: serde_json::Map<String, Value> =
-            mlp::parameter_shapes(inputs, classes).into_iter().map(|(name, shape)| (name, json!(shape))).collect();
+            spec.parameter_shapes().unwrap_or_default().into_iter().map(|(name, shape)| (name, json!(shape))).collect();
         let final_metrics = last.as_ref().map_or(
             Value::Null,
             |m| json!({ "epoch": m.epoch, "loss": m.loss, "accuracy": m.accuracy, "val_loss": m.val_loss, "val_accuracy": m.val_accuracy }),
         );
-        json!({
+        let mut meta = json!({
             "architecture": cfg.model_architecture.as_str(),
-            "layers": [inputs, mlp::HIDDEN[0], mlp::HIDDEN[1], classes],
-            "input_features": inputs,
-            "feature_names": data.feature_names,
-            "label_column": data.label_column,
+            "model": spec.to_json(),
+            "sample_shape": data.sample_shape,
             "classes": data.classes,
-            "feature_mean": data.mean,
-            "feature_std": data.std,
             "parameters": parameters,
-            "parameter_count": mlp::parameter_count(inputs, classes),
+            "parameter_count": spec.parameter_count(),
             "hyperparameters": {
                 "learning_rate": cfg.learning_rate,
                 "batch_size": cfg.batch_size,
@@ -399,6 +514,7 @@ impl Run<'_> {
                 "loss_function": cfg.loss_function.as_str(),
                 "validation_split": cfg.validation_split,
                 "seed": cfg.seed,
+                "dropout": cfg.dropout,
             },
             "final_metrics": final_metrics,
             "epochs_completed": completed,
@@ -406,7 +522,28 @@ impl Run<'_> {
             "session_id": self.job.session_id.as_str(),
             "dataset": self.job.dataset.name.as_str(),
             "device": device_name(self.device),
-        })
+        });
+        let extra = match spec {
+            NetSpec::Mlp(shape) => json!({
+                "layers": std::iter::once(shape.inputs).chain(shape.hidden.iter().copied()).chain([shape.classes]).collect::<Vec<_>>(),
+                "input_features": shape.inputs,
+                "feature_names": data.feature_names,
+                "label_column": data.label_column,
+                "feature_mean": data.mean,
+                "feature_std": data.std,
+            }),
+            NetSpec::Image { arch, input, .. } => json!({
+                "input_shape": [input.channels, input.height, input.width],
+                "adaptation": vision::adaptation(*arch, *input),
+                "channel_mean": data.mean,
+                "channel_std": data.std,
+                "pixel_scale": "pixels are divided by 255 (8-bit images) before the channel mean and std apply",
+            }),
+        };
+        if let (Some(meta), Value::Object(extra)) = (meta.as_object_mut(), extra) {
+            meta.extend(extra);
+        }
+        meta
     }
 }
 
@@ -434,11 +571,11 @@ pub(crate) fn count_correct(logits: &Tensor, labels: &[u32]) -> candle_core::Res
 }
 
 /// Mean loss and accuracy over a whole split, in chunks.
-fn evaluate(model: &Mlp, x: &Tensor, y: &[u32], cfg: &TrainingConfig) -> candle_core::Result<(f64, f64)> {
+fn evaluate(model: &Net, x: &Tensor, y: &[u32], cfg: &TrainingConfig) -> candle_core::Result<(f64, f64)> {
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     for start in (0..y.len()).step_by(EVAL_CHUNK) {
         let len = EVAL_CHUNK.min(y.len() - start);
-        let logits = model.forward(&x.narrow(0, start, len)?)?.detach();
+        let logits = model.forward(&x.narrow(0, start, len)?, Mode::Eval)?.detach();
         let labels = &y[start..start + len];
         #[allow(clippy::cast_precision_loss)]
         let weight = len as f64;

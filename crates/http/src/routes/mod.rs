@@ -3,6 +3,7 @@
 
 mod admin;
 mod catalog;
+mod predict;
 mod system;
 mod training;
 
@@ -17,7 +18,7 @@ use actix_web::{
 
 use crate::error::{ApiError, ErrorCode};
 
-pub(crate) use self::{admin::*, catalog::*, system::*, training::*};
+pub(crate) use self::{admin::*, catalog::*, predict::*, system::*, training::*};
 
 /// Runs blocking work (SQLite, files) on the blocking pool and converts its error.
 pub(crate) async fn blocking<T, E, F>(f: F) -> Result<T, ApiError>
@@ -49,6 +50,7 @@ pub(crate) fn register(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/api/v1/models").route(web::get().to(list_models)).route(web::post().to(upload_model)))
         .service(web::resource("/api/v1/models/{name}").route(web::get().to(download_model)).route(web::delete().to(delete_model)))
         .service(web::resource("/api/v1/models/{name}/generate").route(web::post().to(generate)))
+        .service(web::resource("/api/v1/models/{name}/predict").route(web::post().to(predict)))
         .service(web::resource("/api/v1/datasets").route(web::get().to(list_datasets)).route(web::post().to(upload_dataset)))
         .service(web::resource("/api/v1/datasets/{name}").route(web::get().to(get_dataset)).route(web::delete().to(delete_dataset)))
         .service(web::resource("/api/v1/admin/audit").route(web::get().to(audit_log)));

@@ -251,8 +251,10 @@ fn prop28_stop_after_k_batches_saves_a_loadable_model() {
         };
         let loaded = candle_core::safetensors::load(&model.file, &Device::Cpu).unwrap();
         fs::remove_file(&model.file).unwrap();
-        let shapes_ok =
-            mlp::parameter_shapes(4, 3).iter().all(|(name, shape)| loaded.get(name).is_some_and(|t| t.dims() == shape.as_slice()));
+        let shapes_ok = MlpShape { inputs: 4, hidden: vec![128, 64], classes: 3, dropout: false }
+            .parameter_shapes()
+            .iter()
+            .all(|(name, shape)| loaded.get(name).is_some_and(|t| t.dims() == shape.as_slice()));
         let completed = u32::try_from(k / per_epoch).unwrap();
         TestResult::from_bool(
             model.stopped

@@ -100,7 +100,7 @@ fn examples_are_registered_once_text_first() {
     let mut s = Server::start_with(Opts { extra_args: vec!["--examples".into()], ..Opts::default() });
     let (_, list) = s.get("/api/v1/datasets");
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["tempest", "iris", "wine", "breast_cancer", "digits"]);
+    assert_eq!(names, ["tempest", "iris", "wine", "breast_cancer", "digits", "digits_png"]);
     assert_eq!(list[0]["format"], "text");
     assert_eq!(list[1]["sample_count"], 150);
     let tmp = s.take_tmp();

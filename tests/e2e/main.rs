@@ -7,3 +7,4 @@ mod lifecycle;
 mod registry;
 mod text;
 mod training;
+mod vision;

@@ -108,7 +108,7 @@ pub struct ServeArgs {
     /// Largest accepted dataset upload, in MB.
     #[arg(long, env = "TRAINYARD_MAX_DATASET_UPLOAD_MB", default_value_t = 5_120)]
     pub max_dataset_upload_mb: u64,
-    /// Register the bundled example datasets (tempest, iris, wine, breast_cancer, digits) if absent.
+    /// Register the bundled example datasets (tempest, iris, wine, breast_cancer, digits, digits_png) if absent.
     #[arg(long, env = "TRAINYARD_EXAMPLES")]
     pub examples: bool,
     /// HTTP worker threads [default: the number of CPUs, at most 4].

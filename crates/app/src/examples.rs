@@ -14,6 +14,7 @@ const BUNDLED: &[(&str, &str, &[u8])] = &[
     ("wine", "wine.csv", include_bytes!("../../../examples/datasets/wine.csv")),
     ("breast_cancer", "breast_cancer.csv", include_bytes!("../../../examples/datasets/breast_cancer.csv")),
     ("digits", "digits.csv", include_bytes!("../../../examples/datasets/digits.csv")),
+    ("digits_png", "digits_png.zip", include_bytes!("../../../examples/datasets/digits_png.zip")),
 ];
 
 /// Registers every bundled dataset that is not in the registry yet; returns the names added.

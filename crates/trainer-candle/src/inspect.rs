@@ -16,7 +16,8 @@ use trainyard_domain::{
 };
 
 use crate::{
-    archive, npy,
+    archive::{self, Sniff},
+    images, npy,
     table::{self, Delimiter, TableError, TableReader},
 };
 
@@ -26,6 +27,8 @@ const HEAD_BYTES: usize = 1 << 20;
 const MAX_CLASS_COUNTS: usize = 10_000;
 /// Characters listed in a text's `most_frequent`.
 const TOP_CHARACTERS: usize = 10;
+/// The size of a CIFAR-10 record: a label byte and 32x32x3 pixels.
+const CIFAR_RECORD: u64 = 3073;
 
 /// Inspects dataset files on local disk.
 ///
@@ -35,9 +38,17 @@ const TOP_CHARACTERS: usize = 10;
 ///   the last). Statistics: per-feature min, max, mean, std and missing count, the label
 ///   column, class counts and whether there was a header.
 /// - **text**: any other UTF-8 text; one sample per character.
-/// - **npy**: a NumPy array; samples along the first axis.
-/// - **npz**: a zip of `.npy` arrays; samples from the `x` array (or the first).
-/// - **images**: a zip of image files, one folder per class.
+/// - **npy**: a NumPy array; samples along the first axis; dimensions `HxWxC` when image-shaped.
+/// - **npz**: a zip of `.npy` arrays (stored or deflated); samples from the `x` array, class
+///   counts from `y` (see [`crate::images`] for which arrays are used).
+/// - **images**: a zip, tar or tar.gz of PNG/JPEG images, one folder per class; every image is
+///   decoded (one at a time) for class counts, per-channel pixel mean/std and formats.
+/// - **idx**: MNIST IDX files, plain, gzipped, or a zip/tar(.gz) of the images and labels files.
+/// - **cifar10**: CIFAR-10 binary batches (`.bin`), alone or in a zip/tar(.gz).
+///
+/// Archives are read as streams with the defences of [`crate::archive`] (no extraction to disk,
+/// unsafe names, links and devices refused, entry-count, size and ratio limits enforced on the
+/// bytes actually inflated); the limits live in [`crate::images::limits`].
 ///
 /// Anything else is refused with [`InspectError::Invalid`]: `DatasetFormat::Binary` is never
 /// reported, because no architecture trains on opaque bytes and an early, clear refusal helps
@@ -66,11 +77,31 @@ impl DatasetInspector for FileInspector {
         if head.starts_with(npy::MAGIC) {
             return inspect_npy(&mut file, len);
         }
-        if head.starts_with(archive::LOCAL_HEADER) {
-            return inspect_zip(&mut file, &ext);
+        match archive::sniff(&head) {
+            Sniff::Archive(container) => return images::inspect_archive(path, container).map_err(InspectError::Invalid),
+            Sniff::Gzip => return images::inspect_gzip(path, &head, file_name).map_err(InspectError::Invalid),
+            Sniff::Other => {}
+        }
+        if images::is_idx(&head) {
+            return images::inspect_idx(path, file_name).map_err(InspectError::Invalid);
         }
         let complete = head.len() as u64 == len;
-        let text = utf8_prefix(&head, complete)?;
+        let text = utf8_prefix(&head, complete);
+        // CIFAR-10 batches are binary: records of a label byte and 3072 pixel bytes.
+        let cifar_sized = len > 0 && len.is_multiple_of(CIFAR_RECORD);
+        if cifar_sized && (ext == "bin" || text.is_err()) {
+            let strict = ext == "bin" && text.is_err();
+            if let Some(info) = images::probe_cifar(path, strict, file_name).map_err(InspectError::Invalid)? {
+                return Ok(info);
+            }
+        }
+        if ext == "bin" && !cifar_sized && text.is_err() {
+            return Err(InspectError::Invalid(format!(
+                "a .bin dataset must be CIFAR-10 binary batches: whole {CIFAR_RECORD}-byte records (a label byte and 32x32x3 \
+                 pixels), but this file is {len} bytes"
+            )));
+        }
+        let text = text?;
         let hint = match ext.as_str() {
             "csv" => Some(Delimiter::Comma),
             "tsv" | "tab" => Some(Delimiter::Tab),
@@ -92,8 +123,8 @@ fn io(e: std::io::Error) -> InspectError {
 fn utf8_prefix(head: &[u8], complete: bool) -> Result<&str, InspectError> {
     let binary = |at: usize| {
         InspectError::Invalid(format!(
-            "unsupported dataset format: binary content (byte 0x{:02x} at offset {at}) is not UTF-8 text, a NumPy .npy array \
-             or a zip archive of .npy arrays or images",
+            "unsupported dataset format: binary content (byte 0x{:02x} at offset {at}) is not UTF-8 text, a NumPy .npy/.npz, \
+             an archive of images, IDX files or CIFAR-10 batches",
             head[at]
         ))
     };
@@ -125,48 +156,6 @@ fn inspect_npy(file: &mut BufReader<File>, len: u64) -> Result<DatasetInfo, Insp
         dimensions: Some(header.sample_dimensions()),
         statistics: header.to_json(),
     })
-}
-
-fn inspect_zip(file: &mut BufReader<File>, ext: &str) -> Result<DatasetInfo, InspectError> {
-    let walk = archive::walk(file).map_err(io)?;
-    let npy_only = !walk.npy.is_empty() && walk.npy.len() as u64 == walk.files;
-    if npy_only || (!walk.complete && walk.images == 0 && ext == "npz") {
-        let main = walk.npy.iter().find(|e| e.name == "x.npy").or_else(|| walk.npy.first());
-        if let Some(archive::NpyEntry { name, header: Err(why) }) = main {
-            if !why.contains("compressed") {
-                return Err(InspectError::Invalid(format!("{name} in the npz archive: {why}")));
-            }
-        }
-        let header = main.and_then(|e| e.header.as_ref().ok());
-        let arrays: Vec<Value> = walk
-            .npy
-            .iter()
-            .map(|e| match &e.header {
-                Ok(h) => json!({ "name": e.name, "dtype": h.descr, "shape": h.shape }),
-                Err(why) => json!({ "name": e.name, "unread": why }),
-            })
-            .collect();
-        return Ok(DatasetInfo {
-            format: DatasetFormat::Npz,
-            sample_count: header.map(npy::NpyHeader::sample_count),
-            dimensions: header.map(npy::NpyHeader::sample_dimensions),
-            statistics: json!({ "arrays": arrays, "complete_listing": walk.complete }),
-        });
-    }
-    if walk.images > 0 || !walk.complete {
-        return Ok(DatasetInfo {
-            format: DatasetFormat::Images,
-            sample_count: if walk.complete { Some(walk.images) } else { None },
-            dimensions: None,
-            statistics: json!({
-                "images": walk.images,
-                "files": walk.files,
-                "class_counts": walk.image_folders,
-                "complete_listing": walk.complete,
-            }),
-        });
-    }
-    Err(InspectError::Invalid(format!("the zip archive holds {} files but neither .npy arrays nor images", walk.files)))
 }
 
 /// Running statistics of one feature column (Welford's algorithm).

@@ -15,6 +15,7 @@ mod char_run;
 mod checkpoint;
 mod data;
 mod generate;
+mod images;
 mod inspect;
 mod loss;
 pub mod lstm;

@@ -101,25 +101,38 @@ fn text_statistics() {
 fn numpy_arrays_and_archives() {
     let x = npy_bytes("|u1", "(10, 8, 8)", 640);
     let info = inspect_bytes(&x, Some("whatever.bin")).unwrap();
-    assert_eq!((info.format, info.sample_count, info.dimensions.as_deref()), (DatasetFormat::Npy, Some(10), Some("8x8")));
+    assert_eq!((info.format, info.sample_count, info.dimensions.as_deref()), (DatasetFormat::Npy, Some(10), Some("8x8x1")));
     assert_eq!(info.statistics["dtype"], "|u1");
     assert!(invalid(&x[..x.len() - 1], None).contains("truncated"));
     assert!(invalid(&npy_bytes("|O", "(3,)", 24), None).contains("object"));
+    let table = inspect_bytes(&npy_bytes("<f8", "(4, 13)", 4 * 13 * 8), None).unwrap();
+    assert_eq!(table.dimensions.as_deref(), Some("13"));
 
     let y = npy_bytes("<i8", "(10,)", 80);
     let npz = zip(&[("y.npy", &y, 0), ("x.npy", &x, 0)]);
     let info = inspect_bytes(&npz, None).unwrap();
-    assert_eq!((info.format, info.sample_count, info.dimensions.as_deref()), (DatasetFormat::Npz, Some(10), Some("8x8")));
+    assert_eq!((info.format, info.sample_count, info.dimensions.as_deref()), (DatasetFormat::Npz, Some(10), Some("8x8x1")));
     assert_eq!(info.statistics["arrays"][0]["name"], "y.npy");
+    assert_eq!(info.statistics["class_counts"], json!({"506381209866536711": 10}));
 
-    let compressed = zip(&[("x.npy", b"deflated", 8)]);
+    // numpy.savez_compressed deflates the arrays: read through the same checks.
+    let compressed = zip(&[("x.npy", &x, 8), ("y.npy", &y, 8)]);
     let info = inspect_bytes(&compressed, Some("d.npz")).unwrap();
-    assert_eq!((info.format, info.sample_count), (DatasetFormat::Npz, None));
+    assert_eq!((info.format, info.sample_count), (DatasetFormat::Npz, Some(10)));
+    assert!(invalid(&zip(&[("x.npy", b"deflated", 8)]), Some("d.npz")).starts_with("x.npy in the npz archive"));
 
-    let images = zip(&[("0/", b"", 0), ("0/0.png", b"p", 8), ("0/1.png", b"p", 8), ("1/2.png", b"p", 8)]);
+    let png = |v: u8| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(2, 2, image::Luma([v])))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    };
+    let images = zip(&[("0/", b"", 0), ("0/0.png", &png(0), 8), ("0/1.png", &png(0), 8), ("1/2.png", &png(255), 8)]);
     let info = inspect_bytes(&images, Some("digits.zip")).unwrap();
-    assert_eq!((info.format, info.sample_count), (DatasetFormat::Images, Some(3)));
+    assert_eq!((info.format, info.sample_count, info.dimensions.as_deref()), (DatasetFormat::Images, Some(3), Some("2x2x1")));
     assert_eq!(info.statistics["class_counts"], json!({"0": 2, "1": 1}));
+    assert!(invalid(&zip(&[("0/0.png", b"p", 8)]), Some("x.zip")).contains("not a PNG or JPEG"));
 
     assert!(invalid(&zip(&[("readme.md", b"hi", 0)]), Some("x.zip")).contains("neither"));
 }

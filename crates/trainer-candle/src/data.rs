@@ -147,8 +147,8 @@ fn check_classes(classes: &[String], what: &str) -> Result<(), String> {
 /// A message when the images cannot train a classifier: fewer than two, or a single class.
 pub(crate) fn prepare_images(images: crate::images::ImageData, validation_split: f64, seed: u64) -> Result<Prepared, String> {
     let (c, h, w) = (images.channels, images.height, images.width);
-    let per = c * h * w;
-    let rows = images.y.len();
+    let per = images.sample_len();
+    let rows = images.len();
     if rows < 2 {
         return Err(format!("the dataset has {rows} image(s); training needs at least 2"));
     }

@@ -54,17 +54,10 @@ pub(crate) struct ImageData {
     pub classes: Vec<String>,
 }
 
-// `allow(dead_code)` until the trainer calls the loaders (wired in the trainer's own change).
-#[allow(dead_code)]
 impl ImageData {
     /// The number of samples.
     pub(crate) fn len(&self) -> usize {
         self.y.len()
-    }
-
-    /// Whether there are no samples.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.y.is_empty()
     }
 
     /// Values per sample.
@@ -89,7 +82,6 @@ pub(crate) struct NumpyTable {
 ///
 /// # Errors
 /// A user-facing message: what is wrong with the dataset, and what to upload instead.
-#[allow(dead_code)] // until the trainer calls it
 pub(crate) fn load_images(path: &Path, format: DatasetFormat) -> Result<ImageData, String> {
     load_images_with(path, format, &Limits::DEFAULT)
 }
@@ -99,7 +91,6 @@ pub(crate) fn load_images(path: &Path, format: DatasetFormat) -> Result<ImageDat
 ///
 /// # Errors
 /// A user-facing message; a `.npy` (features only) is refused.
-#[allow(dead_code)] // until the trainer calls it
 pub(crate) fn load_numpy_table(path: &Path, format: DatasetFormat) -> Result<NumpyTable, String> {
     match format {
         DatasetFormat::Npz => numpy_data::load_table(open(path)?, &Budget::new(Limits::DEFAULT)),

@@ -5,7 +5,7 @@
 
 use std::{path::Path, time::Instant};
 
-use candle_core::{Device, DeviceLocation, Module, Tensor};
+use candle_core::{Device, DeviceLocation, Tensor};
 use candle_nn::VarMap;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -445,22 +445,20 @@ impl Run<'_> {
         let (cfg, data) = (self.cfg, self.data);
         let shown: Vec<&str> = data.classes.iter().take(20).map(String::as_str).collect();
         let more = if data.classes.len() > shown.len() { ", ..." } else { "" };
-        let (samples, labels) = if data.is_image() {
-            ("images".to_owned(), String::new())
+        let what = if data.is_image() {
+            let [c, h, w] = [0, 1, 2].map(|i| data.sample_shape[i]);
+            format!("{} images of {h}x{w}x{c}, {} classes [{}{more}]", data.rows, data.classes.len(), shown.join(", "))
         } else {
-            ("rows".to_owned(), format!(" in column '{}'", data.label_column))
-        };
-        let shape = data.sample_shape.iter().map(ToString::to_string).collect::<Vec<_>>().join("x");
-        self.log(
-            LogLevel::Info,
             format!(
-                "dataset '{}': {} {samples} of shape {shape}, {} classes [{}{more}]{labels}",
-                self.job.dataset.name,
+                "{} rows, {} features, {} classes [{}{more}] in column '{}'",
                 data.rows,
+                data.features(),
                 data.classes.len(),
                 shown.join(", "),
-            ),
-        );
+                data.label_column
+            )
+        };
+        self.log(LogLevel::Info, format!("dataset '{}': {what}", self.job.dataset.name));
         self.log(
             LogLevel::Info,
             format!(

@@ -19,6 +19,7 @@ mod inspect;
 mod loss;
 pub mod lstm;
 pub mod mlp;
+mod model_check;
 mod npy;
 mod optim;
 pub mod pth;
@@ -31,5 +32,6 @@ mod weights;
 
 pub use generate::CandleGenerator;
 pub use inspect::FileInspector;
+pub use model_check::FileModelInspector;
 pub use optim::TrainOptimizer;
 pub use trainer::{CandleTrainer, MODEL_FILE_NAME};

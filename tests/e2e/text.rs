@@ -118,7 +118,9 @@ fn fine_tuning_from_the_owners_pytorch_checkpoint_extends_its_vocabulary() {
     let (code, g) = s.post_json(&format!("/api/v1/models/{id}/generate"), &json!({"prompt": "ARIEL", "max_length": 30}));
     assert_eq!(code, 200, "{g}");
     // A table model cannot generate text.
-    let (code, v) = s.upload("/api/v1/models?model_name=blob", "w.bin", b"not a model");
+    let header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let table_model = [&(header.len() as u64).to_le_bytes()[..], header, &[0u8; 4]].concat();
+    let (code, v) = s.upload("/api/v1/models?model_name=blob", "w.safetensors", &table_model);
     assert_eq!(code, 200, "{v}");
     let (code, v) = s.post_json("/api/v1/models/blob/generate", &json!({"prompt": "x"}));
     assert_eq!((code, envelope_code(&v).as_str()), (400, "UNSUPPORTED_MODEL"));

@@ -78,6 +78,10 @@ fn iris_trains_to_completion_with_metrics_logs_and_a_model() {
     let (code, bytes, disposition) = s.get_bytes(&format!("/api/v1/models/{id}"));
     assert_eq!(code, 200);
     assert!(disposition.unwrap_or_default().contains(".safetensors"));
+    // Trained models are hashed and described when registered, like uploads.
+    let hash: String = <sha2::Sha256 as sha2::Digest>::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(model["content_hash"].as_str(), Some(hash.as_str()));
+    assert!(model["parameter_count"].as_u64() > Some(0), "{model}");
     let header_len = usize::try_from(u64::from_le_bytes(bytes[..8].try_into().unwrap())).unwrap();
     let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).expect("safetensors header");
     assert!(header["__metadata__"].is_object(), "metadata in the safetensors header");

@@ -144,7 +144,7 @@ fn cnn_learns_the_digits_png_archive_and_predicts_uploaded_images() {
     let (name, bytes) = (0..zip.len())
         .find_map(|i| {
             let mut f = zip.by_index(i).unwrap();
-            let name = f.name().to_owned();
+            let name = f.name().unwrap().to_string();
             let mut bytes = Vec::new();
             std::io::Read::read_to_end(&mut f, &mut bytes).unwrap();
             name.ends_with(".png").then_some((name, bytes))

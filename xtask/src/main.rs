@@ -1,7 +1,10 @@
 //! Project automation, run as `cargo xtask <task>`:
 //! `ci` runs exactly what CI runs; `tidy` checks the architecture's rules; `openapi` writes
 //! the OpenAPI document to `docs/openapi.json`; `bench` measures char-LSTM training speed
-//! against PyTorch in the same run.
+//! against PyTorch and the model registry's upload and download throughput against a file
+//! copy, each in the same run.
+
+mod bench_registry;
 
 use std::{
     path::{Path, PathBuf},
@@ -17,13 +20,20 @@ fn main() -> anyhow::Result<()> {
         "ci" => ci(&root),
         "tidy" => tidy(&root),
         "openapi" => openapi(&root),
-        "bench" => bench(&root),
+        "bench" => match std::env::args().nth(2).as_deref() {
+            None => bench(&root).and_then(|()| bench_registry::run(&root)),
+            Some("lstm") => bench(&root),
+            Some("registry") => bench_registry::run(&root),
+            Some(other) => bail!("unknown benchmark {other:?}: expected lstm or registry"),
+        },
         _ => {
-            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench>");
+            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry]>");
             eprintln!("  ci       format check, tidy, clippy with warnings denied, and every test");
             eprintln!("  tidy     crate dependency rules and module docs");
             eprintln!("  openapi  write docs/openapi.json from the code");
-            eprintln!("  bench    char-LSTM training speed: Trainyard, stock candle and PyTorch, as ratios");
+            eprintln!("  bench    both benchmarks below, each printing its table");
+            eprintln!("    lstm      char-LSTM training speed: Trainyard, stock candle and PyTorch, as ratios");
+            eprintln!("    registry  model upload/download MB/s over loopback vs a file copy, and the server's peak RSS");
             bail!("unknown task {task:?}")
         }
     }

@@ -4,7 +4,10 @@
 use std::io::Write;
 
 use anyhow::Context;
-use trainyard_domain::{catalog::Catalog, DatasetName};
+use trainyard_domain::{
+    catalog::{Catalog, Upload},
+    DatasetName,
+};
 
 /// Name, client file name and bytes of each bundled dataset, in registration order (the
 /// owner's bot trains on the first dataset listed, so the text comes first).
@@ -30,7 +33,14 @@ pub fn register(catalog: &Catalog) -> anyhow::Result<Vec<String>> {
         }
         let mut staged = tempfile::Builder::new().prefix(".example-").tempfile_in(catalog.datasets().staging_dir())?;
         staged.write_all(bytes)?;
-        catalog.add_dataset(name.clone(), staged.path(), Some(file_name)).with_context(|| format!("registering example {name}"))?;
+        let upload = Upload {
+            staged: staged.path(),
+            file_name: Some(file_name),
+            size_bytes: bytes.len() as u64,
+            head: &bytes[..bytes.len().min(64)],
+            content_hash: None,
+        };
+        catalog.add_dataset(name.clone(), &upload, false).with_context(|| format!("registering example {name}"))?;
         // The registry moved the file into place.
         let _ = staged.into_temp_path().keep();
         added.push(name.to_string());

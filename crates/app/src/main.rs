@@ -23,7 +23,7 @@ use trainyard_domain::{
 use trainyard_http::{AppState, UploadLimits};
 use trainyard_monitor::CachedMonitor;
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
-use trainyard_trainer_candle::{CandleGenerator, CandlePredictor, CandleTrainer, FileInspector};
+use trainyard_trainer_candle::{CandleGenerator, CandlePredictor, CandleTrainer, FileInspector, FileModelInspector};
 
 use crate::cli::{Cli, Command, LogFormat, ServeArgs};
 
@@ -66,12 +66,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let datasets = Arc::new(FileDatasetRegistry::open(db, args.datasets_dir()).context("opening the dataset registry")?);
     let monitor = Arc::new(CachedMonitor::start(args.storage.data_dir.clone(), MONITOR_INTERVAL));
     let clock = Arc::new(SystemClock);
+    let model_inspector = Arc::new(FileModelInspector::new());
     let ports = Ports {
         sessions: store.clone(),
         metrics: store.clone(),
         logs: store.clone(),
         datasets: datasets.clone(),
         models: models.clone(),
+        model_inspector: model_inspector.clone(),
         scratch: Arc::new(LocalScratch::new(args.scratch_dir())),
         trainer: Arc::new(CandleTrainer::new()),
         monitor: monitor.clone(),
@@ -84,7 +86,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let manager = SessionManager::new(ports, policy);
     let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()), Arc::new(CandlePredictor::new()));
-    let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), store.clone());
+    let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), model_inspector, store.clone());
     let auth_store: Arc<dyn AuthStore> = store;
     let authenticator = Arc::new(Authenticator::new(&args.keys(), auth_store.clone(), clock));
 

@@ -21,8 +21,8 @@ use crate::{
     ids::{ModelName, SessionId},
     metrics::{EpochMetrics, LogEntry, LogLevel},
     ports::{
-        Clock, DatasetRegistry, LogStore, MetricsStore, ModelRegistry, ScratchSpace, SessionRepository, StopSignal, StoreError,
-        SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob,
+        Clock, DatasetRegistry, LogStore, MetricsStore, ModelInspector, ModelRegistry, ScratchSpace, SessionRepository, StopSignal,
+        StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob,
     },
     registry::NewModel,
     session::{Session, SessionState},
@@ -39,6 +39,8 @@ pub struct Ports {
     pub logs: Arc<dyn LogStore>,
     pub datasets: Arc<dyn DatasetRegistry>,
     pub models: Arc<dyn ModelRegistry>,
+    /// Describes trained models (tensor and parameter counts) before they are registered.
+    pub model_inspector: Arc<dyn ModelInspector>,
     pub scratch: Arc<dyn ScratchSpace>,
     pub trainer: Arc<dyn Trainer>,
     pub monitor: Arc<dyn SystemMonitor>,
@@ -625,6 +627,16 @@ impl Inner {
             obj.insert("session_id".into(), s.id.as_str().into());
             obj.insert("epochs_completed".into(), model.epochs_completed.into());
             obj.insert("stopped_early".into(), model.stopped.into());
+            match self.ports.model_inspector.inspect(&model.file, model.format) {
+                Ok(info) => {
+                    for key in ["tensor_count", "parameter_count", "dtypes"] {
+                        if let Some(value) = info.metadata.get(key) {
+                            obj.entry(key).or_insert_with(|| value.clone());
+                        }
+                    }
+                }
+                Err(e) => self.log(&s.id, LogLevel::Warning, format!("the trained model could not be described: {e}")),
+            }
         }
         self.ports.models.import(NewModel {
             name: name.clone(),
@@ -632,6 +644,7 @@ impl Inner {
             format: model.format,
             session_id: Some(s.id.clone()),
             metadata,
+            content_hash: None,
         })?;
         Ok(name)
     }

@@ -16,7 +16,7 @@ use crate::{
     config::{Device, TrainingConfig},
     ids::{DatasetName, ModelName, SessionId},
     metrics::{EpochMetrics, LogEntry, LogLevel},
-    registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelRecord, NewDataset, NewModel},
+    registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelInfo, ModelRecord, NewDataset, NewModel},
     session::{Session, SessionState},
     system::SystemSnapshot,
 };
@@ -90,7 +90,8 @@ pub trait LogStore: Send + Sync + 'static {
 /// The model registry: rows in the database, files on local disk, kept in agreement.
 ///
 /// # Errors
-/// As [`SessionRepository`]; [`StoreError::Conflict`] when importing a name that exists.
+/// As [`SessionRepository`]; [`StoreError::Conflict`] when importing a name that exists,
+/// also when two imports of one name race: exactly one of them commits.
 pub trait ModelRegistry: Send + Sync + 'static {
     /// All models, newest first.
     fn list(&self) -> Result<Vec<ModelRecord>, StoreError>;
@@ -98,8 +99,13 @@ pub trait ModelRegistry: Send + Sync + 'static {
     /// A directory on the registry's filesystem where callers stage files before import.
     fn staging_dir(&self) -> PathBuf;
     /// Moves the staged file into the registry under a server-generated file name and
-    /// commits its row. On any error the staged file is removed and no row exists.
+    /// commits its row, with the file's content hash (computed here when the caller did not).
+    /// On any error the staged file is removed and no row exists.
     fn import(&self, model: NewModel) -> Result<ModelRecord, StoreError>;
+    /// As [`Self::import`], but an entry of the same name is replaced: the new file is moved
+    /// into place and the row rewritten in one transaction, and the old file is removed only
+    /// after the commit. With no such entry it inserts.
+    fn replace(&self, model: NewModel) -> Result<ModelRecord, StoreError>;
     /// Removes the row and the file. [`StoreError::NotFound`] when there is no such model.
     fn delete(&self, name: &ModelName) -> Result<(), StoreError>;
 }
@@ -114,6 +120,8 @@ pub trait DatasetRegistry: Send + Sync + 'static {
     fn get(&self, name: &DatasetName) -> Result<Option<DatasetRecord>, StoreError>;
     fn staging_dir(&self) -> PathBuf;
     fn import(&self, dataset: NewDataset) -> Result<DatasetRecord, StoreError>;
+    /// As [`ModelRegistry::replace`].
+    fn replace(&self, dataset: NewDataset) -> Result<DatasetRecord, StoreError>;
     fn delete(&self, name: &DatasetName) -> Result<(), StoreError>;
 }
 
@@ -134,6 +142,18 @@ pub trait DatasetInspector: Send + Sync + 'static {
     /// # Errors
     /// [`InspectError::Invalid`] for malformed content, [`InspectError::Io`] when reading fails.
     fn inspect(&self, path: &Path, file_name: Option<&str>) -> Result<DatasetInfo, InspectError>;
+}
+
+/// Reads a model file and checks that it is what its format says, before the registry takes it.
+pub trait ModelInspector: Send + Sync + 'static {
+    /// Checks the file at `path`, detected as `format` (never [`ModelFormat::Binary`]), without
+    /// executing anything in it or loading its weights, and describes it.
+    ///
+    /// # Errors
+    /// [`InspectError::Invalid`] saying why the file is refused (malformed structure, tensors
+    /// outside the data, a forbidden pickle global, external data references, ...),
+    /// [`InspectError::Io`] when reading fails.
+    fn inspect(&self, path: &Path, format: ModelFormat) -> Result<ModelInfo, InspectError>;
 }
 
 /// API keys and the authentication audit log.

@@ -3,6 +3,7 @@
 use std::{fmt, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::{
@@ -18,7 +19,8 @@ pub enum ModelFormat {
     /// PyTorch zip-format checkpoint (`.pth`, `.pt`).
     Pytorch,
     Onnx,
-    /// Anything else; stored as opaque bytes.
+    /// Anything else. Uploads of unrecognised files are refused; the variant remains for rows
+    /// stored by earlier versions, which accepted opaque bytes.
     Binary,
 }
 
@@ -51,18 +53,48 @@ impl ModelFormat {
         [Self::Safetensors, Self::Pytorch, Self::Onnx, Self::Binary].into_iter().find(|f| f.as_str() == raw)
     }
 
-    /// Detects the format from a file's first bytes (at least 16 when the file has them).
+    /// The formats an upload may have, as the refusal of any other file lists them.
+    pub const UPLOADABLE: [Self; 3] = [Self::Safetensors, Self::Pytorch, Self::Onnx];
+
+    /// Largest safetensors header this detection believes in (the `safetensors` crate's cap).
+    pub const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+    /// Detects the format from a file's first bytes (at least 16 when the file has them), its
+    /// client-side name, and its size when known.
+    ///
+    /// By content first:
+    /// - safetensors: the first 8 bytes are a little-endian header length below
+    ///   [`Self::MAX_SAFETENSORS_HEADER`] that fits in the file, and the header opens with `{`;
+    /// - PyTorch: a zip archive (`PK\x03\x04`), or a bare pickle stream (a legacy checkpoint,
+    ///   which inspection then refuses with its reason);
+    /// - ONNX: a protobuf that opens with `ir_version` followed by another `ModelProto` field.
+    ///
+    /// Then by extension (`.safetensors`, `.pth`/`.pt`, `.onnx`), so that a damaged file of a
+    /// known kind is refused by inspection with the precise reason; anything else is
+    /// [`Self::Binary`].
     #[must_use]
-    pub fn detect(head: &[u8], file_name: Option<&str>) -> Self {
-        let ext = file_name.and_then(|n| n.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
-        if head.len() >= 9 && head[8] == b'{' {
-            return Self::Safetensors;
+    pub fn detect(head: &[u8], file_name: Option<&str>, file_size: Option<u64>) -> Self {
+        if let Some(len) = head.get(..8) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(len);
+            let header = u64::from_le_bytes(bytes);
+            let fits = file_size.is_none_or(|size| header.checked_add(8).is_some_and(|end| end <= size));
+            if head.get(8) == Some(&b'{') && (2..Self::MAX_SAFETENSORS_HEADER).contains(&header) && fits {
+                return Self::Safetensors;
+            }
         }
-        if head.starts_with(b"PK\x03\x04") {
+        // A zip archive, or pickle protocol 2 to 5 (PROTO and its number): a pre-1.6 `torch.save`.
+        if head.starts_with(b"PK\x03\x04") || matches!(head, [0x80, 2..=5, ..]) {
             return Self::Pytorch;
         }
-        match ext.as_deref() {
-            Some("onnx") if head.first() == Some(&0x08) => Self::Onnx,
+        // ModelProto field 1 (ir_version, a small varint), then field 2..8 as protobuf writes them.
+        if matches!(head, [0x08, 1..=0x7f, 0x12 | 0x1a | 0x22 | 0x28 | 0x32 | 0x3a | 0x42, ..]) {
+            return Self::Onnx;
+        }
+        match file_name.and_then(|n| n.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase()).as_deref() {
+            Some("safetensors") => Self::Safetensors,
+            Some("pth" | "pt") => Self::Pytorch,
+            Some("onnx") => Self::Onnx,
             _ => Self::Binary,
         }
     }
@@ -84,8 +116,11 @@ pub struct ModelRecord {
     pub created_at: OffsetDateTime,
     /// The session that trained it, for Trainyard-trained models.
     pub session_id: Option<SessionId>,
-    /// Architecture, hyperparameters, final metrics and such, as the producer recorded them.
+    /// Architecture, hyperparameters, final metrics and such, as the producer recorded them,
+    /// with what inspection found (tensor and parameter counts, dtypes, ...).
     pub metadata: serde_json::Value,
+    /// SHA-256 of the file; absent only for an old row whose file could not be read.
+    pub content_hash: Option<ContentHash>,
 }
 
 /// A model about to enter the registry: a staged file that the registry moves into place.
@@ -96,6 +131,18 @@ pub struct NewModel {
     pub staged_file: PathBuf,
     pub format: ModelFormat,
     pub session_id: Option<SessionId>,
+    pub metadata: serde_json::Value,
+    /// SHA-256 of the staged file when the caller computed it while writing; the registry
+    /// computes it otherwise.
+    pub content_hash: Option<ContentHash>,
+}
+
+/// What inspecting a model file found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub format: ModelFormat,
+    /// Per-format facts: `tensor_count`, `parameter_count`, `dtypes`, the safetensors
+    /// `__metadata__`, ONNX `ir_version` and opsets, ...
     pub metadata: serde_json::Value,
 }
 
@@ -211,6 +258,8 @@ pub struct DatasetRecord {
     pub size_bytes: u64,
     pub info: DatasetInfo,
     pub created_at: OffsetDateTime,
+    /// SHA-256 of the file; absent only for an old row whose file could not be read.
+    pub content_hash: Option<ContentHash>,
 }
 
 /// A dataset about to enter the registry.
@@ -219,6 +268,68 @@ pub struct NewDataset {
     pub name: DatasetName,
     pub staged_file: PathBuf,
     pub info: DatasetInfo,
+    /// As [`NewModel::content_hash`].
+    pub content_hash: Option<ContentHash>,
+}
+
+/// The SHA-256 of a registry file's content, as 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentHash(String);
+
+impl ContentHash {
+    /// Parses 64 lowercase hex digits.
+    #[must_use]
+    pub fn from_hex(raw: &str) -> Option<Self> {
+        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then(|| Self(raw.to_owned()))
+    }
+
+    /// The hash of `bytes`.
+    #[must_use]
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut hasher = ContentHasher::new();
+        hasher.update(bytes);
+        hasher.finish()
+    }
+
+    /// The 64 hex digits.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The opaque part of the strong HTTP entity tag for this content: `sha256-<hex>`.
+    #[must_use]
+    pub fn etag(&self) -> String {
+        format!("sha256-{}", self.0)
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Computes a [`ContentHash`] over bytes fed in pieces, as they stream past.
+#[derive(Debug, Clone, Default)]
+pub struct ContentHasher(Sha256);
+
+impl ContentHasher {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The hash of everything fed.
+    #[must_use]
+    pub fn finish(self) -> ContentHash {
+        ContentHash(self.0.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
 }
 
 /// Bytes as megabytes with two decimals, as the contract's `size_mb` fields show them.
@@ -237,10 +348,52 @@ mod tests {
     fn detects_model_formats_by_content() {
         let mut st = 2u64.to_le_bytes().to_vec();
         st.extend_from_slice(b"{}");
-        assert_eq!(ModelFormat::detect(&st, Some("x.bin")), ModelFormat::Safetensors);
-        assert_eq!(ModelFormat::detect(b"PK\x03\x04rest", None), ModelFormat::Pytorch);
-        assert_eq!(ModelFormat::detect(b"\x08\x07rest", Some("m.onnx")), ModelFormat::Onnx);
-        assert_eq!(ModelFormat::detect(b"hello", Some("m.safetensors")), ModelFormat::Binary);
+        assert_eq!(ModelFormat::detect(&st, Some("x.bin"), Some(10)), ModelFormat::Safetensors);
+        assert_eq!(ModelFormat::detect(&st, None, None), ModelFormat::Safetensors);
+        assert_eq!(ModelFormat::detect(b"PK\x03\x04rest", None, None), ModelFormat::Pytorch);
+        assert_eq!(ModelFormat::detect(b"\x80\x02\x8a\x0alegacy", Some("old.pth"), None), ModelFormat::Pytorch);
+        assert_eq!(ModelFormat::detect(b"\x08\x07rest", Some("m.onnx"), None), ModelFormat::Onnx);
+        assert_eq!(ModelFormat::detect(b"\x08\x08\x12\x07pytorch", None, None), ModelFormat::Onnx);
+        assert_eq!(ModelFormat::detect(b"hello", Some("m.bin"), None), ModelFormat::Binary);
+        assert_eq!(ModelFormat::detect(b"hello", None, None), ModelFormat::Binary);
+        // A damaged file of a known kind goes to that kind's inspection, which says what is wrong.
+        assert_eq!(ModelFormat::detect(b"hello", Some("m.SafeTensors"), None), ModelFormat::Safetensors);
+        assert_eq!(ModelFormat::detect(b"hello", Some("m.pt"), None), ModelFormat::Pytorch);
+    }
+
+    #[test]
+    fn a_safetensors_header_length_must_be_plausible() {
+        let header = |len: u64| {
+            let mut head = len.to_le_bytes().to_vec();
+            head.extend_from_slice(b"{\"a\":{}}");
+            head
+        };
+        // A header longer than the file, or absurdly long, is not safetensors by content.
+        assert_eq!(ModelFormat::detect(&header(1000), None, Some(100)), ModelFormat::Binary);
+        assert_eq!(ModelFormat::detect(&header(92), None, Some(100)), ModelFormat::Safetensors);
+        assert_eq!(ModelFormat::detect(&header(ModelFormat::MAX_SAFETENSORS_HEADER), None, None), ModelFormat::Binary);
+        assert_eq!(ModelFormat::detect(&header(u64::MAX), None, None), ModelFormat::Binary);
+        assert_eq!(ModelFormat::detect(&header(0), None, None), ModelFormat::Binary);
+        // `{` at byte 8 alone is not enough.
+        let mut text = b"xxxxxxxx{ not a model".to_vec();
+        assert_eq!(ModelFormat::detect(&text, None, Some(21)), ModelFormat::Binary);
+        text.truncate(9);
+        assert_eq!(ModelFormat::detect(&text, None, None), ModelFormat::Binary);
+    }
+
+    #[test]
+    fn content_hashes_are_sha256_hex_and_stream_as_they_hash_whole() {
+        let whole = ContentHash::of(b"abc");
+        assert_eq!(whole.as_str(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let mut pieces = ContentHasher::new();
+        pieces.update(b"a");
+        pieces.update(b"bc");
+        assert_eq!(pieces.finish(), whole);
+        assert_eq!(whole.etag(), format!("sha256-{whole}"));
+        assert_eq!(ContentHash::from_hex(whole.as_str()), Some(whole));
+        for bad in ["", "abc", &"A".repeat(64), &"g".repeat(64), &"0".repeat(65)] {
+            assert_eq!(ContentHash::from_hex(bad), None, "{bad}");
+        }
     }
 
     #[test]

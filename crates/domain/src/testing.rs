@@ -17,10 +17,11 @@ use crate::{
     ids::{DatasetName, ModelName, SessionId},
     metrics::{EpochMetrics, LogEntry, LogLevel},
     ports::{
-        AuthStore, Clock, DatasetInspector, DatasetRegistry, InspectError, LogStore, MetricsStore, ModelRegistry, ScratchSpace,
-        SessionRepository, StopSignal, StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob,
+        AuthStore, Clock, DatasetInspector, DatasetRegistry, InspectError, LogStore, MetricsStore, ModelInspector, ModelRegistry,
+        ScratchSpace, SessionRepository, StopSignal, StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents,
+        TrainingJob,
     },
-    registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelRecord, NewDataset, NewModel},
+    registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelInfo, ModelRecord, NewDataset, NewModel},
     session::{Session, SessionState},
     system::SystemSnapshot,
 };
@@ -153,15 +154,15 @@ impl ModelRegistry for MemoryModels {
         if all.iter().any(|m| m.name == model.name) {
             return Err(StoreError::Conflict(format!("model '{}' already exists", model.name)));
         }
-        let rec = ModelRecord {
-            file_path: model.staged_file,
-            name: model.name,
-            size_bytes: 0,
-            format: model.format,
-            created_at: OffsetDateTime::UNIX_EPOCH,
-            session_id: model.session_id,
-            metadata: model.metadata,
-        };
+        let rec = model_record(model);
+        all.push(rec.clone());
+        Ok(rec)
+    }
+
+    fn replace(&self, model: NewModel) -> Result<ModelRecord, StoreError> {
+        let mut all = guard(&self.0);
+        all.retain(|m| m.name != model.name);
+        let rec = model_record(model);
         all.push(rec.clone());
         Ok(rec)
     }
@@ -178,6 +179,30 @@ impl ModelRegistry for MemoryModels {
     }
 }
 
+fn model_record(model: NewModel) -> ModelRecord {
+    ModelRecord {
+        file_path: model.staged_file,
+        name: model.name,
+        size_bytes: 0,
+        format: model.format,
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        session_id: model.session_id,
+        metadata: model.metadata,
+        content_hash: model.content_hash,
+    }
+}
+
+fn dataset_record(dataset: NewDataset) -> DatasetRecord {
+    DatasetRecord {
+        file_path: dataset.staged_file,
+        name: dataset.name,
+        size_bytes: 0,
+        info: dataset.info,
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        content_hash: dataset.content_hash,
+    }
+}
+
 /// Dataset records without files.
 #[derive(Debug, Default)]
 pub struct MemoryDatasets(Mutex<Vec<DatasetRecord>>);
@@ -191,6 +216,7 @@ impl MemoryDatasets {
             size_bytes: 0,
             info: DatasetInfo { format, sample_count: Some(10), dimensions: None, statistics: serde_json::Value::Null },
             created_at: OffsetDateTime::UNIX_EPOCH,
+            content_hash: None,
         });
     }
 }
@@ -213,13 +239,15 @@ impl DatasetRegistry for MemoryDatasets {
         if all.iter().any(|d| d.name == dataset.name) {
             return Err(StoreError::Conflict(format!("dataset '{}' already exists", dataset.name)));
         }
-        let rec = DatasetRecord {
-            file_path: dataset.staged_file,
-            name: dataset.name,
-            size_bytes: 0,
-            info: dataset.info,
-            created_at: OffsetDateTime::UNIX_EPOCH,
-        };
+        let rec = dataset_record(dataset);
+        all.push(rec.clone());
+        Ok(rec)
+    }
+
+    fn replace(&self, dataset: NewDataset) -> Result<DatasetRecord, StoreError> {
+        let mut all = guard(&self.0);
+        all.retain(|d| d.name != dataset.name);
+        let rec = dataset_record(dataset);
         all.push(rec.clone());
         Ok(rec)
     }
@@ -251,6 +279,20 @@ impl DatasetInspector for CsvInspector {
             dimensions: Some("4".into()),
             statistics: serde_json::Value::Null,
         })
+    }
+}
+
+/// A model inspector that reports one tensor of three parameters for every file, except that a
+/// path ending in `.bad` is refused.
+#[derive(Debug, Default)]
+pub struct CountingModelInspector;
+
+impl ModelInspector for CountingModelInspector {
+    fn inspect(&self, path: &Path, format: ModelFormat) -> Result<ModelInfo, InspectError> {
+        if path.to_string_lossy().ends_with(".bad") {
+            return Err(InspectError::Invalid("not a model".into()));
+        }
+        Ok(ModelInfo { format, metadata: serde_json::json!({ "tensor_count": 1, "parameter_count": 3 }) })
     }
 }
 

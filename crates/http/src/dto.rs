@@ -423,11 +423,15 @@ pub struct Model {
     pub size_bytes: u64,
     pub created_at: String,
     pub file_path: String,
-    /// `safetensors`, `pytorch`, `onnx` or `binary`.
+    /// `safetensors`, `pytorch` or `onnx` (`binary` for files stored by older versions).
     pub format: String,
+    /// Parameters (tensor elements) in the file, as inspection counted them.
+    pub parameter_count: Option<u64>,
     /// For Trainyard-trained models: the architecture and the producing session.
     pub architecture: Option<String>,
     pub session_id: Option<String>,
+    /// SHA-256 of the file in hex; downloads send it as the ETag `"sha256-<hex>"`.
+    pub content_hash: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
 }
@@ -441,8 +445,10 @@ impl From<&ModelRecord> for Model {
             created_at: iso8601(m.created_at),
             file_path: m.file_path.display().to_string(),
             format: m.format.to_string(),
+            parameter_count: m.metadata.get("parameter_count").and_then(serde_json::Value::as_u64),
             architecture: m.metadata.get("architecture").and_then(|a| a.as_str()).map(str::to_owned),
             session_id: m.session_id.as_ref().map(ToString::to_string),
+            content_hash: m.content_hash.as_ref().map(ToString::to_string),
             metadata: m.metadata.clone(),
         }
     }
@@ -461,6 +467,8 @@ pub struct Dataset {
     pub dimensions: Option<String>,
     pub created_at: String,
     pub file_path: String,
+    /// SHA-256 of the file in hex.
+    pub content_hash: Option<String>,
     /// Present on `GET /api/v1/datasets/{name}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -480,6 +488,7 @@ impl Dataset {
             dimensions: d.info.dimensions.clone(),
             created_at: iso8601(d.created_at),
             file_path: d.file_path.display().to_string(),
+            content_hash: d.content_hash.as_ref().map(ToString::to_string),
             statistics: with_statistics.then(|| d.info.statistics.clone()),
         }
     }
@@ -495,6 +504,8 @@ pub struct Uploaded {
     pub format: String,
     pub sample_count: Option<u64>,
     pub dimensions: Option<String>,
+    /// SHA-256 of the stored file in hex, computed while it was received.
+    pub content_hash: Option<String>,
 }
 
 /// `POST /api/v1/models/{name}/generate` body.

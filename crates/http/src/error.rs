@@ -21,6 +21,7 @@ pub enum ErrorCode {
     InvalidName,
     InvalidUpload,
     InvalidDataset,
+    InvalidModel,
     UnsupportedModel,
     ValidationError,
     ApiKeyMissing,
@@ -35,6 +36,8 @@ pub enum ErrorCode {
     Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,
+    PreconditionFailed,
+    RangeNotSatisfiable,
     StorageBusy,
     ShuttingDown,
     Internal,
@@ -52,6 +55,7 @@ impl ErrorCode {
             | C::InvalidName
             | C::InvalidUpload
             | C::InvalidDataset
+            | C::InvalidModel
             | C::UnsupportedModel => StatusCode::BAD_REQUEST,
             C::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
             C::ApiKeyMissing | C::ApiKeyInvalid | C::ApiKeyExpired | C::ApiKeyRevoked => StatusCode::UNAUTHORIZED,
@@ -60,6 +64,8 @@ impl ErrorCode {
             C::Conflict => StatusCode::CONFLICT,
             C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            C::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            C::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             C::StorageBusy | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,6 +79,8 @@ impl ErrorCode {
             StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            StatusCode::PRECONDITION_FAILED => Self::PreconditionFailed,
+            StatusCode::RANGE_NOT_SATISFIABLE => Self::RangeNotSatisfiable,
             StatusCode::UNAUTHORIZED => Self::ApiKeyInvalid,
             StatusCode::UNPROCESSABLE_ENTITY => Self::ValidationError,
             StatusCode::CONFLICT => Self::Conflict,
@@ -190,6 +198,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::NotFound { .. } => Self::new(ErrorCode::NotFound, e.to_string()),
             CatalogError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
             CatalogError::Invalid(m) => Self::new(ErrorCode::InvalidDataset, m),
+            CatalogError::InvalidModel(m) => Self::new(ErrorCode::InvalidModel, m),
             CatalogError::Store(s) => s.into(),
         }
     }
@@ -239,7 +248,10 @@ mod tests {
 
     use super::*;
 
-    const ALL: [ErrorCode; 23] = [
+    const ALL: [ErrorCode; 26] = [
+        ErrorCode::InvalidModel,
+        ErrorCode::PreconditionFailed,
+        ErrorCode::RangeNotSatisfiable,
         ErrorCode::UnsupportedModel,
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,

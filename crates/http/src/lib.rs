@@ -3,6 +3,7 @@
 //! runs on actix's blocking pool, never on a worker thread.
 
 mod auth;
+mod download;
 pub mod dto;
 pub mod error;
 mod openapi;

@@ -1,5 +1,8 @@
-//! Streaming multipart uploads into a registry's staging directory: bounded memory, a size
-//! limit enforced while reading, and a temporary file that disappears unless imported.
+//! Streaming multipart uploads into a registry's staging directory: bounded memory (two 1 MiB
+//! buffers, one being received while the other is hashed and written), a size limit enforced
+//! while reading, the SHA-256 computed on the bytes as they are written (the file is never read
+//! back), and a temporary file that disappears unless imported, also when the client goes away
+//! mid-upload.
 
 use std::{io::Write, path::PathBuf};
 
@@ -7,6 +10,10 @@ use actix_multipart::Multipart;
 use actix_web::{http::header, web, HttpRequest};
 use futures_util::StreamExt;
 use tempfile::NamedTempFile;
+use trainyard_domain::{
+    catalog::Upload,
+    registry::{ContentHash, ContentHasher},
+};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -22,6 +29,20 @@ pub(crate) struct Received {
     pub file_name: Option<String>,
     pub size: u64,
     pub head: Vec<u8>,
+    pub content_hash: ContentHash,
+}
+
+impl Received {
+    /// The upload as the catalog takes it.
+    pub fn upload(&self) -> Upload<'_> {
+        Upload {
+            staged: self.file.path(),
+            file_name: self.file_name.as_deref(),
+            size_bytes: self.size,
+            head: &self.head,
+            content_hash: Some(&self.content_hash),
+        }
+    }
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -67,17 +88,21 @@ pub(crate) async fn receive(req: &HttpRequest, payload: web::Payload, staging: P
         }
         let file_name = field.content_disposition().and_then(|cd| cd.get_filename()).map(str::to_owned);
         let dir = staging.clone();
-        let mut file = web::block(move || tempfile::Builder::new().prefix(".upload-").tempfile_in(dir))
+        let file = web::block(move || tempfile::Builder::new().prefix(".upload-").tempfile_in(dir))
             .await?
             .map_err(|e| ApiError::internal(&format!("cannot create a staging file: {e}")))?;
+        let mut writer = Writer::Idle(Sink { file, hasher: ContentHasher::new(), spare: Vec::with_capacity(WRITE_BUFFER) });
         let mut size = 0u64;
         let mut head = Vec::with_capacity(HEAD_BYTES);
         let mut buf = Vec::with_capacity(WRITE_BUFFER);
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| invalid(format!("upload interrupted: {e}")))?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => return Err(writer.abandon(invalid(format!("upload interrupted: {e}"))).await),
+            };
             size += chunk.len() as u64;
             if size > limit {
-                return Err(too_large(limit));
+                return Err(writer.abandon(too_large(limit)).await);
             }
             if head.len() < HEAD_BYTES {
                 let take = (HEAD_BYTES - head.len()).min(chunk.len());
@@ -85,13 +110,14 @@ pub(crate) async fn receive(req: &HttpRequest, payload: web::Payload, staging: P
             }
             buf.extend_from_slice(&chunk);
             if buf.len() >= WRITE_BUFFER {
-                (file, buf) = write_out(file, buf).await?;
+                (writer, buf) = writer.write(buf).await?;
             }
         }
         if !buf.is_empty() {
-            (file, _) = write_out(file, buf).await?;
+            (writer, _) = writer.write(buf).await?;
         }
-        received = Some(Received { file, file_name, size, head });
+        let Sink { file, hasher, .. } = writer.finish().await?;
+        received = Some(Received { file, file_name, size, head, content_hash: hasher.finish() });
     }
     let received = received.ok_or_else(|| invalid("the multipart field 'file' is missing"))?;
     if received.size == 0 {
@@ -100,18 +126,57 @@ pub(crate) async fn receive(req: &HttpRequest, payload: web::Payload, staging: P
     Ok(received)
 }
 
-async fn write_out(mut file: NamedTempFile, mut buf: Vec<u8>) -> Result<(NamedTempFile, Vec<u8>), ApiError> {
-    web::block(move || {
-        file.write_all(&buf)?;
-        buf.clear();
-        Ok::<_, std::io::Error>((file, buf))
-    })
-    .await?
-    .map_err(|e| {
-        if e.kind() == std::io::ErrorKind::StorageFull {
-            ApiError::new(ErrorCode::StorageBusy, "the disk is full; the upload was discarded")
-        } else {
-            ApiError::internal(&format!("cannot write the upload: {e}"))
+/// The staged file, the hash of what it holds, and an empty buffer to fill next.
+#[derive(Debug)]
+struct Sink {
+    file: NamedTempFile,
+    hasher: ContentHasher,
+    spare: Vec<u8>,
+}
+
+/// Writes to the staged file on the blocking pool while the next buffer is received: at most
+/// one write is in flight, so memory stays at two buffers.
+#[derive(Debug)]
+enum Writer {
+    Idle(Sink),
+    Busy(actix_web::rt::task::JoinHandle<std::io::Result<Sink>>),
+}
+
+impl Writer {
+    /// Waits for the write in flight, if any.
+    async fn finish(self) -> Result<Sink, ApiError> {
+        match self {
+            Self::Idle(sink) => Ok(sink),
+            Self::Busy(write) => write.await.map_err(|e| ApiError::internal(&e))?.map_err(|e| write_error(&e)),
         }
-    })
+    }
+
+    /// Gives up on the upload: waits for the write in flight and removes the staged file, so
+    /// that nothing is left once the error is answered; returns `error`.
+    async fn abandon(self, error: ApiError) -> ApiError {
+        drop(self.finish().await);
+        error
+    }
+
+    /// Starts hashing and appending `full` once the previous write is done; hands back an
+    /// empty buffer for the next bytes.
+    async fn write(self, full: Vec<u8>) -> Result<(Self, Vec<u8>), ApiError> {
+        let Sink { mut file, mut hasher, spare } = self.finish().await?;
+        let write = actix_web::rt::task::spawn_blocking(move || {
+            let mut full = full;
+            hasher.update(&full);
+            file.write_all(&full)?;
+            full.clear();
+            Ok(Sink { file, hasher, spare: full })
+        });
+        Ok((Self::Busy(write), spare))
+    }
+}
+
+fn write_error(e: &std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        ApiError::new(ErrorCode::StorageBusy, "the disk is full; the upload was discarded")
+    } else {
+        ApiError::internal(&format!("cannot write the upload: {e}"))
+    }
 }

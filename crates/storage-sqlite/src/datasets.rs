@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use rusqlite::{params, OptionalExtension, Row};
 use trainyard_domain::{
     ports::{DatasetRegistry, StoreError},
-    registry::{DatasetFormat, DatasetInfo, DatasetRecord, NewDataset},
+    registry::{ContentHash, DatasetFormat, DatasetInfo, DatasetRecord, NewDataset},
     DatasetName,
 };
 
-use crate::{codec, db::conflict_as, files::FileStore, Database};
+use crate::{codec, db::conflict_as, files::FileStore, reconcile::reconcile, Database};
 
-const COLUMNS: &str = "name, file_path, size_bytes, format, sample_count, dimensions, statistics, created_at";
+const COLUMNS: &str = "name, file_path, size_bytes, format, sample_count, dimensions, statistics, created_at, content_hash";
 
 /// The dataset registry over a [`Database`] and a directory, the twin of
 /// [`FileModelRegistry`](crate::FileModelRegistry). Lists oldest first.
@@ -23,13 +23,78 @@ pub struct FileDatasetRegistry {
 }
 
 impl FileDatasetRegistry {
-    /// Opens the registry in `dir`, creating it and its staging directory, and removes files
-    /// an earlier run left in staging.
+    /// Opens the registry in `dir` and reconciles it, as
+    /// [`FileModelRegistry::open`](crate::FileModelRegistry::open) does.
     ///
     /// # Errors
-    /// [`StoreError::Io`] when the directories cannot be created or listed.
+    /// As [`FileModelRegistry::open`](crate::FileModelRegistry::open).
     pub fn open(db: Database, dir: PathBuf) -> Result<Self, StoreError> {
-        Ok(Self { db, files: FileStore::open(dir, "dataset")? })
+        let files = FileStore::open(dir, "dataset")?;
+        reconcile(&db, &files, "datasets", "dataset")?;
+        Ok(Self { db, files })
+    }
+
+    /// Imports, or with `replace` replaces, in one transaction; see
+    /// [`ModelRegistry::replace`](trainyard_domain::ports::ModelRegistry::replace).
+    fn store(&self, dataset: NewDataset, replace: bool) -> Result<DatasetRecord, StoreError> {
+        let name = dataset.name.as_str();
+        let info = &dataset.info;
+        let statistics = info.statistics.to_string();
+        let (record, replaced) =
+            self.files.import(name, info.format.extension(), &dataset.staged_file, dataset.content_hash.as_ref(), |placed| {
+                let size = codec::to_i64(placed.size_bytes, "dataset size")?;
+                let samples = info.sample_count.map(|n| codec::to_i64(n, "sample count")).transpose()?;
+                let now = codec::ts(placed.created_at)?;
+                let (created_at, replaced) = self
+                    .db
+                    .write(|tx| {
+                        let old: Option<(String, String)> = if replace {
+                            tx.prepare_cached("SELECT file_path, created_at FROM datasets WHERE name = ?1")?
+                                .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()?
+                        } else {
+                            None
+                        };
+                        let args = params![
+                            name,
+                            placed.file_name,
+                            size,
+                            info.format.as_str(),
+                            samples,
+                            info.dimensions,
+                            statistics,
+                            old.as_ref().map_or(now.as_str(), |(_, at)| at.as_str()),
+                            placed.content_hash.as_str()
+                        ];
+                        if old.is_some() {
+                            // In place: the entry keeps its creation time and its place in the
+                            // listing (the bot trains on the first dataset listed).
+                            tx.prepare_cached(
+                                "UPDATE datasets SET file_path = ?2, size_bytes = ?3, format = ?4, sample_count = ?5, dimensions = ?6, \
+                                 statistics = ?7, created_at = ?8, content_hash = ?9 WHERE name = ?1",
+                            )?
+                            .execute(args)?;
+                        } else {
+                            tx.prepare_cached(&format!("INSERT INTO datasets ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?
+                                .execute(args)?;
+                        }
+                        Ok(old.map_or((None, None), |(file, at)| (Some(at), Some(file))))
+                    })
+                    .map_err(conflict_as(|| format!("dataset '{name}' already exists")))?;
+                let record = DatasetRecord {
+                    name: dataset.name.clone(),
+                    file_path: self.files.path_of(&placed.file_name)?,
+                    size_bytes: placed.size_bytes,
+                    info: info.clone(),
+                    created_at: created_at.as_deref().map(codec::parse_ts).transpose()?.unwrap_or(placed.created_at),
+                    content_hash: Some(placed.content_hash.clone()),
+                };
+                Ok((record, replaced))
+            })?;
+        if let Some(old) = replaced {
+            self.files.remove_replaced(&old);
+        }
+        Ok(record)
     }
 
     /// Datasets matching `filter` (a `WHERE` and `ORDER BY` tail), decoded.
@@ -50,6 +115,7 @@ struct DatasetRow {
     dimensions: Option<String>,
     statistics: String,
     created_at: String,
+    content_hash: Option<String>,
 }
 
 impl DatasetRow {
@@ -63,6 +129,7 @@ impl DatasetRow {
             dimensions: r.get(5)?,
             statistics: r.get(6)?,
             created_at: r.get(7)?,
+            content_hash: r.get(8)?,
         })
     }
 
@@ -80,6 +147,13 @@ impl DatasetRow {
                 statistics: serde_json::from_str(&self.statistics).map_err(|e| codec::corrupt(&field("statistics"), e))?,
             },
             created_at: codec::parse_ts(&self.created_at)?,
+            content_hash: self
+                .content_hash
+                .map(|h| {
+                    ContentHash::from_hex(&h)
+                        .ok_or_else(|| StoreError::Corrupt(format!("dataset '{name}' has a malformed content hash {h:?}")))
+                })
+                .transpose()?,
             name,
         })
     }
@@ -99,28 +173,11 @@ impl DatasetRegistry for FileDatasetRegistry {
     }
 
     fn import(&self, dataset: NewDataset) -> Result<DatasetRecord, StoreError> {
-        let name = dataset.name.as_str();
-        let info = &dataset.info;
-        let statistics = info.statistics.to_string();
-        self.files.import(name, info.format.extension(), &dataset.staged_file, |placed| {
-            let created_at = codec::ts(placed.created_at)?;
-            let size = codec::to_i64(placed.size_bytes, "dataset size")?;
-            let samples = info.sample_count.map(|n| codec::to_i64(n, "sample count")).transpose()?;
-            self.db
-                .write(|tx| {
-                    tx.prepare_cached(&format!("INSERT INTO datasets ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"))?.execute(
-                        params![name, placed.file_name, size, info.format.as_str(), samples, info.dimensions, statistics, created_at],
-                    )
-                })
-                .map_err(conflict_as(|| format!("dataset '{name}' already exists")))?;
-            Ok(DatasetRecord {
-                name: dataset.name.clone(),
-                file_path: self.files.path_of(&placed.file_name)?,
-                size_bytes: placed.size_bytes,
-                info: info.clone(),
-                created_at: placed.created_at,
-            })
-        })
+        self.store(dataset, false)
+    }
+
+    fn replace(&self, dataset: NewDataset) -> Result<DatasetRecord, StoreError> {
+        self.store(dataset, true)
     }
 
     fn delete(&self, name: &DatasetName) -> Result<(), StoreError> {
@@ -162,7 +219,7 @@ mod tests {
     fn new_dataset(reg: &FileDatasetRegistry, name: &str, bytes: &[u8], info: DatasetInfo) -> NewDataset {
         let staged = reg.staging_dir().join(format!("upload-{name}"));
         fs::write(&staged, bytes).unwrap();
-        NewDataset { name: DatasetName::new(name).unwrap(), staged_file: staged, info }
+        NewDataset { name: DatasetName::new(name).unwrap(), staged_file: staged, info, content_hash: None }
     }
 
     #[test]
@@ -173,6 +230,32 @@ mod tests {
         }
         let names: Vec<_> = reg.list().unwrap().into_iter().map(|d| d.name.to_string()).collect();
         assert_eq!(names, ["first", "second", "third"]);
+    }
+
+    #[test]
+    fn replacing_keeps_the_datasets_place_and_removes_the_old_file() {
+        let (_dir, reg) = registry();
+        let first = reg.import(new_dataset(&reg, "first", b"a,b\n1,2\n", csv_info())).unwrap();
+        reg.import(new_dataset(&reg, "second", b"a,b\n3,4\n", csv_info())).unwrap();
+        let info = DatasetInfo { sample_count: Some(2), ..csv_info() };
+        let new = reg.replace(new_dataset(&reg, "first", b"a,b\n5,6\n7,8\n", info.clone())).unwrap();
+        assert!(!first.file_path.exists());
+        assert_eq!(fs::read(&new.file_path).unwrap(), b"a,b\n5,6\n7,8\n");
+        assert_eq!((&new.info, new.created_at), (&info, first.created_at));
+        assert_eq!(new.content_hash, Some(ContentHash::of(b"a,b\n5,6\n7,8\n")));
+        let names: Vec<_> = reg.list().unwrap().into_iter().map(|d| d.name.to_string()).collect();
+        assert_eq!(names, ["first", "second"], "the bot still trains on the same first dataset");
+        assert!(entries(&reg.staging_dir()).is_empty());
+    }
+
+    #[test]
+    fn opening_removes_rows_whose_file_is_missing() {
+        let (dir, reg) = registry();
+        let gone = reg.import(new_dataset(&reg, "gone", b"a,b\n1,2\n", csv_info())).unwrap();
+        fs::remove_file(&gone.file_path).unwrap();
+        let db = Database::open(&dir.path().join("trainyard.db")).unwrap();
+        let reopened = FileDatasetRegistry::open(db, dir.path().join("datasets")).unwrap();
+        assert_eq!(reopened.list().unwrap(), []);
     }
 
     #[test]
@@ -209,6 +292,7 @@ mod tests {
             let stored_name = rec.file_path.file_name().unwrap().to_string_lossy().into_owned();
             let imported = rec.name.as_str() == name
                 && rec.info == info
+                && rec.content_hash == Some(ContentHash::of(&bytes))
                 && rec.size_bytes == bytes.len() as u64
                 && rec.file_path.parent() == Some(datasets_dir.as_path())
                 && stored_name.starts_with(&format!("{name}_"))

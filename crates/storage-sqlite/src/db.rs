@@ -19,7 +19,10 @@ struct Migration {
 }
 
 /// Every migration, in order. Append new files here; never edit an applied one.
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "init", sql: include_str!("../../../migrations/0001_init.sql") }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("../../../migrations/0001_init.sql") },
+    Migration { version: 2, name: "content_hash", sql: include_str!("../../../migrations/0002_content_hash.sql") },
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -4,7 +4,7 @@
 //!   [`StoreError`](trainyard_domain::ports::StoreError)s, busy ones after retries.
 //! - [`SqliteStore`]: sessions, metrics, logs, API keys and the auth audit log.
 //! - [`FileModelRegistry`] and [`FileDatasetRegistry`]: rows in SQLite, files in a directory,
-//!   kept in agreement.
+//!   kept in agreement, and reconciled with their directories at start-up.
 //! - [`LocalScratch`]: per-session scratch directories.
 //!
 //! The schema lives in the workspace's `migrations/` directory, embedded at build time.
@@ -15,6 +15,7 @@ mod datasets;
 mod db;
 mod files;
 mod models;
+mod reconcile;
 mod scratch;
 mod store;
 #[cfg(test)]

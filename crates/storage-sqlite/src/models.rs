@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use rusqlite::{params, OptionalExtension, Row};
 use trainyard_domain::{
     ports::{ModelRegistry, StoreError},
-    registry::{ModelFormat, ModelRecord, NewModel},
+    registry::{ContentHash, ModelFormat, ModelRecord, NewModel},
     ModelName, SessionId,
 };
 
-use crate::{codec, db::conflict_as, files::FileStore, Database};
+use crate::{codec, db::conflict_as, files::FileStore, reconcile::reconcile, Database};
 
-const COLUMNS: &str = "name, file_path, size_bytes, format, created_at, session_id, metadata";
+const COLUMNS: &str = "name, file_path, size_bytes, format, created_at, session_id, metadata, content_hash";
 
 /// The model registry over a [`Database`] and a directory. Files are stored under
 /// server-generated names (`{name}_{timestamp}.{ext}`); uploads are staged in
@@ -23,13 +23,78 @@ pub struct FileModelRegistry {
 }
 
 impl FileModelRegistry {
-    /// Opens the registry in `dir`, creating it and its staging directory, and removes files
-    /// an earlier run left in staging.
+    /// Opens the registry in `dir`, creating it and its staging directory, removes files an
+    /// earlier run left in staging, and reconciles rows with files: rows whose file is missing
+    /// are removed, registry files no row names are quarantined, and missing content hashes are
+    /// computed (see `reconcile.rs`).
     ///
     /// # Errors
-    /// [`StoreError::Io`] when the directories cannot be created or listed.
+    /// [`StoreError::Io`] when the directories cannot be created, listed or reconciled, or a
+    /// store error from the database.
     pub fn open(db: Database, dir: PathBuf) -> Result<Self, StoreError> {
-        Ok(Self { db, files: FileStore::open(dir, "model")? })
+        let files = FileStore::open(dir, "model")?;
+        reconcile(&db, &files, "models", "model")?;
+        Ok(Self { db, files })
+    }
+
+    /// Imports, or with `replace` replaces, in one transaction; see [`ModelRegistry::replace`].
+    fn store(&self, model: NewModel, replace: bool) -> Result<ModelRecord, StoreError> {
+        let name = model.name.as_str();
+        let metadata = model.metadata.to_string();
+        let (record, replaced) =
+            self.files.import(name, model.format.extension(), &model.staged_file, model.content_hash.as_ref(), |placed| {
+                let size = codec::to_i64(placed.size_bytes, "model size")?;
+                let now = codec::ts(placed.created_at)?;
+                let (created_at, replaced) = self
+                    .db
+                    .write(|tx| {
+                        let old: Option<(String, String)> = if replace {
+                            tx.prepare_cached("SELECT file_path, created_at FROM models WHERE name = ?1")?
+                                .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()?
+                        } else {
+                            None
+                        };
+                        let args = params![
+                            name,
+                            placed.file_name,
+                            size,
+                            model.format.as_str(),
+                            old.as_ref().map_or(now.as_str(), |(_, at)| at.as_str()),
+                            model.session_id.as_ref().map(SessionId::as_str),
+                            metadata,
+                            placed.content_hash.as_str()
+                        ];
+                        if old.is_some() {
+                            // In place: the entry keeps its creation time and its place in the listing.
+                            tx.prepare_cached(
+                                "UPDATE models SET file_path = ?2, size_bytes = ?3, format = ?4, created_at = ?5, session_id = ?6, \
+                                 metadata = ?7, content_hash = ?8 WHERE name = ?1",
+                            )?
+                            .execute(args)?;
+                        } else {
+                            tx.prepare_cached(&format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"))?
+                                .execute(args)?;
+                        }
+                        Ok(old.map_or((None, None), |(file, at)| (Some(at), Some(file))))
+                    })
+                    .map_err(conflict_as(|| format!("model '{name}' already exists")))?;
+                let record = ModelRecord {
+                    name: model.name.clone(),
+                    file_path: self.files.path_of(&placed.file_name)?,
+                    size_bytes: placed.size_bytes,
+                    format: model.format,
+                    created_at: created_at.as_deref().map(codec::parse_ts).transpose()?.unwrap_or(placed.created_at),
+                    session_id: model.session_id.clone(),
+                    metadata: model.metadata.clone(),
+                    content_hash: Some(placed.content_hash.clone()),
+                };
+                Ok((record, replaced))
+            })?;
+        if let Some(old) = replaced {
+            self.files.remove_replaced(&old);
+        }
+        Ok(record)
     }
 
     /// Models matching `filter` (a `WHERE` and `ORDER BY` tail), decoded.
@@ -49,6 +114,7 @@ struct ModelRow {
     created_at: String,
     session_id: Option<String>,
     metadata: String,
+    content_hash: Option<String>,
 }
 
 impl ModelRow {
@@ -61,6 +127,7 @@ impl ModelRow {
             created_at: r.get(4)?,
             session_id: r.get(5)?,
             metadata: r.get(6)?,
+            content_hash: r.get(7)?,
         })
     }
 
@@ -75,6 +142,13 @@ impl ModelRow {
             created_at: codec::parse_ts(&self.created_at)?,
             session_id: self.session_id.as_deref().map(SessionId::parse).transpose().map_err(|e| codec::corrupt(&field("session"), e))?,
             metadata: serde_json::from_str(&self.metadata).map_err(|e| codec::corrupt(&field("metadata"), e))?,
+            content_hash: self
+                .content_hash
+                .map(|h| {
+                    ContentHash::from_hex(&h)
+                        .ok_or_else(|| StoreError::Corrupt(format!("model '{name}' has a malformed content hash {h:?}")))
+                })
+                .transpose()?,
             name,
         })
     }
@@ -94,34 +168,11 @@ impl ModelRegistry for FileModelRegistry {
     }
 
     fn import(&self, model: NewModel) -> Result<ModelRecord, StoreError> {
-        let name = model.name.as_str();
-        let metadata = model.metadata.to_string();
-        self.files.import(name, model.format.extension(), &model.staged_file, |placed| {
-            let created_at = codec::ts(placed.created_at)?;
-            let size = codec::to_i64(placed.size_bytes, "model size")?;
-            self.db
-                .write(|tx| {
-                    tx.prepare_cached(&format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"))?.execute(params![
-                        name,
-                        placed.file_name,
-                        size,
-                        model.format.as_str(),
-                        created_at,
-                        model.session_id.as_ref().map(SessionId::as_str),
-                        metadata
-                    ])
-                })
-                .map_err(conflict_as(|| format!("model '{name}' already exists")))?;
-            Ok(ModelRecord {
-                name: model.name.clone(),
-                file_path: self.files.path_of(&placed.file_name)?,
-                size_bytes: placed.size_bytes,
-                format: model.format,
-                created_at: placed.created_at,
-                session_id: model.session_id.clone(),
-                metadata: model.metadata.clone(),
-            })
-        })
+        self.store(model, false)
+    }
+
+    fn replace(&self, model: NewModel) -> Result<ModelRecord, StoreError> {
+        self.store(model, true)
     }
 
     fn delete(&self, name: &ModelName) -> Result<(), StoreError> {
@@ -162,7 +213,96 @@ mod tests {
             format,
             session_id: None,
             metadata: json!({ "original_file_name": "m.bin" }),
+            content_hash: None,
         }
+    }
+
+    fn models_dir(reg: &FileModelRegistry) -> PathBuf {
+        reg.staging_dir().parent().unwrap().to_path_buf()
+    }
+
+    #[test]
+    fn replacing_swaps_the_file_in_one_step_and_keeps_the_entrys_place() {
+        let (_dir, reg) = registry();
+        let old = reg.import(new_model(&reg, "m", b"old weights", ModelFormat::Safetensors)).unwrap();
+        reg.import(new_model(&reg, "later", b"x", ModelFormat::Safetensors)).unwrap();
+        let mut next = new_model(&reg, "m", b"new weights!", ModelFormat::Onnx);
+        next.metadata = json!({ "v": 2 });
+        let new = reg.replace(next).unwrap();
+        assert_ne!(new.file_path, old.file_path);
+        assert!(!old.file_path.exists(), "the old file is removed after the commit");
+        assert_eq!(fs::read(&new.file_path).unwrap(), b"new weights!");
+        assert_eq!((new.format, new.size_bytes, new.created_at), (ModelFormat::Onnx, 12, old.created_at));
+        assert_eq!(new.content_hash, Some(ContentHash::of(b"new weights!")));
+        assert_ne!(new.content_hash, old.content_hash);
+        assert_eq!(reg.get(&new.name).unwrap().as_ref(), Some(&new));
+        let names: Vec<_> = reg.list().unwrap().into_iter().map(|m| m.name.to_string()).collect();
+        assert_eq!(names, ["later", "m"], "a replaced entry keeps its place");
+        assert_eq!(entries(&models_dir(&reg)).len(), 3, "two files and the staging directory");
+        // Replacing a name that does not exist inserts it.
+        let fresh = reg.replace(new_model(&reg, "fresh", b"f", ModelFormat::Pytorch)).unwrap();
+        assert_eq!(reg.get(&fresh.name).unwrap(), Some(fresh));
+        assert!(entries(&reg.staging_dir()).is_empty());
+    }
+
+    #[test]
+    fn concurrent_imports_of_one_name_commit_exactly_one() {
+        let (_dir, reg) = registry();
+        let reg = std::sync::Arc::new(reg);
+        for round in 0..10 {
+            let name = format!("race{round}");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let racers: Vec<_> = [b"first".as_slice(), b"second".as_slice()]
+                .into_iter()
+                .enumerate()
+                .map(|(i, bytes)| {
+                    let (reg, barrier, name) = (reg.clone(), barrier.clone(), name.clone());
+                    let staged = reg.staging_dir().join(format!("upload-{round}-{i}"));
+                    fs::write(&staged, bytes).unwrap();
+                    std::thread::spawn(move || {
+                        let model = NewModel {
+                            name: ModelName::new(&name).unwrap(),
+                            staged_file: staged,
+                            format: ModelFormat::Safetensors,
+                            session_id: None,
+                            metadata: json!(null),
+                            content_hash: None,
+                        };
+                        barrier.wait();
+                        reg.import(model)
+                    })
+                })
+                .collect();
+            let outcomes: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+            let won: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+            let lost: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+            assert_eq!((won.len(), lost.len()), (1, 1), "{outcomes:?}");
+            assert!(matches!(lost[0], StoreError::Conflict(m) if m.contains(&name)), "{lost:?}");
+            assert_eq!(reg.get(&won[0].name).unwrap().as_ref(), Some(won[0]));
+        }
+        assert!(entries(&reg.staging_dir()).is_empty(), "the loser's staged file is removed");
+        assert_eq!(entries(&models_dir(&reg)).len(), 11, "one file per name, and the staging directory");
+    }
+
+    #[test]
+    fn opening_reconciles_rows_and_files() {
+        let (dir, reg) = registry();
+        let kept = reg.import(new_model(&reg, "kept", b"kept", ModelFormat::Safetensors)).unwrap();
+        let lost = reg.import(new_model(&reg, "lost", b"lost", ModelFormat::Safetensors)).unwrap();
+        fs::remove_file(&lost.file_path).unwrap();
+        let orphan = "orphan_20240115T103000123Z.safetensors";
+        fs::write(models_dir(&reg).join(orphan), b"no row").unwrap();
+        fs::write(models_dir(&reg).join("README.txt"), b"not ours").unwrap();
+        reg.db.write(|tx| tx.execute("UPDATE models SET content_hash = NULL WHERE name = 'kept'", [])).unwrap();
+        assert_eq!(reg.get(&kept.name).unwrap().unwrap().content_hash, None);
+
+        let db = Database::open(&dir.path().join("trainyard.db")).unwrap();
+        let reopened = FileModelRegistry::open(db, dir.path().join("models")).unwrap();
+        assert_eq!(reopened.list().unwrap(), std::slice::from_ref(&kept), "the row without a file is gone; the hash is back");
+        let listing = entries(&models_dir(&reopened));
+        let kept_file = kept.file_path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(listing, [".quarantine".to_owned(), ".staging".to_owned(), "README.txt".to_owned(), kept_file]);
+        assert_eq!(entries(&models_dir(&reopened).join(".quarantine")), [orphan]);
     }
 
     #[test]
@@ -214,6 +354,7 @@ mod tests {
                     format,
                     session_id: session_id.clone(),
                     metadata: metadata.clone(),
+                    content_hash: None,
                 })
                 .unwrap();
             let stored_name = rec.file_path.file_name().unwrap().to_string_lossy().into_owned();
@@ -222,6 +363,7 @@ mod tests {
                 && rec.session_id == session_id
                 && rec.metadata == metadata
                 && rec.size_bytes == bytes.len() as u64
+                && rec.content_hash == Some(ContentHash::of(&bytes))
                 && rec.file_path.parent() == Some(models_dir.as_path())
                 && stored_name.starts_with(&format!("{name}_"))
                 && stored_name.ends_with(&format!(".{}", format.extension()))

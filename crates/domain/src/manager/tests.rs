@@ -43,6 +43,7 @@ fn world(max_concurrent: usize, memory_reserve_mb: u64) -> World {
         logs: Arc::new(MemoryLogs::default()),
         datasets,
         models: models.clone(),
+        model_inspector: Arc::new(CountingModelInspector),
         scratch: scratch.clone(),
         trainer: trainer.clone(),
         monitor: monitor.clone(),
@@ -85,6 +86,7 @@ fn a_base_model_that_does_not_fit_is_a_field_error() {
                 format: crate::registry::ModelFormat::Pytorch,
                 session_id: None,
                 metadata: serde_json::Value::Null,
+                content_hash: None,
             })
             .unwrap();
     }
@@ -127,7 +129,8 @@ fn stop_saves_a_model_and_ends_stopped() {
     let s = w.manager.view(&id).unwrap().session;
     assert_eq!(s.state, SessionState::Stopped);
     assert_eq!(s.model_name.as_ref().map(ModelName::as_str), Some(id.as_str()));
-    assert!(w.models.get(s.model_name.as_ref().unwrap()).unwrap().is_some());
+    let model = w.models.get(s.model_name.as_ref().unwrap()).unwrap().unwrap();
+    assert_eq!(model.metadata["parameter_count"], 3, "the model inspector described it: {}", model.metadata);
     assert!(matches!(w.manager.stop(&id), Err(ManagerError::Conflict(m)) if m.contains("already ended")));
 }
 

@@ -1,15 +1,12 @@
 //! The model and dataset registries: list, upload, download, inspect and delete.
 
-use actix_files::NamedFile;
-use actix_web::{
-    http::header::{ContentDisposition, DispositionParam, DispositionType},
-    web, HttpRequest, HttpResponse,
-};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use trainyard_domain::{ports::GenerateRequest, registry::size_mb, DatasetName, ModelName};
+use trainyard_domain::{catalog::CatalogError, ports::GenerateRequest, registry::size_mb, DatasetName, ModelName};
 
 use super::blocking;
 use crate::{
+    download,
     dto::{Dataset, GenerateBody, GeneratedDto, Message, Model, Uploaded},
     error::{bad_name, ApiError},
     upload, AppState,
@@ -27,12 +24,22 @@ fn dataset_name(raw: &str) -> Result<DatasetName, ApiError> {
 pub(crate) struct ModelUploadQuery {
     /// The registry name (letters, digits, `.`, `_`, `-`; at most 128).
     model_name: String,
+    /// `true` replaces an existing model of this name atomically (the new file and row in one
+    /// step, the old file removed after); refused with 409 while a queued or running session
+    /// starts from it. Default `false`: an existing name is a 409.
+    #[serde(default)]
+    overwrite: bool,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(crate) struct DatasetUploadQuery {
     /// The registry name (letters, digits, `.`, `_`, `-`; at most 128).
     dataset_name: String,
+    /// `true` replaces an existing dataset of this name atomically, keeping its place in the
+    /// listing; refused with 409 while a queued or running session uses it. Default `false`:
+    /// an existing name is a 409.
+    #[serde(default)]
+    overwrite: bool,
 }
 
 /// Every model, newest first.
@@ -43,11 +50,19 @@ pub(crate) async fn list_models(state: web::Data<AppState>) -> Result<web::Json<
     Ok(web::Json(models.iter().map(Model::from).collect()))
 }
 
-/// Uploads a model file (multipart field `file`). A name that exists is a 409.
+/// Uploads a model file (multipart field `file`): safetensors, a PyTorch zip checkpoint
+/// (`.pth`/`.pt`) or ONNX, detected by content and checked before it is kept (nothing in it is
+/// executed); anything else is a 400 saying why. A name that exists is a 409 unless
+/// `overwrite=true`.
 #[utoipa::path(
     post, path = "/api/v1/models", tag = "models", params(ModelUploadQuery),
     request_body(content_type = "multipart/form-data", description = "the model file in the field `file`"),
-    responses((status = 200, body = Uploaded), (status = 400), (status = 409), (status = 413))
+    responses(
+        (status = 200, body = Uploaded),
+        (status = 400, description = "unsupported or malformed model file; the message says why"),
+        (status = 409, description = "the name exists (without overwrite), or a queued or running session uses the model"),
+        (status = 413)
+    )
 )]
 pub(crate) async fn upload_model(
     state: web::Data<AppState>,
@@ -56,18 +71,19 @@ pub(crate) async fn upload_model(
     payload: web::Payload,
 ) -> Result<web::Json<Uploaded>, ApiError> {
     let name = model_name(&q.model_name)?;
+    let overwrite = q.overwrite;
     let limit = state.limits.model_max_bytes;
     upload::check_declared_length(&req, limit)?;
     let catalog = state.catalog.clone();
     let check = name.clone();
-    blocking(move || catalog.ensure_model_absent(&check)).await?;
+    blocking(move || catalog.check_model_upload(&check, overwrite)).await?;
     let received = upload::receive(&req, payload, state.catalog.models().staging_dir(), limit).await?;
     let catalog = state.catalog.clone();
     let record = blocking(move || {
-        let rec = catalog.add_model(name, received.file.path(), &received.head, received.file_name.as_deref())?;
+        let rec = catalog.add_model(name, &received.upload(), overwrite)?;
         // Imported: the registry moved the file, so the temporary path must not be deleted.
         let _ = received.file.into_temp_path().keep();
-        Ok::<_, trainyard_domain::catalog::CatalogError>(rec)
+        Ok::<_, CatalogError>(rec)
     })
     .await?;
     Ok(web::Json(Uploaded {
@@ -78,13 +94,29 @@ pub(crate) async fn upload_model(
         format: record.format.to_string(),
         sample_count: None,
         dimensions: None,
+        content_hash: record.content_hash.as_ref().map(ToString::to_string),
     }))
 }
 
-/// Downloads a model file; supports `Range` requests.
+/// Downloads a model file. The `ETag` is `"sha256-<hex>"` of the content: `If-None-Match` with
+/// it gives a 304, `If-Match` without it a 412; one `Range` is served as a 206 (resume a
+/// download with `Range: bytes=N-`), and only while `If-Range`, when sent, names the current
+/// ETag; otherwise the whole file comes back.
 #[utoipa::path(
     get, path = "/api/v1/models/{name}", tag = "models",
-    responses((status = 200, description = "the file's bytes", content_type = "application/octet-stream"), (status = 404))
+    params(
+        ("If-None-Match" = Option<String>, Header, description = "an ETag from an earlier download: 304 while unchanged"),
+        ("Range" = Option<String>, Header, description = "one byte range, such as `bytes=100-`"),
+        ("If-Range" = Option<String>, Header, description = "the ETag the range belongs to; another ETag gives the whole file"),
+    ),
+    responses(
+        (status = 200, description = "the file's bytes", content_type = "application/octet-stream"),
+        (status = 206, description = "the requested range"),
+        (status = 304, description = "not modified"),
+        (status = 404),
+        (status = 412, description = "If-Match does not name the current ETag"),
+        (status = 416, description = "the range is outside the file")
+    )
 )]
 pub(crate) async fn download_model(
     state: web::Data<AppState>,
@@ -94,15 +126,8 @@ pub(crate) async fn download_model(
     let name = model_name(&path)?;
     let catalog = state.catalog.clone();
     let record = blocking(move || catalog.model(&name)).await?;
-    let file = NamedFile::open_async(&record.file_path)
-        .await
-        .map_err(|e| ApiError::internal(&format!("model file {} unreadable: {e}", record.file_path.display())))?
-        .set_content_type(actix_files::file_extension_to_mime("bin"))
-        .set_content_disposition(ContentDisposition {
-            disposition: DispositionType::Attachment,
-            parameters: vec![DispositionParam::Filename(format!("{}.{}", record.name, record.format.extension()))],
-        });
-    Ok(file.into_response(&req))
+    let download_name = format!("{}.{}", record.name, record.format.extension());
+    download::file_response(&req, record.file_path, record.content_hash.as_ref(), download_name).await
 }
 
 /// Generates text with a text model (the char-LSTM, Trainyard-trained or the owner's `.pth`).
@@ -165,11 +190,17 @@ pub(crate) async fn get_dataset(state: web::Data<AppState>, path: web::Path<Stri
 }
 
 /// Uploads a dataset (multipart field `file`); its format is detected from the content and its
-/// metadata computed once. Malformed content is a 400 and nothing is kept.
+/// metadata computed once. Malformed content is a 400 and nothing is kept. A name that exists
+/// is a 409 unless `overwrite=true`.
 #[utoipa::path(
     post, path = "/api/v1/datasets", tag = "datasets", params(DatasetUploadQuery),
     request_body(content_type = "multipart/form-data", description = "the dataset file in the field `file`"),
-    responses((status = 200, body = Uploaded), (status = 400), (status = 409), (status = 413))
+    responses(
+        (status = 200, body = Uploaded),
+        (status = 400),
+        (status = 409, description = "the name exists (without overwrite), or a queued or running session uses the dataset"),
+        (status = 413)
+    )
 )]
 pub(crate) async fn upload_dataset(
     state: web::Data<AppState>,
@@ -178,17 +209,18 @@ pub(crate) async fn upload_dataset(
     payload: web::Payload,
 ) -> Result<web::Json<Uploaded>, ApiError> {
     let name = dataset_name(&q.dataset_name)?;
+    let overwrite = q.overwrite;
     let limit = state.limits.dataset_max_bytes;
     upload::check_declared_length(&req, limit)?;
     let catalog = state.catalog.clone();
     let check = name.clone();
-    blocking(move || catalog.ensure_dataset_absent(&check)).await?;
+    blocking(move || catalog.check_dataset_upload(&check, overwrite)).await?;
     let received = upload::receive(&req, payload, state.catalog.datasets().staging_dir(), limit).await?;
     let catalog = state.catalog.clone();
     let record = blocking(move || {
-        let rec = catalog.add_dataset(name, received.file.path(), received.file_name.as_deref())?;
+        let rec = catalog.add_dataset(name, &received.upload(), overwrite)?;
         let _ = received.file.into_temp_path().keep();
-        Ok::<_, trainyard_domain::catalog::CatalogError>(rec)
+        Ok::<_, CatalogError>(rec)
     })
     .await?;
     Ok(web::Json(Uploaded {
@@ -199,6 +231,7 @@ pub(crate) async fn upload_dataset(
         format: record.info.format.to_string(),
         sample_count: record.info.sample_count,
         dimensions: record.info.dimensions,
+        content_hash: record.content_hash.as_ref().map(ToString::to_string),
     }))
 }
 

@@ -50,6 +50,7 @@ fn job(path: &Path, format: DatasetFormat, config: TrainingConfig, scratch: &Pat
             size_bytes: fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             info: DatasetInfo { format, sample_count: None, dimensions: None, statistics: Value::Null },
             created_at: OffsetDateTime::UNIX_EPOCH,
+            content_hash: None,
         },
         extra_datasets: Vec::new(),
         base_model: None,

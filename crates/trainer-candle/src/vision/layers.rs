@@ -1,0 +1,743 @@
+//! The layers the image classifiers are made of, composed from differentiable candle operations
+//! so that they train on every device: convolutions (candle's `conv2d`, and depthwise ones as a
+//! sum of shifted views), batch norm with PyTorch's running statistics, max-pooling with any
+//! kernel, stride and padding, adaptive and global average pooling, linear layers, and dropout
+//! with masks from [`SplitMix64`]. [`Params`] creates, finds or merely lists the parameters and
+//! buffers of a model under their PyTorch names.
+//!
+//! On the CPU (in `f32`), convolutions and batch norm in training run as custom operations with
+//! backward passes written out from fast operations, because candle's own are several times
+//! slower there (see `conv2d_fast` and `BatchNormGrad`); elsewhere they are the plain
+//! operations, which the tests hold them to.
+
+use std::{
+    collections::HashMap,
+    f64::consts::TAU,
+    sync::{Mutex, PoisonError},
+};
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, Var};
+
+use super::Mode;
+use crate::rng::SplitMix64;
+
+/// Batch norm's `eps` (PyTorch's default).
+pub(crate) const BN_EPS: f64 = 1e-5;
+/// Batch norm's running-statistics momentum (PyTorch's default).
+pub(crate) const BN_MOMENTUM: f64 = 0.1;
+
+/// How a parameter or buffer starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Init {
+    /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: `N(0, 2 / fan_out)` with
+    /// `fan_out = shape[0] * prod(shape[2..])`, as torchvision starts convolutions.
+    KaimingNormalFanOut,
+    /// Uniform in `±bound` (PyTorch's default for `nn.Linear` and `nn.Conv2d`: `1/sqrt(fan_in)`).
+    Uniform(f64),
+    /// `N(0, std^2)`.
+    Normal(f64),
+    Zeros,
+    Ones,
+}
+
+/// A uniform number in `[0, 1)` with 53 random bits.
+fn unit_f64(rng: &mut SplitMix64) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // 53 bits fit an f64 mantissa exactly
+    let bits = (rng.next_u64() >> 11) as f64;
+    bits / (1u64 << 53) as f64
+}
+
+/// `n` samples of `N(0, std^2)` (Box-Muller, both values of each pair used).
+pub(crate) fn normal_vec(rng: &mut SplitMix64, n: usize, std: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        // 1 - u lies in (0, 1], so the logarithm is finite.
+        let (u1, u2) = (1.0 - unit_f64(rng), unit_f64(rng));
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let (sin, cos) = (TAU * u2).sin_cos();
+        #[allow(clippy::cast_possible_truncation)] // samples, f32 on purpose
+        out.extend([(r * cos) as f32, (r * sin) as f32]);
+    }
+    out.truncate(n);
+    out
+}
+
+/// The values of a fresh tensor of `shape` started as `init`.
+fn initial_values(init: Init, shape: &[usize], rng: &mut SplitMix64) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    match init {
+        Init::KaimingNormalFanOut => {
+            let fan_out = shape.first().copied().unwrap_or(1) * shape.iter().skip(2).product::<usize>();
+            #[allow(clippy::cast_precision_loss)]
+            let std = (2.0 / fan_out.max(1) as f64).sqrt();
+            normal_vec(rng, n, std)
+        }
+        Init::Uniform(bound) => {
+            #[allow(clippy::cast_possible_truncation)]
+            let bound = bound as f32;
+            (0..n).map(|_| rng.uniform_f32(-bound, bound)).collect()
+        }
+        Init::Normal(std) => normal_vec(rng, n, std),
+        Init::Zeros => vec![0.0; n],
+        Init::Ones => vec![1.0; n],
+    }
+}
+
+/// Where [`Params`] takes tensors from.
+enum Source<'a> {
+    /// Lists names and shapes only; the tensors handed out are one-element broadcasts.
+    Shapes,
+    /// Creates variables in the map, initialised from the generator.
+    Init { vars: &'a mut HashMap<String, Var>, rng: &'a mut SplitMix64, device: &'a Device },
+    /// Takes the variables already in the map (adding a missing `num_batches_tracked`).
+    Load { vars: &'a mut HashMap<String, Var>, device: &'a Device },
+}
+
+/// The parameters and buffers of a model being put together, by PyTorch name, in the order the
+/// model asks for them (the order of PyTorch's `state_dict`).
+pub(crate) struct Params<'a> {
+    source: Source<'a>,
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl std::fmt::Debug for Params<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.source {
+            Source::Shapes => "shapes",
+            Source::Init { .. } => "init",
+            Source::Load { .. } => "load",
+        };
+        f.debug_struct("Params").field("mode", &mode).field("tensors", &self.shapes.len()).finish()
+    }
+}
+
+impl<'a> Params<'a> {
+    /// Lists names and shapes without allocating the tensors.
+    pub(crate) fn shapes_only() -> Self {
+        Self { source: Source::Shapes, shapes: Vec::new() }
+    }
+
+    /// Creates every tensor in `vars`, initialised from `rng`, on `device`.
+    pub(crate) fn init(vars: &'a mut HashMap<String, Var>, rng: &'a mut SplitMix64, device: &'a Device) -> Self {
+        Self { source: Source::Init { vars, rng, device }, shapes: Vec::new() }
+    }
+
+    /// Takes every tensor from `vars`, which must be on `device`. A missing batch-norm
+    /// `num_batches_tracked` is added as 0, as PyTorch does for checkpoints older than the counter.
+    pub(crate) fn load(vars: &'a mut HashMap<String, Var>, device: &'a Device) -> Self {
+        Self { source: Source::Load { vars, device }, shapes: Vec::new() }
+    }
+
+    /// The names and shapes handed out so far.
+    pub(crate) fn into_shapes(self) -> Vec<(String, Vec<usize>)> {
+        self.shapes
+    }
+
+    /// The tensor `name` of `shape`: a float parameter, or the `num_batches_tracked` counter
+    /// (`i64`, shape `[]`, as PyTorch stores it) when `init` is `None`.
+    fn tensor(&mut self, name: String, shape: &[usize], init: Option<Init>) -> Result<Tensor> {
+        let dtype = if init.is_some() { DType::F32 } else { DType::I64 };
+        let tensor = match &mut self.source {
+            Source::Shapes => Tensor::zeros((), dtype, &Device::Cpu)?.broadcast_as(shape)?,
+            Source::Init { vars, rng, device } => {
+                let var = match init {
+                    Some(init) => Var::from_vec(initial_values(init, shape, rng), shape, device)?,
+                    None => Var::zeros((), DType::I64, device)?,
+                };
+                let tensor = var.as_tensor().clone();
+                vars.insert(name.clone(), var);
+                tensor
+            }
+            Source::Load { vars, device } => {
+                if init.is_none() && !vars.contains_key(&name) {
+                    vars.insert(name.clone(), Var::zeros((), DType::I64, device)?);
+                }
+                let Some(var) = vars.get(&name) else { bail!("the weights lack '{name}'") };
+                if var.dims() != shape {
+                    bail!("'{name}' has shape {:?} but this model needs {shape:?}", var.dims())
+                }
+                if init.is_some() && var.dtype() != DType::F32 {
+                    bail!("'{name}' is {:?}, not f32", var.dtype())
+                }
+                if !var.device().same_device(device) {
+                    bail!("'{name}' is on {:?}, not on {device:?}", var.device())
+                }
+                var.as_tensor().clone()
+            }
+        };
+        self.shapes.push((name, shape.to_vec()));
+        Ok(tensor)
+    }
+
+    /// A convolution `name` (`name.weight`, and `name.bias` when `spec.bias`).
+    pub(crate) fn conv(&mut self, name: &str, spec: ConvSpec) -> Result<Conv2d> {
+        let ConvSpec { in_channels, out_channels, kernel, stride, padding, groups, bias, init } = spec;
+        if groups == 0 || in_channels % groups != 0 || out_channels % groups != 0 || kernel == 0 || stride == 0 {
+            bail!("invalid convolution {name}: {spec:?}")
+        }
+        let weight = self.tensor(format!("{name}.weight"), &[out_channels, in_channels / groups, kernel, kernel], Some(init))?;
+        let bias = match bias {
+            Some(init) => Some(self.tensor(format!("{name}.bias"), &[out_channels], Some(init))?),
+            None => None,
+        };
+        Ok(Conv2d { weight, bias, kernel, stride, padding, groups })
+    }
+
+    /// A batch norm `name` over `channels` (weight, bias and the three buffers).
+    pub(crate) fn batch_norm(&mut self, name: &str, channels: usize) -> Result<BatchNorm2d> {
+        Ok(BatchNorm2d {
+            weight: self.tensor(format!("{name}.weight"), &[channels], Some(Init::Ones))?,
+            bias: self.tensor(format!("{name}.bias"), &[channels], Some(Init::Zeros))?,
+            running_mean: self.tensor(format!("{name}.running_mean"), &[channels], Some(Init::Zeros))?,
+            running_var: self.tensor(format!("{name}.running_var"), &[channels], Some(Init::Ones))?,
+            num_batches_tracked: self.tensor(format!("{name}.num_batches_tracked"), &[], None)?,
+        })
+    }
+
+    /// A linear layer `name` from `inputs` to `outputs`, its weight and bias started as given.
+    pub(crate) fn linear(&mut self, name: &str, inputs: usize, outputs: usize, weight: Init, bias: Init) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.tensor(format!("{name}.weight"), &[outputs, inputs], Some(weight))?,
+            bias: self.tensor(format!("{name}.bias"), &[outputs], Some(bias))?,
+        })
+    }
+}
+
+/// PyTorch's default start of `nn.Linear` and `nn.Conv2d` weights and biases: uniform in
+/// `±1/sqrt(fan_in)`.
+pub(crate) fn pytorch_default(fan_in: usize) -> Init {
+    #[allow(clippy::cast_precision_loss)]
+    Init::Uniform(1.0 / (fan_in.max(1) as f64).sqrt())
+}
+
+/// Output side of a convolution or pooling window.
+pub(crate) fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    (size + 2 * padding).saturating_sub(kernel) / stride + 1
+}
+
+/// A convolution's sizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    /// How the bias starts, or `None` for no bias.
+    pub bias: Option<Init>,
+    /// How the weight starts.
+    pub init: Init,
+}
+
+impl ConvSpec {
+    /// A `kernel x kernel` convolution without bias, started as torchvision starts them.
+    pub(crate) fn new(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+        Self { in_channels, out_channels, kernel, stride, padding, groups: 1, bias: None, init: Init::KaimingNormalFanOut }
+    }
+
+    /// The same, with `groups` groups.
+    pub(crate) fn groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+
+    /// The same, with a bias started as `init`.
+    pub(crate) fn bias(self, init: Init) -> Self {
+        Self { bias: Some(init), ..self }
+    }
+
+    /// The same, the weight started as `init`.
+    pub(crate) fn init(self, init: Init) -> Self {
+        Self { init, ..self }
+    }
+}
+
+/// A 2-D convolution (square kernel, same stride and padding on both axes).
+#[derive(Debug, Clone)]
+pub(crate) struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+impl Conv2d {
+    /// `[N, C, H, W]` to `[N, out, H', W']`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, fast_path(x))
+    }
+
+    /// The same, with the hand-written backward passes (`fast`, CPU and `f32` only) or with
+    /// candle's and composed operations' own.
+    pub(crate) fn forward_with(&self, x: &Tensor, fast: bool) -> Result<Tensor> {
+        let (_, c, h, w) = x.dims4()?;
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        if h + 2 * p < k || w + 2 * p < k {
+            bail!("a {k}x{k} convolution with padding {p} does not fit a {h}x{w} map")
+        }
+        // The rows and columns no window reaches are cut off first (they get no gradient): the
+        // backward passes then see exactly `(out - 1) * stride + k - 2 * padding` of them, which
+        // candle's own needs (it sizes the input gradient from the height alone).
+        let reach = |size: usize| ((out_size(size, k, s, p) - 1) * s + k).saturating_sub(2 * p).clamp(1, size);
+        let (hh, ww) = (reach(h), reach(w));
+        let x = if hh < h || ww < w { x.narrow(2, 0, hh)?.narrow(3, 0, ww)? } else { x.clone() };
+        let depthwise = self.groups > 1 && self.groups == c && self.weight.dims()[..2] == [c, 1];
+        let fast = fast && p < k;
+        let y = match (self.groups, depthwise, fast) {
+            (1, _, true) => conv2d_fast(&x, &self.weight, s, p, false)?,
+            (1, _, false) => x.conv2d(&self.weight, p, s, 1, 1)?,
+            (_, true, true) => conv2d_fast(&x, &self.weight, s, p, true)?,
+            (_, true, false) => depthwise_conv2d(&x, &self.weight, s, p)?,
+            _ => x.conv2d(&self.weight, p, s, 1, self.groups)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Whether `x` takes the hand-written backward passes: on the CPU, in `f32`.
+fn fast_path(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+// CPU operations with hand-written backward passes.
+//
+// candle differentiates every operation it runs, but on the CPU some of those gradients are slow:
+// a convolution's input gradient is a direct `conv_transpose2d` loop several times slower than the
+// forward convolution, and reductions over several axes (batch norm's, and those that undo a
+// broadcast) take a slow strided path. Here the forward result is computed from detached inputs
+// and handed to a custom operation (as a copy: candle wants to own it) whose backward pass is
+// written out with fast operations (forward convolutions, matrix products, reductions over one
+// trailing axis at a time). Other devices (no `cpu_fwd` there) use the plain operations; the
+// tests hold the two to the same values and gradients.
+
+/// The result held in `slot` as CPU storage (a copy; it is handed over once).
+fn take_result(slot: &Mutex<Option<Tensor>>) -> Result<(CpuStorage, Shape)> {
+    let Some(y) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() else { bail!("a precomputed operation ran twice") };
+    Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), y.shape().clone()))
+}
+
+/// A convolution (dense, or depthwise with a `[C, 1, k, k]` weight) of `x`, cut to the rows
+/// and columns its windows reach, differentiated by [`ConvGrad`].
+fn conv2d_fast(x: &Tensor, weight: &Tensor, stride: usize, padding: usize, depthwise: bool) -> Result<Tensor> {
+    let (xd, wd) = (x.detach(), weight.detach());
+    let y = if depthwise { depthwise_conv2d(&xd, &wd, stride, padding)? } else { xd.conv2d(&wd, padding, stride, 1, 1)? };
+    if !x.track_op() && !weight.track_op() {
+        return Ok(y);
+    }
+    x.apply_op2(weight, ConvGrad { result: Mutex::new(Some(y)), stride, padding, depthwise })
+}
+
+/// The backward pass of [`conv2d_fast`]: the input gradient convolves the output gradient,
+/// spread out by the stride, with the flipped kernel (transposed, for a dense one) and padding
+/// `k - 1 - p`. A dense weight gradient is candle's own (the input convolved with the output
+/// gradient), or one matrix product for 1x1 kernels; a depthwise one sums, per kernel position,
+/// the output gradient times the shifted input.
+struct ConvGrad {
+    /// The forward result, until candle takes it.
+    result: Mutex<Option<Tensor>>,
+    stride: usize,
+    padding: usize,
+    depthwise: bool,
+}
+
+/// `t` (`[N, C, H, W]`) with `s - 1` zeros between neighbouring rows and columns:
+/// `[N, C, (H - 1) * s + 1, (W - 1) * s + 1]`.
+fn spread(t: &Tensor, s: usize) -> Result<Tensor> {
+    if s == 1 {
+        return Ok(t.clone());
+    }
+    let (n, c, h, w) = t.dims4()?;
+    let zeros = Tensor::zeros((n, c, h, w, s - 1), t.dtype(), t.device())?;
+    let t = Tensor::cat(&[&t.unsqueeze(4)?, &zeros], 4)?.reshape((n, c, h, w * s))?;
+    let zeros = Tensor::zeros((n, c, h, s - 1, w * s), t.dtype(), t.device())?;
+    let t = Tensor::cat(&[&t.unsqueeze(3)?, &zeros], 3)?.reshape((n, c, h * s, w * s))?;
+    t.narrow(2, 0, (h - 1) * s + 1)?.narrow(3, 0, (w - 1) * s + 1)
+}
+
+/// `weight` (`[O, C, k, k]`) turned by 180 degrees in its last two axes.
+fn flip(weight: &Tensor) -> Result<Tensor> {
+    let k = weight.dim(3)?;
+    #[allow(clippy::cast_possible_truncation)]
+    let reversed = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, weight.device())?;
+    weight.contiguous()?.index_select(&reversed, 3)?.index_select(&reversed, 2)
+}
+
+impl ConvGrad {
+    fn gradients(&self, x: &Tensor, weight: &Tensor, grad: &Tensor, x_needed: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (s, p) = (self.stride, self.padding);
+        let (n, o, oh, ow) = grad.dims4()?;
+        let (c, k) = (x.dim(1)?, weight.dim(3)?);
+        let grad_x = match (x_needed, self.depthwise, k == 1 && p == 0) {
+            (false, _, _) => None,
+            (true, true, _) => Some(depthwise_conv2d(&spread(grad, s)?, &flip(weight)?, 1, k - 1 - p)?),
+            (true, false, true) => Some(spread(&grad.conv2d(&weight.transpose(0, 1)?.contiguous()?, 0, 1, 1, 1)?, s)?),
+            (true, false, false) => Some(spread(grad, s)?.conv2d(&flip(weight)?.transpose(0, 1)?.contiguous()?, k - 1 - p, 1, 1, 1)?),
+        };
+        let grad_w = if self.depthwise {
+            let mut taps = Taps::new(x, k, s, p, 0.0)?;
+            let per_position =
+                (0..k * k).map(|t| taps.view(t / k, t % k)?.mul(grad)?.flatten_from(2)?.sum(2)?.sum(0)).collect::<Result<Vec<_>>>()?;
+            Tensor::stack(&per_position, 1)?.reshape((c, 1, k, k))?
+        } else if k == 1 && p == 0 {
+            let x = if s == 1 { x.clone() } else { Taps::new(x, 1, s, 0, 0.0)?.view(0, 0)? };
+            let g = grad.transpose(0, 1)?.reshape((o, n * oh * ow))?;
+            g.matmul(&x.transpose(0, 1)?.reshape((c, n * oh * ow))?.t()?)?.reshape((o, c, 1, 1))?
+        } else {
+            let g = x.transpose(0, 1)?.conv2d(&grad.transpose(0, 1)?, p, 1, s, 1)?.transpose(0, 1)?;
+            g.narrow(2, 0, k)?.narrow(3, 0, k)?
+        };
+        Ok((grad_x, Some(grad_w)))
+    }
+}
+
+impl CustomOp2 for ConvGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-cpu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        take_result(&self.result)
+    }
+
+    fn bwd(&self, x: &Tensor, weight: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w) = self.gradients(&x.detach(), &weight.detach(), &grad.detach().contiguous()?, x.track_op())?;
+        if grad_x.as_ref().is_some_and(|g| g.dims() != x.dims()) {
+            bail!("conv2d-cpu: an input gradient of the wrong shape for {:?}", x.dims())
+        }
+        Ok((grad_x, grad_w))
+    }
+}
+
+/// Batch norm in training over `[N, C, L]` with weight and bias `[C]`: the batch statistics
+/// (`[1, C, 1]`) are computed once, and the backward pass is the closed form
+/// `dx = weight / std / m * (m * g - sum(g) - x̂ * sum(g * x̂))`, `dweight = sum(g * x̂)`,
+/// `dbias = sum(g)` with sums over the `m = N * L` values of each channel.
+struct BatchNormGrad {
+    result: Mutex<Option<Tensor>>,
+    mean: Tensor,
+    inv_std: Tensor,
+}
+
+impl CustomOp3 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "batch-norm-cpu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        take_result(&self.result)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, l) = x.dims3()?;
+        let (x, grad) = (x.detach(), grad.detach().contiguous()?);
+        let sum = |t: &Tensor| t.sum_keepdim(2)?.sum_keepdim(0);
+        let normalised = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
+        let grad_bias = sum(&grad)?;
+        let grad_weight = sum(&(&grad * &normalised)?)?;
+        #[allow(clippy::cast_precision_loss)]
+        let m = (n * l) as f64;
+        let scale = (weight.detach().reshape((1, c, 1))?.broadcast_mul(&self.inv_std)? / m)?;
+        let grad_x = ((grad * m)?.broadcast_sub(&grad_bias)? - normalised.broadcast_mul(&grad_weight)?)?.broadcast_mul(&scale)?;
+        Ok((Some(grad_x), Some(grad_weight.flatten_all()?), Some(grad_bias.flatten_all()?)))
+    }
+}
+
+/// The shifted (and strided) views of a padded map that a `k x k` window with stride `s` and
+/// padding `p` reads: view `(i, j)` is `[N, C, H', W']`, element `(y, x)` being the map at
+/// `(y * s + i - p, x * s + j - p)`, or `fill` outside it.
+///
+/// The map is padded (or cut) to `s * (H' + (k - 1) / s)` rows and columns and, for `s > 1`,
+/// split into its `s * s` phases (rows and columns `≡ a, b (mod s)`), so that every view is a
+/// plain `narrow` of one phase; all of it differentiable.
+struct Taps {
+    phases: Vec<Option<Tensor>>,
+    padded: Tensor,
+    stride: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+/// `x` with `left` values of `fill` before its `dim` axis and as many after (or as many
+/// elements cut) as make it `total` long.
+fn pad_to(x: &Tensor, dim: usize, left: usize, total: usize, fill: f32) -> Result<Tensor> {
+    let size = x.dim(dim)?;
+    let keep = size.min(total.saturating_sub(left));
+    let right = total - left - keep;
+    let x = if keep < size { x.narrow(dim, 0, keep)? } else { x.clone() };
+    if left == 0 && right == 0 {
+        return Ok(x);
+    }
+    let block = |len: usize| -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        dims[dim] = len;
+        Tensor::full(fill, dims, x.device())?.to_dtype(x.dtype())
+    };
+    let mut parts = Vec::with_capacity(3);
+    if left > 0 {
+        parts.push(block(left)?);
+    }
+    parts.push(x.clone());
+    if right > 0 {
+        parts.push(block(right)?);
+    }
+    Tensor::cat(&parts, dim)
+}
+
+impl Taps {
+    fn new(x: &Tensor, kernel: usize, stride: usize, padding: usize, fill: f32) -> Result<Self> {
+        let (n, c, h, w) = x.dims4()?;
+        if h + 2 * padding < kernel || w + 2 * padding < kernel {
+            bail!("a {kernel}x{kernel} window with padding {padding} does not fit a {h}x{w} map")
+        }
+        let (out_h, out_w) = (out_size(h, kernel, stride, padding), out_size(w, kernel, stride, padding));
+        let (len_h, len_w) = (stride * (out_h + (kernel - 1) / stride), stride * (out_w + (kernel - 1) / stride));
+        let padded = pad_to(&pad_to(x, 2, padding, len_h, fill)?, 3, padding, len_w, fill)?;
+        let padded = if stride == 1 { padded } else { padded.reshape((n, c, len_h / stride, stride, len_w / stride, stride))? };
+        Ok(Self { phases: vec![None; stride * stride], padded, stride, out_h, out_w })
+    }
+
+    /// The view of kernel position `(i, j)`.
+    fn view(&mut self, i: usize, j: usize) -> Result<Tensor> {
+        let s = self.stride;
+        let phase = if s == 1 {
+            self.padded.clone()
+        } else {
+            let slot = (i % s) * s + j % s;
+            if let Some(p) = &self.phases[slot] {
+                p.clone()
+            } else {
+                let d = self.padded.dims();
+                let p = self.padded.narrow(3, i % s, 1)?.narrow(5, j % s, 1)?.reshape((d[0], d[1], d[2], d[4]))?;
+                self.phases[slot] = Some(p.clone());
+                p
+            }
+        };
+        phase.narrow(2, i / s, self.out_h)?.narrow(3, j / s, self.out_w)
+    }
+}
+
+/// A depthwise convolution (`groups == channels`, weight `[C, 1, k, k]`) as the sum over kernel
+/// positions of the shifted views times each channel's weight: a few large element-wise
+/// operations instead of candle's one small convolution per channel.
+pub(crate) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (c, one, k, k2) = weight.dims4()?;
+    if one != 1 || k != k2 || x.dim(1)? != c {
+        bail!("depthwise convolution of {:?} with a {:?} weight", x.dims(), weight.dims())
+    }
+    let mut taps = Taps::new(x, k, stride, padding, 0.0)?;
+    let weight = weight.reshape((c, k * k))?;
+    let mut sum = taps.view(0, 0)?.broadcast_mul(&weight.narrow(1, 0, 1)?.reshape((1, c, 1, 1))?)?;
+    for t in 1..k * k {
+        sum = (sum + taps.view(t / k, t % k)?.broadcast_mul(&weight.narrow(1, t, 1)?.reshape((1, c, 1, 1))?)?)?;
+    }
+    Ok(sum)
+}
+
+/// Max-pooling with a `kernel x kernel` window, `stride` and `padding` (padding reads as
+/// `-inf`, as in PyTorch; `ceil_mode` off): the element-wise maximum of the shifted views, whose
+/// gradient goes to the maximum of each window. Ties share the gradient (in halves at each
+/// pairwise maximum, so not always equally); the total always reaches the input.
+///
+/// (candle's own `max_pool2d` is not used: its backward pass divides the gradient by the
+/// window's size and misroutes it on odd sides, and needs `kernel == stride`.)
+pub(crate) fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    if 2 * padding > kernel {
+        bail!("max-pool padding {padding} exceeds half the kernel {kernel}")
+    }
+    let mut taps = Taps::new(x, kernel, stride, padding, f32::NEG_INFINITY)?;
+    let mut out = taps.view(0, 0)?;
+    for t in 1..kernel * kernel {
+        out = out.maximum(&taps.view(t / kernel, t % kernel)?)?;
+    }
+    Ok(out)
+}
+
+/// The `[size, out]` matrix that averages PyTorch's adaptive-pooling bins: bin `i` covers
+/// `[floor(i * size / out), ceil((i + 1) * size / out))`.
+fn bin_matrix(size: usize, out: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; size * out];
+    for i in 0..out {
+        let (start, end) = (i * size / out, ((i + 1) * size).div_ceil(out));
+        #[allow(clippy::cast_precision_loss)]
+        let weight = 1.0 / (end - start) as f32;
+        for j in start..end {
+            m[j * out + i] = weight;
+        }
+    }
+    Tensor::from_vec(m, (size, out), device)
+}
+
+/// PyTorch's `AdaptiveAvgPool2d((out_h, out_w))`, as two matrix products with the bin
+/// matrices (maps smaller than the output replicate their values).
+pub(crate) fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    let x = if w == out_w {
+        x.clone()
+    } else {
+        x.reshape((n * c * h, w))?.matmul(&bin_matrix(w, out_w, x.device())?)?.reshape((n, c, h, out_w))?
+    };
+    if h == out_h {
+        return Ok(x);
+    }
+    let x = x.transpose(2, 3)?.reshape((n * c * out_w, h))?.matmul(&bin_matrix(h, out_h, x.device())?)?;
+    x.reshape((n, c, out_w, out_h))?.transpose(2, 3)
+}
+
+/// The mean over each map, `[N, C, H, W]` to `[N, C]`.
+pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.mean(2)
+}
+
+/// `min(max(x, 0), 6)`, as `relu(x) - relu(x - 6)` (whose gradient candle computes without
+/// the slow comparisons against a broadcast constant that `minimum` takes).
+pub(crate) fn relu6(x: &Tensor) -> Result<Tensor> {
+    x.relu()? - x.affine(1.0, -6.0)?.relu()?
+}
+
+/// Inverted dropout: each value is zeroed with probability `p` (by a mask drawn from `rng`)
+/// and the others are scaled by `1 / (1 - p)`; the identity when `p == 0`, zeros when `p >= 1`.
+pub(crate) fn dropout(x: &Tensor, p: f64, rng: &mut SplitMix64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    if p >= 1.0 {
+        return x.zeros_like();
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if unit_f64(rng) < p { 0.0 } else { keep }).collect();
+    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)
+}
+
+/// A linear layer, `x W^T + b`.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// `[N, in]` to `[N, out]`, computed as `(W x^T)^T`: candle multiplies by a transposed
+    /// right-hand side and accumulates a transposed weight gradient several times slower (seconds
+    /// for VGG's 4096x25088 layer), while this order keeps the weight and its gradient contiguous.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, inputs) = x.dims2()?;
+        let expected = self.weight.dim(1)?;
+        if inputs != expected {
+            bail!("a linear layer of {expected} inputs got {inputs} (was the model built for this image size?)")
+        }
+        self.weight.matmul(&x.t()?)?.t()?.broadcast_add(&self.bias)
+    }
+}
+
+/// `nn.BatchNorm2d` (affine, running statistics, `eps` 1e-5, momentum 0.1).
+///
+/// In training it normalises with the batch mean and biased variance over `N, H, W`, and moves
+/// the running statistics as PyTorch does: `running = 0.9 * running + 0.1 * batch`, with the
+/// *unbiased* batch variance for `running_var`; `num_batches_tracked` counts the steps. Like
+/// PyTorch it refuses a batch with a single value per channel. In evaluation it uses the
+/// running statistics.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    num_batches_tracked: Tensor,
+}
+
+/// Replaces the values of the variable `t` by `value`.
+fn assign(t: &Tensor, value: &Tensor) -> Result<()> {
+    if !t.is_variable() {
+        bail!("batch-norm buffers must be variables")
+    }
+    Var::from_tensor(t)?.set(value)
+}
+
+impl BatchNorm2d {
+    pub(crate) fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
+        self.forward_with(x, mode, fast_path(x))
+    }
+
+    /// The same, with the hand-written backward pass in training (`fast`, CPU and `f32` only)
+    /// or with that of the composed operations.
+    pub(crate) fn forward_with(&self, x: &Tensor, mode: &Mode<'_>, fast: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let per_channel = |t: &Tensor| t.reshape((1, c, 1));
+        let flat = x.reshape((n, c, h * w))?;
+        if !mode.is_train() {
+            let scale = (&self.weight / (&self.running_var + BN_EPS)?.sqrt()?)?;
+            let shift = (&self.bias - (&self.running_mean * &scale)?)?;
+            return flat.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?)?.reshape((n, c, h, w));
+        }
+        let count = n * h * w;
+        if count < 2 {
+            bail!("Expected more than 1 value per channel when training, got input size {:?}", x.dims())
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let count_f = count as f64;
+        let sum = |t: &Tensor| t.sum_keepdim(2)?.sum_keepdim(0);
+        let y = if fast {
+            let flat = flat.detach();
+            let mean = (sum(&flat)? / count_f)?;
+            let centred = flat.broadcast_sub(&mean)?;
+            let var = (sum(&centred.sqr()?)? / count_f)?;
+            let inv_std = (&var + BN_EPS)?.sqrt()?.recip()?;
+            let scale = per_channel(&self.weight.detach())?.broadcast_mul(&inv_std)?;
+            let y = centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias.detach())?)?;
+            self.update_statistics(&mean, &var, count_f)?;
+            x.reshape((n, c, h * w))?.apply_op3(&self.weight, &self.bias, BatchNormGrad { result: Mutex::new(Some(y)), mean, inv_std })?
+        } else {
+            let mean = (sum(&flat)? / count_f)?;
+            let centred = flat.broadcast_sub(&mean)?;
+            let var = (sum(&centred.sqr()?)? / count_f)?;
+            let scale = per_channel(&self.weight)?.broadcast_div(&(&var + BN_EPS)?.sqrt()?)?;
+            self.update_statistics(&mean.detach(), &var.detach(), count_f)?;
+            centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)?
+        };
+        y.reshape((n, c, h, w))
+    }
+
+    /// Moves the running statistics towards the batch's `mean` and biased `var` (`[1, C, 1]`)
+    /// over `count` values, and counts the step.
+    fn update_statistics(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
+        let blend = |running: &Tensor, batch: Tensor| running.affine(1.0 - BN_MOMENTUM, 0.0)?.add(&batch.flatten_all()?);
+        assign(&self.running_mean, &blend(&self.running_mean, (mean * BN_MOMENTUM)?)?)?;
+        assign(&self.running_var, &blend(&self.running_var, (var * (BN_MOMENTUM * count / (count - 1.0)))?)?)?;
+        let tracked = &self.num_batches_tracked;
+        assign(tracked, &tracked.add(&Tensor::ones((), tracked.dtype(), tracked.device())?)?)
+    }
+}
+
+/// A convolution followed by batch norm, the unit of ResNet and MobileNetV2.
+#[derive(Debug, Clone)]
+pub(crate) struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+}
+
+impl ConvBn {
+    /// `conv` at `conv_name` and batch norm at `bn_name`.
+    pub(crate) fn new(params: &mut Params<'_>, conv_name: &str, bn_name: &str, spec: ConvSpec) -> Result<Self> {
+        Ok(Self { conv: params.conv(conv_name, spec)?, bn: params.batch_norm(bn_name, spec.out_channels)? })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
+        self.bn.forward(&self.conv.forward(x)?, mode)
+    }
+}

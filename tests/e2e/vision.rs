@@ -137,6 +137,7 @@ fn cnn_learns_the_digits_png_archive_and_predicts_uploaded_images() {
     );
     let (_, m) = s.get(&format!("/api/v1/training/{id}/metrics"));
     let val = m["val_accuracy"].as_f64().unwrap();
+    println!("cnn on digits_png: validation accuracy {val} after 5 epochs, losses {losses:?}");
     assert!(val >= 0.9, "cnn validation accuracy {val} after 5 epochs (losses {losses:?})");
 
     // One image of the archive, as a file and as an array.
@@ -238,11 +239,15 @@ fn idx_and_cifar10_files_built_here_are_recognised_and_train() {
     let (_, info) = s.get("/api/v1/datasets/cifar_like");
     assert!(info["statistics"]["class_counts"].is_object(), "{info}");
 
-    let (idx_model, _, losses) =
-        train(&s, json!({"model_architecture": "cnn", "dataset_name": "mnist_like", "epochs": 4, "batch_size": 16, "learning_rate": 0.003}));
+    let (idx_model, _, losses) = train(
+        &s,
+        json!({"model_architecture": "cnn", "dataset_name": "mnist_like", "epochs": 4, "batch_size": 16, "learning_rate": 0.003}),
+    );
     assert!(losses.last() < losses.first(), "{losses:?}");
-    let (cifar_model, _, losses) =
-        train(&s, json!({"model_architecture": "cnn", "dataset_name": "cifar_like", "epochs": 4, "batch_size": 16, "learning_rate": 0.003}));
+    let (cifar_model, _, losses) = train(
+        &s,
+        json!({"model_architecture": "cnn", "dataset_name": "cifar_like", "epochs": 4, "batch_size": 16, "learning_rate": 0.003}),
+    );
     assert!(losses.last() < losses.first(), "{losses:?}");
 
     // An encoded colour image for the CIFAR model, a grey one converted for the IDX model.
@@ -284,7 +289,8 @@ fn every_large_architecture_trains_an_epoch_on_a_small_subset_and_its_loss_falls
         let text = logs.to_string();
         assert!(text.contains(arch) && text.contains("parameters"), "{arch}: {text:.400}");
         let (px, side) = if dataset == "shapes64" { (&big[0].0, 64) } else { (&small[0].0, 16) };
-        let sample: Vec<Vec<&[u8]>> = (0..side).map(|y| (0..side).map(|x| &px[(y * side + x) * 3..(y * side + x) * 3 + 3]).collect()).collect();
+        let sample: Vec<Vec<&[u8]>> =
+            (0..side).map(|y| (0..side).map(|x| &px[(y * side + x) * 3..(y * side + x) * 3 + 3]).collect()).collect();
         let (code, p) = predict(&s, &id, &json!({"input": sample}));
         assert_eq!(code, 200, "{arch}: {p}");
         assert_eq!(p["predictions"][0]["probabilities"].as_array().unwrap().len(), 2);

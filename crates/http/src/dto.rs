@@ -461,7 +461,7 @@ pub struct Dataset {
     pub size_mb: f64,
     pub size_bytes: u64,
     pub sample_count: Option<u64>,
-    /// `csv`, `tsv`, `text`, `npy`, `npz`, `images` or `binary`.
+    /// `csv`, `tsv`, `text`, `npy`, `npz`, `images`, `idx` or `cifar10`.
     pub format: String,
     /// Such as `13` (features), `8x8`, or `vocab=65`.
     pub dimensions: Option<String>,

@@ -503,7 +503,7 @@ fn seeds() -> Vec<(Vec<u8>, &'static str)> {
     ]
 }
 
-fn prop43(seed: u8, flips: Vec<(u32, u8)>, cut: Option<u32>, tail: Vec<u8>, named: bool) -> TestResult {
+fn prop44(seed: u8, flips: Vec<(u32, u8)>, cut: Option<u32>, tail: Vec<u8>, named: bool) -> TestResult {
     static SEEDS: std::sync::OnceLock<Vec<(Vec<u8>, &'static str)>> = std::sync::OnceLock::new();
     let seeds = SEEDS.get_or_init(seeds);
     let (mut bytes, name) = match seeds.get(usize::from(seed) % (seeds.len() + 2)) {
@@ -531,9 +531,9 @@ fn prop43(seed: u8, flips: Vec<(u32, u8)>, cut: Option<u32>, tail: Vec<u8>, name
 }
 
 #[test]
-fn prop43_arbitrary_archive_bytes_never_panic_the_inspector() {
-    // Property 43: arbitrary archive bytes never panic the inspector: valid zip, tar, tar.gz,
+fn prop44_arbitrary_archive_bytes_never_panic_the_inspector() {
+    // Property 44: arbitrary archive bytes never panic the inspector: valid zip, tar, tar.gz,
     // IDX, CIFAR-10 and npz files with random bytes overwritten, truncated or appended (and
     // random bytes behind an archive magic) are inspected and loaded with a result, never a panic.
-    QuickCheck::new().tests(300).quickcheck(prop43 as fn(u8, Vec<(u32, u8)>, Option<u32>, Vec<u8>, bool) -> TestResult);
+    QuickCheck::new().tests(300).quickcheck(prop44 as fn(u8, Vec<(u32, u8)>, Option<u32>, Vec<u8>, bool) -> TestResult);
 }

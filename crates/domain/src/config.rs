@@ -129,6 +129,13 @@ impl Architecture {
         }
     }
 
+    /// Whether the architecture has batch-norm layers, which need two or more samples per
+    /// training batch.
+    #[must_use]
+    pub fn uses_batch_norm(self) -> bool {
+        matches!(self, Self::Resnet18 | Self::Resnet50 | Self::MobilenetV2)
+    }
+
     /// One line describing the architecture, for listings.
     #[must_use]
     pub fn description(self) -> &'static str {
@@ -389,6 +396,9 @@ impl TrainingConfig {
         }
 
         let batch_size = check_int(&mut errors, "batch_size", req.batch_size, DEFAULT_BATCH_SIZE, BATCH_SIZE_RANGE);
+        if let Some(arch) = model_architecture.filter(|a| a.uses_batch_norm() && batch_size < 2) {
+            errors.push("batch_size", format!("must be at least 2 for '{arch}', whose batch norm needs two samples per batch"));
+        }
         let epochs = check_int(&mut errors, "epochs", req.epochs, DEFAULT_EPOCHS, EPOCHS_RANGE);
 
         let optimizer =
@@ -608,6 +618,8 @@ mod tests {
         assert_eq!(TrainingConfig::validate(&lstm).unwrap_err().0[0].field, "dropout");
         assert_eq!(Architecture::parse("MobileNetV2"), Some(Architecture::MobilenetV2));
         assert_eq!(Architecture::Vgg16.data_kind(), DataKind::Image);
+        let one = TrainingRequest { model_architecture: Some("resnet50".into()), batch_size: Some(1), ..minimal() };
+        assert_eq!(TrainingConfig::validate(&one).unwrap_err().0[0].field, "batch_size");
     }
 
     #[test]

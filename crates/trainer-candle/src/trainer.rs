@@ -361,7 +361,7 @@ impl Run<'_> {
             // Dropout masks per epoch, so that a resumed run draws what the uninterrupted one would.
             let mut masks = SplitMix64::stream(cfg.seed ^ u64::from(epoch), Stream::Dropout);
             let (mut loss_sum, mut batches, mut correct) = (0.0f64, 0u32, 0usize);
-            for (b, chunk) in order.chunks(batch_size).enumerate() {
+            for (b, chunk) in epoch_batches(&order, batch_size, cfg.model_architecture.uses_batch_norm()).into_iter().enumerate() {
                 #[cfg(test)]
                 if self.trainer.stop_after_batches == Some(batches_run) {
                     self.stop.request();
@@ -550,6 +550,19 @@ fn save(varmap: &VarMap, metadata: &Value, file: &Path) -> Result<(), TrainError
         checkpoint::SaveError::Backend(e) => backend(e),
         io @ checkpoint::SaveError::Io { .. } => TrainError::Io(io.to_string()),
     })
+}
+
+/// The epoch's batches in order. With batch norm a last batch of one sample joins the one
+/// before it, since batch statistics need two samples.
+fn epoch_batches(order: &[u32], size: usize, batch_norm: bool) -> Vec<&[u32]> {
+    let mut out: Vec<&[u32]> = order.chunks(size).collect();
+    if batch_norm && out.len() > 1 && out.last().is_some_and(|b| b.len() == 1) {
+        out.pop();
+        let start = order.len() - 1 - out.last().map_or(0, |b| b.len());
+        out.pop();
+        out.push(&order[start..]);
+    }
+    out
 }
 
 /// `epoch 3/10: loss 0.1234, accuracy 95.0%, val_loss 0.2345, val_accuracy 93.3%`.

@@ -374,3 +374,13 @@ quickcheck! {
             && all_epochs.iter().max() == Some(&4)
     }
 }
+
+#[test]
+fn a_lone_last_sample_joins_the_batch_before_it_under_batch_norm() {
+    let order: Vec<u32> = (0..9).collect();
+    let sizes = |bn| epoch_batches(&order, 4, bn).iter().map(|b| b.len()).collect::<Vec<_>>();
+    assert_eq!(sizes(false), [4, 4, 1]);
+    assert_eq!(sizes(true), [4, 5]);
+    assert_eq!(epoch_batches(&order, 4, true).concat(), order);
+    assert_eq!(epoch_batches(&order[..1], 4, true).len(), 1);
+}

@@ -7,7 +7,8 @@
 //!
 //! On the CPU (in `f32`), convolutions and batch norm in training run as custom operations with
 //! backward passes written out from fast operations, because candle's own are several times
-//! slower there (see `conv2d_fast` and `BatchNormGrad`); elsewhere they are the plain
+//! slower there (see `conv2d_fast` and `BatchNormGrad`), and max-pooling is a kernel that
+//! remembers where each maximum was (`MaxPoolCpu`); elsewhere they are the plain composed
 //! operations, which the tests hold them to.
 
 use std::{
@@ -16,7 +17,8 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, Var};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, Var};
+use rayon::prelude::*;
 
 use super::Mode;
 use crate::rng::SplitMix64;
@@ -546,15 +548,27 @@ pub(crate) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, paddi
 }
 
 /// Max-pooling with a `kernel x kernel` window, `stride` and `padding` (padding reads as
-/// `-inf`, as in PyTorch; `ceil_mode` off): the element-wise maximum of the shifted views, whose
-/// gradient goes to the maximum of each window. Ties share the gradient (in halves at each
-/// pairwise maximum, so not always equally); the total always reaches the input.
+/// `-inf`, as in PyTorch; `ceil_mode` off), whose gradient goes to the maximum of each window.
+///
+/// On the CPU (`f32`) a kernel finds each window's maximum and remembers where it was; the
+/// backward pass adds the output gradient there. Like PyTorch's, it takes the first maximum in
+/// row-major order, so a tie sends the whole gradient to one element. Elsewhere it is the
+/// element-wise maximum of the shifted views, whose ties share the gradient (in halves at each
+/// pairwise maximum); either way the total reaches the input.
 ///
 /// (candle's own `max_pool2d` is not used: its backward pass divides the gradient by the
-/// window's size and misroutes it on odd sides, and needs `kernel == stride`.)
+/// window's size, misroutes it on odd sides, and needs `kernel == stride`.)
 pub(crate) fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    max_pool2d_with(x, kernel, stride, padding, fast_path(x))
+}
+
+/// The same, with the CPU kernel (`fast`) or composed operations.
+pub(crate) fn max_pool2d_with(x: &Tensor, kernel: usize, stride: usize, padding: usize, fast: bool) -> Result<Tensor> {
     if 2 * padding > kernel {
         bail!("max-pool padding {padding} exceeds half the kernel {kernel}")
+    }
+    if fast {
+        return x.contiguous()?.apply_op1(MaxPoolCpu { kernel, stride, padding, argmax: Mutex::new(None) });
     }
     let mut taps = Taps::new(x, kernel, stride, padding, f32::NEG_INFINITY)?;
     let mut out = taps.view(0, 0)?;
@@ -562,6 +576,70 @@ pub(crate) fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usiz
         out = out.maximum(&taps.view(t / kernel, t % kernel)?)?;
     }
     Ok(out)
+}
+
+/// Max-pooling on the CPU: the maxima, and where they were for the backward pass.
+struct MaxPoolCpu {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    /// For each output, the flat index of its input (`u32`).
+    argmax: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp1 for MaxPoolCpu {
+    fn name(&self) -> &'static str {
+        "max-pool-cpu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let Some((start, end)) = layout.contiguous_offsets() else { bail!("max-pool-cpu: the input must be contiguous") };
+        if h + 2 * p < k || w + 2 * p < k {
+            bail!("a {k}x{k} window with padding {p} does not fit a {h}x{w} map")
+        }
+        if u32::try_from(end - start).is_err() {
+            bail!("max-pool-cpu: more than 2^32 inputs")
+        }
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let (oh, ow) = (out_size(h, k, s, p), out_size(w, k, s, p));
+        let mut out = vec![0f32; n * c * oh * ow];
+        let mut argmax = vec![0u32; n * c * oh * ow];
+        // The rows (or columns) of window `o` inside the map: `o * s - p ..` clipped to `0..size`.
+        let span = |o: usize, size: usize| (o * s).saturating_sub(p)..(o * s + k).saturating_sub(p).min(size);
+        out.par_chunks_mut(oh * ow).zip(argmax.par_chunks_mut(oh * ow)).enumerate().for_each(|(plane, (out, argmax))| {
+            let base = plane * h * w;
+            let map = &x[base..base + h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best = (f32::NEG_INFINITY, usize::MAX);
+                    for y in span(oy, h) {
+                        for x in span(ox, w) {
+                            let v = map[y * w + x];
+                            if best.1 == usize::MAX || v > best.0 || (v.is_nan() && !best.0.is_nan()) {
+                                best = (v, y * w + x);
+                            }
+                        }
+                    }
+                    out[oy * ow + ox] = best.0;
+                    #[allow(clippy::cast_possible_truncation)] // checked above: fewer than 2^32 inputs
+                    let at = (base + best.1) as u32;
+                    argmax[oy * ow + ox] = at;
+                }
+            }
+        });
+        *self.argmax.lock().unwrap_or_else(PoisonError::into_inner) = Some(Tensor::from_vec(argmax, n * c * oh * ow, &Device::Cpu)?);
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Some(argmax) = self.argmax.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+            bail!("max-pool-cpu: backward before forward")
+        };
+        let zeros = Tensor::zeros(x.elem_count(), grad.dtype(), grad.device())?;
+        Ok(Some(zeros.scatter_add(&argmax, &grad.detach().flatten_all()?, 0)?.reshape(x.shape())?))
+    }
 }
 
 /// The `[size, out]` matrix that averages PyTorch's adaptive-pooling bins: bin `i` covers

@@ -11,32 +11,31 @@
 //!
 //! Weights start as torchvision starts them (convolutions `kaiming_normal_` with `fan_out`,
 //! batch norm weight 1 and bias 0, linear layers as each model does; the CNN, which torchvision
-//! lacks, as PyTorch starts `nn.Conv2d` and `nn.Linear`), drawn from a seeded [`SplitMix64`],
+//! lacks, as PyTorch starts `nn.Conv2d` and `nn.Linear`), drawn from a seeded `SplitMix64`,
 //! which also draws the dropout masks: candle's CPU generator cannot be seeded.
 //!
-//! A forward pass in [`Mode::Train`] normalises with batch statistics and moves the running
+//! A forward pass in `Mode::Train` normalises with batch statistics and moves the running
 //! ones (as PyTorch does, so, like PyTorch, a batch-norm model refuses to train on a batch that
 //! leaves one value per channel, such as a batch of one image whose last maps are 1x1: drop such
 //! a last batch), and applies dropout with the configured probability: in the CNN after `fc1`
 //! and `fc2`, in VGG-16 at `classifier.2` and `classifier.5`, in MobileNetV2 at `classifier.0`;
-//! ResNets have none. [`Mode::Eval`] uses the running statistics and no dropout.
+//! ResNets have none. `Mode::Eval` uses the running statistics and no dropout.
 //!
 //! The models accept any channel count and sizes from 1x1 (8x8 digits) to 224x224 and beyond;
 //! small images change the models as follows ([`adaptation`] says so in one line):
 //!
-//! - `cnn` (see [`cnn`]): `conv1` keeps the size (padding 2); a 2x2 max-pool is skipped where a
+//! - `cnn` (see `cnn.rs`): `conv1` keeps the size (padding 2); a 2x2 max-pool is skipped where a
 //!   side is below 2; `conv2` gets padding 2 when a side is below 5 before it; `fc1` takes
 //!   whatever the maps flatten to.
-//! - `resnet18`, `resnet50` (see [`resnet`]): below 64 pixels on the shorter side, the stem is a
+//! - `resnet18`, `resnet50` (see `resnet.rs`): below 64 pixels on the shorter side, the stem is a
 //!   3x3 stride-1 convolution (`conv1.weight` `[64, C, 3, 3]`) without the max-pool, as in the
 //!   CIFAR variants.
-//! - `vgg16` (see [`vgg`]): a max-pool is skipped once a side of the map is 1.
-//! - `mobilenet_v2` (see [`mobilenet`]): below 64 pixels on the shorter side, the stem
+//! - `vgg16` (see `vgg.rs`): a max-pool is skipped once a side of the map is 1.
+//! - `mobilenet_v2` (see `mobilenet.rs`): below 64 pixels on the shorter side, the stem
 //!   (`features.0`) and the first stride-2 block (`features.2`) use stride 1 (total stride 8
 //!   instead of 32); the weights keep their shapes.
 
 // `build` and `load` wait for the trainer's image path; once it calls them this goes.
-#![cfg_attr(not(test), expect(dead_code, reason = "the trainer does not build image models yet"))]
 
 mod cnn;
 mod layers;

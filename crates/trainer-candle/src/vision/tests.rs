@@ -9,7 +9,7 @@ use candle_nn::{loss::cross_entropy, AdamW, Optimizer, ParamsAdamW, VarMap};
 use trainyard_domain::config::Architecture;
 
 use super::{
-    layers::{adaptive_avg_pool2d, depthwise_conv2d, max_pool2d, relu6, ConvSpec, Params},
+    layers::{adaptive_avg_pool2d, depthwise_conv2d, max_pool2d, max_pool2d_with, relu6, ConvSpec, Params},
     *,
 };
 
@@ -363,11 +363,11 @@ fn naive_max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> (Vec<f32>, Vec<us
 
 #[test]
 fn max_pool_matches_the_definition_with_gradient_to_the_maximum() {
-    for (dims, k, s, p) in
-        [([2, 3, 7, 6], 3, 2, 1), ([1, 2, 8, 8], 3, 2, 1), ([1, 1, 1, 1], 3, 2, 1), ([2, 2, 7, 5], 2, 2, 0), ([1, 2, 6, 4], 2, 2, 0)]
-    {
+    let cases =
+        [([2, 3, 7, 6], 3, 2, 1), ([1, 2, 8, 8], 3, 2, 1), ([1, 1, 1, 1], 3, 2, 1), ([2, 2, 7, 5], 2, 2, 0), ([1, 2, 6, 4], 2, 2, 0)];
+    for ((dims, k, s, p), fast) in cases.into_iter().flat_map(|case| [(case, true), (case, false)]) {
         let x = Var::from_tensor(&distinct(&dims, 9)).unwrap();
-        let out = max_pool2d(x.as_tensor(), k, s, p).unwrap();
+        let out = max_pool2d_with(x.as_tensor(), k, s, p, fast).unwrap();
         let (want, argmax) = naive_max_pool(x.as_tensor(), k, s, p);
         assert_eq!(values(&out), want, "{dims:?} {k} {s} {p}");
         let g = uniform(out.dims(), 4);
@@ -519,48 +519,6 @@ fn adaptation_says_what_changed() {
     assert!(adaptation(Architecture::Cnn, shape(1, 28, 28)).starts_with("standard"));
 }
 
-/// Timings of training steps (forward and backward) and evaluation:
-/// `cargo test -p trainyard-trainer-candle --lib vision::tests::timings -- --ignored --nocapture`.
-#[test]
-#[ignore = "a measurement, not a test"]
-fn timings() {
-    let runs = [
-        (Architecture::Cnn, shape(1, 28, 28), 64),
-        (Architecture::Resnet18, shape(3, 32, 32), 16),
-        (Architecture::MobilenetV2, shape(3, 32, 32), 16),
-        (Architecture::Resnet50, shape(3, 32, 32), 16),
-        (Architecture::Vgg16, shape(3, 32, 32), 16),
-        (Architecture::Resnet18, IMAGENET, 4),
-        (Architecture::MobilenetV2, IMAGENET, 4),
-    ];
-    for (arch, input, batch) in runs {
-        let varmap = VarMap::new();
-        let mut rng = SplitMix64::new(1);
-        let start = Instant::now();
-        let model = build(arch, &varmap, input, 10, 0.0, &mut rng, &Device::Cpu).unwrap();
-        let built = start.elapsed();
-        let x = uniform(&[batch, input.channels, input.height, input.width], 1);
-        #[allow(clippy::cast_possible_truncation)]
-        let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &Device::Cpu).unwrap();
-        for round in 0..3 {
-            let start = Instant::now();
-            let loss = cross_entropy(&model.forward(&x, Mode::Train(&mut rng)).unwrap(), &y).unwrap();
-            let forward = start.elapsed();
-            loss.backward().unwrap();
-            let total = start.elapsed();
-            let start = Instant::now();
-            model.forward(&x, Mode::Eval).unwrap();
-            eprintln!(
-                "{arch:?} {}x{}x{} batch {batch} (built in {built:?}) round {round}: train forward {forward:?}, forward+backward {total:?}, eval forward {:?}",
-                input.channels,
-                input.height,
-                input.width,
-                start.elapsed()
-            );
-        }
-    }
-}
-
 #[test]
 fn cpu_convolution_gradients_match_candles() {
     for (dims, o, k, s, p) in [
@@ -636,4 +594,28 @@ fn relu6_clips_and_passes_gradient_inside() {
     assert_eq!(values(&y), [0.0, 0.5, 3.0, 6.0]);
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert_eq!(values(grads.get(x.as_tensor()).unwrap()), [0.0, 1.0, 1.0, 0.0]);
+}
+
+#[test]
+fn models_drop_out_in_training_only_and_reproducibly() {
+    for arch in [Architecture::Cnn, Architecture::MobilenetV2] {
+        let input = shape(1, 8, 8);
+        let varmap = VarMap::new();
+        let model = build(arch, &varmap, input, 4, 0.5, &mut SplitMix64::new(1), &Device::Cpu).unwrap();
+        let x = uniform(&[3, 1, 8, 8], 2);
+        let train = |seed: u64| values(&model.forward(&x, Mode::Train(&mut SplitMix64::new(seed))).unwrap());
+        assert_eq!(train(5), train(5), "{arch:?}");
+        assert_ne!(train(5), train(6), "{arch:?}");
+        let eval = || values(&model.forward(&x, Mode::Eval).unwrap());
+        assert_eq!(eval(), eval(), "{arch:?}");
+    }
+}
+
+#[test]
+fn cpu_max_pool_sends_a_tie_to_the_first_maximum() {
+    let x = Var::from_tensor(&Tensor::new(&[[[[1f32, 3.0], [3.0, 2.0]]]], &Device::Cpu).unwrap()).unwrap();
+    let out = max_pool2d(x.as_tensor(), 2, 2, 0).unwrap();
+    assert_eq!(values(&out), [3.0]);
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    assert_eq!(values(grads.get(x.as_tensor()).unwrap()), [0.0, 1.0, 0.0, 0.0]);
 }

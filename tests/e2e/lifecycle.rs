@@ -107,6 +107,6 @@ fn examples_are_registered_once_text_first() {
     let dir = s.kill9();
     let s = Server::start_with(Opts { extra_args: vec!["--examples".into()], data_dir: Some(dir), ..Opts::default() });
     let (_, list) = s.get("/api/v1/datasets");
-    assert_eq!(list.as_array().unwrap().len(), 5);
+    assert_eq!(list.as_array().unwrap().len(), 6);
     drop(tmp);
 }

@@ -2,6 +2,8 @@
 
 mod harness;
 
+mod hostile;
+
 mod api;
 mod lifecycle;
 mod registry;

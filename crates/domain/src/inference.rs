@@ -98,3 +98,57 @@ impl Inference {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{
+        ports::{ClassPrediction, NdArray},
+        registry::ModelRecord,
+        testing::MemoryModels,
+    };
+
+    /// Counts the calls that reach it and answers one class per sample.
+    #[derive(Default)]
+    struct CountingPredictor(AtomicUsize);
+
+    impl Predictor for CountingPredictor {
+        fn predict(&self, _: &ModelRecord, input: &PredictInput) -> Result<Vec<ClassPrediction>, PredictError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            match input {
+                PredictInput::Encoded(_) => Err(PredictError::Invalid("expects 8x8".into())),
+                other => {
+                    Ok(vec![
+                        ClassPrediction { class: "a".into(), class_index: 0, confidence: 1.0, probabilities: vec![("a".into(), 1.0)] };
+                        other.len()
+                    ])
+                }
+            }
+        }
+    }
+
+    struct NoText;
+
+    impl Generator for NoText {
+        fn generate(&self, _: &ModelRecord, _: &GenerateRequest) -> Result<Generated, GenerateError> {
+            Err(GenerateError::Unsupported("not text".into()))
+        }
+    }
+
+    #[test]
+    fn predictions_are_bounded_and_refusals_keep_their_kind() {
+        let predictor = Arc::new(CountingPredictor::default());
+        let inference = Inference::new(Arc::new(MemoryModels::default()), Arc::new(NoText), predictor.clone());
+        let name = ModelName::new("m").unwrap();
+        let rows = |n: usize| PredictInput::Rows(vec![vec![1.0]; n]);
+        assert!(matches!(inference.predict(&name, &rows(0)), Err(InferenceError::Invalid(_))));
+        assert!(matches!(inference.predict(&name, &rows(MAX_PREDICT_SAMPLES + 1)), Err(InferenceError::Invalid(_))));
+        assert!(matches!(inference.predict(&name, &rows(1)), Err(InferenceError::NotFound(_))));
+        assert_eq!(predictor.0.load(Ordering::SeqCst), 0, "nothing reaches the predictor before the checks pass");
+        let arrays = PredictInput::Arrays(vec![NdArray { shape: vec![1], values: vec![0.0] }; 2]);
+        assert_eq!(arrays.len(), 2);
+        assert!(!PredictInput::Encoded(vec![1]).is_empty());
+    }
+}

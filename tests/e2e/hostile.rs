@@ -54,7 +54,7 @@ fn png() -> Vec<u8> {
 
 fn npy(header: &str, data: &[u8]) -> Vec<u8> {
     let mut dict = header.to_owned();
-    while (10 + dict.len() + 1) % 64 != 0 {
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
@@ -130,7 +130,9 @@ fn every_dataset_format_round_trips_through_upload_and_inspection() {
     let s = Server::start();
     let image = png();
     let tar_images = tar_of(&[("0/a.png", tar::EntryType::Regular, &image, None), ("1/b.png", tar::EntryType::Regular, &image, None)]);
-    let cases: Vec<(&str, Vec<u8>, &str, Option<u64>, &str)> = vec![
+    // File name, bytes, then the format, sample count and dimensions the listing must show.
+    type Case = (&'static str, Vec<u8>, &'static str, Option<u64>, &'static str);
+    let cases: Vec<Case> = vec![
         ("iris.csv", std::fs::read(example("iris.csv")).unwrap(), "csv", Some(150), "4"),
         ("t.tsv", b"a\tb\tlabel\n1\t2\tx\n3\t4\ty\n".to_vec(), "tsv", Some(2), "2"),
         ("tempest.txt", std::fs::read(example("tempest.txt")).unwrap(), "text", None, "vocab="),

@@ -10,7 +10,13 @@ use trainyard_domain::{
     DatasetName,
 };
 
-use crate::{codec, db::conflict_as, files::FileStore, reconcile::reconcile, Database};
+use crate::{
+    codec,
+    db::{conflict_as, upsert_entry},
+    files::FileStore,
+    reconcile::reconcile,
+    Database,
+};
 
 const COLUMNS: &str = "name, file_path, size_bytes, format, sample_count, dimensions, statistics, created_at, content_hash";
 
@@ -48,37 +54,24 @@ impl FileDatasetRegistry {
                 let (created_at, replaced) = self
                     .db
                     .write(|tx| {
-                        let old: Option<(String, String)> = if replace {
-                            tx.prepare_cached("SELECT file_path, created_at FROM datasets WHERE name = ?1")?
-                                .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
-                                .optional()?
-                        } else {
-                            None
-                        };
-                        let args = params![
-                            name,
-                            placed.file_name,
-                            size,
-                            info.format.as_str(),
-                            samples,
-                            info.dimensions,
-                            statistics,
-                            old.as_ref().map_or(now.as_str(), |(_, at)| at.as_str()),
-                            placed.content_hash.as_str()
-                        ];
-                        if old.is_some() {
-                            // In place: the entry keeps its creation time and its place in the
-                            // listing (the bot trains on the first dataset listed).
-                            tx.prepare_cached(
-                                "UPDATE datasets SET file_path = ?2, size_bytes = ?3, format = ?4, sample_count = ?5, dimensions = ?6, \
-                                 statistics = ?7, created_at = ?8, content_hash = ?9 WHERE name = ?1",
-                            )?
-                            .execute(args)?;
-                        } else {
-                            tx.prepare_cached(&format!("INSERT INTO datasets ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?
-                                .execute(args)?;
-                        }
-                        Ok(old.map_or((None, None), |(file, at)| (Some(at), Some(file))))
+                        let old = upsert_entry(
+                            tx,
+                            "datasets",
+                            COLUMNS,
+                            replace,
+                            params![
+                                name,
+                                placed.file_name,
+                                size,
+                                info.format.as_str(),
+                                samples,
+                                info.dimensions,
+                                statistics,
+                                now,
+                                placed.content_hash.as_str()
+                            ],
+                        )?;
+                        Ok(old.map_or((None, None), |(at, file)| (Some(at), Some(file))))
                     })
                     .map_err(conflict_as(|| format!("dataset '{name}' already exists")))?;
                 let record = DatasetRecord {

@@ -5,7 +5,7 @@ use std::{fmt, fs, path::Path, sync::Arc, thread, time::Duration};
 
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{ffi, Connection, ErrorCode, Transaction, TransactionBehavior};
+use rusqlite::{ffi, Connection, ErrorCode, OptionalExtension, ToSql, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 use trainyard_domain::ports::StoreError;
 
@@ -268,6 +268,44 @@ pub(crate) fn map_error(e: rusqlite::Error) -> StoreError {
 fn unexpected(e: rusqlite::Error) -> StoreError {
     tracing::error!(error = %e, "unexpected database error");
     StoreError::Io(format!("database error: {e}"))
+}
+
+/// Writes a registry entry: `values` in the order of `columns` (a comma-separated list that
+/// starts with `name` and holds `created_at`). Without `replace` it inserts, and a name in use
+/// is a unique-key conflict. With `replace` an existing row of that name is rewritten in place,
+/// keeping its `created_at` so the entry keeps its place in listings. Returns the replaced
+/// row's `created_at` and `file_path`.
+pub(crate) fn upsert_entry(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &str,
+    replace: bool,
+    values: &[&dyn ToSql],
+) -> rusqlite::Result<Option<(String, String)>> {
+    let names: Vec<&str> = columns.split(',').map(str::trim).collect();
+    let old: Option<(String, String)> = if replace {
+        tx.prepare_cached(&format!("SELECT created_at, file_path FROM {table} WHERE name = ?1"))?
+            .query_row(&values[..1], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+    } else {
+        None
+    };
+    let mut args = values.to_vec();
+    let sql = match &old {
+        Some((created_at, _)) => {
+            if let Some(i) = names.iter().position(|c| *c == "created_at") {
+                args[i] = created_at;
+            }
+            let set: Vec<String> = names.iter().enumerate().skip(1).map(|(i, c)| format!("{c} = ?{}", i + 1)).collect();
+            format!("UPDATE {table} SET {} WHERE name = ?1", set.join(", "))
+        }
+        None => {
+            let slots: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+            format!("INSERT INTO {table} ({columns}) VALUES ({})", slots.join(", "))
+        }
+    };
+    tx.prepare_cached(&sql)?.execute(args.as_slice())?;
+    Ok(old)
 }
 
 /// Gives a conflict from a unique key a message that says what clashed.

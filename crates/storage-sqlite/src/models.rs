@@ -9,7 +9,13 @@ use trainyard_domain::{
     ModelName, SessionId,
 };
 
-use crate::{codec, db::conflict_as, files::FileStore, reconcile::reconcile, Database};
+use crate::{
+    codec,
+    db::{conflict_as, upsert_entry},
+    files::FileStore,
+    reconcile::reconcile,
+    Database,
+};
 
 const COLUMNS: &str = "name, file_path, size_bytes, format, created_at, session_id, metadata, content_hash";
 
@@ -48,35 +54,23 @@ impl FileModelRegistry {
                 let (created_at, replaced) = self
                     .db
                     .write(|tx| {
-                        let old: Option<(String, String)> = if replace {
-                            tx.prepare_cached("SELECT file_path, created_at FROM models WHERE name = ?1")?
-                                .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
-                                .optional()?
-                        } else {
-                            None
-                        };
-                        let args = params![
-                            name,
-                            placed.file_name,
-                            size,
-                            model.format.as_str(),
-                            old.as_ref().map_or(now.as_str(), |(_, at)| at.as_str()),
-                            model.session_id.as_ref().map(SessionId::as_str),
-                            metadata,
-                            placed.content_hash.as_str()
-                        ];
-                        if old.is_some() {
-                            // In place: the entry keeps its creation time and its place in the listing.
-                            tx.prepare_cached(
-                                "UPDATE models SET file_path = ?2, size_bytes = ?3, format = ?4, created_at = ?5, session_id = ?6, \
-                                 metadata = ?7, content_hash = ?8 WHERE name = ?1",
-                            )?
-                            .execute(args)?;
-                        } else {
-                            tx.prepare_cached(&format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"))?
-                                .execute(args)?;
-                        }
-                        Ok(old.map_or((None, None), |(file, at)| (Some(at), Some(file))))
+                        let old = upsert_entry(
+                            tx,
+                            "models",
+                            COLUMNS,
+                            replace,
+                            params![
+                                name,
+                                placed.file_name,
+                                size,
+                                model.format.as_str(),
+                                now,
+                                model.session_id.as_ref().map(SessionId::as_str),
+                                metadata,
+                                placed.content_hash.as_str()
+                            ],
+                        )?;
+                        Ok(old.map_or((None, None), |(at, file)| (Some(at), Some(file))))
                     })
                     .map_err(conflict_as(|| format!("model '{name}' already exists")))?;
                 let record = ModelRecord {

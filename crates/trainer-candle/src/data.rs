@@ -6,6 +6,7 @@
 use std::{cmp::Ordering, fs::File, io::BufReader, path::Path};
 
 use crate::{
+    images::PixelStats,
     rng::{SplitMix64, Stream},
     table::{Delimiter, TableError, TableReader},
 };
@@ -160,22 +161,15 @@ pub(crate) fn prepare_images(images: crate::images::ImageData, validation_split:
     check_classes(&used, "the dataset")?;
     let (val_rows, train_rows) = split_rows(rows, validation_split, seed);
     let plane = h * w;
-    let (mut mean, mut std) = (vec![0.0f64; c], vec![1.0f64; c]);
-    for ch in 0..c {
-        let (mut sum, mut sq) = (0.0f64, 0.0f64);
-        for &r in &train_rows {
-            for &v in &images.x[r * per + ch * plane..r * per + (ch + 1) * plane] {
-                sum += f64::from(v);
-                sq += f64::from(v) * f64::from(v);
-            }
+    let mut stats = PixelStats::new(c);
+    for &r in &train_rows {
+        for ch in 0..c {
+            stats.add_f32(ch, images.x[r * per + ch * plane..r * per + (ch + 1) * plane].iter().copied());
         }
-        #[allow(clippy::cast_precision_loss)]
-        let n = (train_rows.len() * plane) as f64;
-        let m = sum / n;
-        let sd = (sq / n - m * m).max(0.0).sqrt();
-        mean[ch] = m;
-        std[ch] = if sd > 1e-6 { sd } else { 1.0 };
     }
+    let (mean, spread) = stats.mean_std();
+    // A constant channel keeps std 1 rather than dividing by nothing.
+    let std: Vec<f64> = spread.into_iter().map(|sd| if sd > 1e-6 { sd } else { 1.0 }).collect();
     let split = |rows: &[usize]| -> Split {
         let mut x = Vec::with_capacity(rows.len() * per);
         for &r in rows {

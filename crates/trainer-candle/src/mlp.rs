@@ -43,11 +43,25 @@ pub struct MlpShape {
 }
 
 impl MlpShape {
+    /// Every layer's width, the inputs first and the classes last: `[4, 128, 64, 3]`.
+    #[must_use]
+    pub fn widths(&self) -> Vec<usize> {
+        std::iter::once(self.inputs).chain(self.hidden.iter().copied()).chain([self.classes]).collect()
+    }
+
+    /// The shape with these [`Self::widths`] (at least two: inputs and classes).
+    #[must_use]
+    pub fn from_widths(widths: &[usize], dropout: bool) -> Option<Self> {
+        match widths {
+            [inputs, hidden @ .., classes] => Some(Self { inputs: *inputs, hidden: hidden.to_vec(), classes: *classes, dropout }),
+            _ => None,
+        }
+    }
+
     /// `(name, in, out)` of each linear layer, in order.
     pub(crate) fn layers(&self) -> Vec<(String, usize, usize)> {
         let stride = if self.dropout { 3 } else { 2 };
-        let widths: Vec<usize> = std::iter::once(self.inputs).chain(self.hidden.iter().copied()).chain([self.classes]).collect();
-        widths.windows(2).enumerate().map(|(i, w)| (format!("{PREFIX}.{}", i * stride), w[0], w[1])).collect()
+        self.widths().windows(2).enumerate().map(|(i, w)| (format!("{PREFIX}.{}", i * stride), w[0], w[1])).collect()
     }
 
     /// Every parameter's name and shape, in layer order.
@@ -68,12 +82,7 @@ impl MlpShape {
     /// `4-128-64-3`.
     #[must_use]
     pub fn describe(&self) -> String {
-        std::iter::once(self.inputs)
-            .chain(self.hidden.iter().copied())
-            .chain([self.classes])
-            .map(|w| w.to_string())
-            .collect::<Vec<_>>()
-            .join("-")
+        self.widths().iter().map(ToString::to_string).collect::<Vec<_>>().join("-")
     }
 }
 
@@ -161,6 +170,8 @@ mod tests {
         assert_eq!(names(&shape(&[16], false)), ["layers.0:4x16", "layers.2:16x3"]);
         assert_eq!(names(&shape(&[16, 8, 8], true)), ["layers.0:4x16", "layers.3:16x8", "layers.6:8x8", "layers.9:8x3"]);
         assert_eq!(shape(&[16, 8], true).describe(), "4-16-8-3");
+        assert_eq!(MlpShape::from_widths(&shape(&[16, 8], true).widths(), true), Some(shape(&[16, 8], true)));
+        assert_eq!(MlpShape::from_widths(&[4], false), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use trainyard_domain::{
 };
 
 use crate::{
+    images::{self, limits::Limits},
     mlp::{Mlp, MlpShape},
     trainer::Net,
     vision::{self, ImageShape, Mode},
@@ -112,13 +113,12 @@ impl Classifier {
         let bad = |e: candle_core::Error| unsupported(&format!("its tensors do not match its description ({e})"));
         match arch {
             Architecture::Mlp => {
-                let layers = spec.get("layers").and_then(usizes).filter(|l| l.len() >= 2).ok_or_else(|| unsupported("no layer sizes"))?;
-                let shape = MlpShape {
-                    inputs: layers[0],
-                    hidden: layers[1..layers.len() - 1].to_vec(),
-                    classes: layers[layers.len() - 1],
-                    dropout: spec.get("dropout_layers").and_then(Value::as_bool).unwrap_or(false),
-                };
+                let dropout_layers = spec.get("dropout_layers").and_then(Value::as_bool).unwrap_or(false);
+                let shape = spec
+                    .get("layers")
+                    .and_then(usizes)
+                    .and_then(|widths| MlpShape::from_widths(&widths, dropout_layers))
+                    .ok_or_else(|| unsupported("no layer sizes"))?;
                 let features = strings(meta, "feature_names").unwrap_or_else(|| (0..shape.inputs).map(|j| format!("x{j}")).collect());
                 Ok(Self {
                     net: Net::Mlp(Mlp::load(&varmap, &shape, dropout, &device).map_err(bad)?),
@@ -271,11 +271,8 @@ fn to_chw(a: &NdArray, s: ImageShape) -> Result<Vec<f32>, String> {
         [hh, ww] if c == 1 && (*hh, *ww) == (h, w) => a.values.clone(),
         [cc, hh, ww] if (*cc, *hh, *ww) == (c, h, w) => a.values.clone(),
         [hh, ww, cc] if (*hh, *ww, *cc) == (h, w, c) => {
-            let mut out = vec![0.0; c * h * w];
-            for (i, v) in a.values.iter().enumerate() {
-                let (pixel, ch) = (i / c, i % c);
-                out[ch * h * w + pixel] = *v;
-            }
+            let mut out = Vec::with_capacity(a.values.len());
+            images::push_chw(&mut out, &a.values, c);
             out
         }
         _ => return Err(wrong()),
@@ -287,9 +284,10 @@ fn to_chw(a: &NdArray, s: ImageShape) -> Result<Vec<f32>, String> {
     Ok(if eight_bit { chw.into_iter().map(|v| v / 255.0).collect() } else { chw })
 }
 
-/// An encoded image as CHW in 0..=1 with the model's channel count.
+/// An encoded image as CHW in 0..=1 with the model's channel count, decoded within the limits
+/// that training's decoder keeps.
 fn decode(bytes: &[u8], s: ImageShape) -> Result<Vec<f32>, PredictError> {
-    let image = image::load_from_memory(bytes).map_err(|e| invalid(format!("the upload is not a readable PNG or JPEG image: {e}")))?;
+    let (image, _) = images::read_image(bytes, "the uploaded image", &Limits::DEFAULT).map_err(invalid)?;
     if (image.width() as usize, image.height() as usize) != (s.width, s.height) {
         return Err(invalid(format!(
             "the image is {}x{} pixels; the model expects {}x{} (width x height)",
@@ -299,17 +297,17 @@ fn decode(bytes: &[u8], s: ImageShape) -> Result<Vec<f32>, PredictError> {
             s.height
         )));
     }
-    let interleaved: Vec<u8> = match s.channels {
+    let interleaved: Vec<f32> = match s.channels {
         1 => image.to_luma8().into_raw(),
         3 => image.to_rgb8().into_raw(),
         4 => image.to_rgba8().into_raw(),
         c => return Err(invalid(format!("the model takes {c}-channel images, which PNG/JPEG cannot carry; send arrays instead"))),
-    };
-    let (c, plane) = (s.channels, s.width * s.height);
-    let mut chw = vec![0.0f32; c * plane];
-    for (i, v) in interleaved.iter().enumerate() {
-        chw[(i % c) * plane + i / c] = f32::from(*v) / 255.0;
     }
+    .into_iter()
+    .map(|v| f32::from(v) / 255.0)
+    .collect();
+    let mut chw = Vec::with_capacity(interleaved.len());
+    images::push_chw(&mut chw, &interleaved, s.channels);
     Ok(chw)
 }
 

@@ -246,7 +246,7 @@ impl NetSpec {
     pub(crate) fn to_json(&self) -> Value {
         match self {
             Self::Mlp(s) => {
-                json!({ "architecture": "mlp", "layers": std::iter::once(s.inputs).chain(s.hidden.iter().copied()).chain([s.classes]).collect::<Vec<_>>(), "dropout_layers": s.dropout })
+                json!({ "architecture": "mlp", "layers": s.widths(), "dropout_layers": s.dropout })
             }
             Self::Image { arch, input, classes } => {
                 json!({ "architecture": arch.as_str(), "input_shape": [input.channels, input.height, input.width], "classes": classes })
@@ -523,7 +523,7 @@ impl Run<'_> {
         });
         let extra = match spec {
             NetSpec::Mlp(shape) => json!({
-                "layers": std::iter::once(shape.inputs).chain(shape.hidden.iter().copied()).chain([shape.classes]).collect::<Vec<_>>(),
+                "layers": shape.widths(),
                 "input_features": shape.inputs,
                 "feature_names": data.feature_names,
                 "label_column": data.label_column,

@@ -14,7 +14,7 @@ use trainyard_domain::registry::{DatasetFormat, DatasetInfo};
 use super::{
     check_loaded, class_statistics,
     limits::{Limits, MAX_CLASSES, MAX_IMAGE_ALLOC},
-    ImageData, PixelStats,
+    push_chw, ImageData, PixelStats,
 };
 use crate::{archive::Entry, data::label_order};
 
@@ -31,11 +31,12 @@ pub(crate) struct Decoded {
     pub pixels: Vec<f32>,
 }
 
-/// Decodes a PNG or JPEG (told by content, not by name) within the size limits.
+/// Reads a PNG or JPEG (told by content, not by name) within the size limits, as the `image`
+/// crate decodes it, with its format (`png` or `jpeg`).
 ///
 /// # Errors
 /// A message naming `name`: not PNG/JPEG, larger than the limits, or corrupt.
-pub(crate) fn decode(bytes: &[u8], name: &str, limits: &Limits) -> Result<Decoded, String> {
+pub(crate) fn read_image(bytes: &[u8], name: &str, limits: &Limits) -> Result<(DynamicImage, &'static str), String> {
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("reading '{name}': {e}"))?;
     let format = match reader.format() {
         Some(ImageFormat::Png) => "png",
@@ -54,6 +55,15 @@ pub(crate) fn decode(bytes: &[u8], name: &str, limits: &Limits) -> Result<Decode
         }
         other => format!("'{name}' is not a valid {} image ({other}); re-export it", format.to_uppercase()),
     })?;
+    Ok((image, format))
+}
+
+/// Decodes a PNG or JPEG within the size limits: grayscale to one channel, colour to three.
+///
+/// # Errors
+/// As [`read_image`].
+pub(crate) fn decode(bytes: &[u8], name: &str, limits: &Limits) -> Result<Decoded, String> {
+    let (image, format) = read_image(bytes, name, limits)?;
     let (width, height) = (image.width() as usize, image.height() as usize);
     let gray = matches!(image.color(), ColorType::L8 | ColorType::L16 | ColorType::La8 | ColorType::La16);
     let (channels, pixels) = if gray { (1, to_luma(image)) } else { (3, image.to_rgb32f().into_raw()) };
@@ -139,9 +149,7 @@ impl Folders {
         }
         if self.keep {
             check_loaded(self.x.len(), image.pixels.len(), limits)?;
-            for channel in 0..c {
-                self.x.extend(image.pixels.iter().skip(channel).step_by(c));
-            }
+            push_chw(&mut self.x, &image.pixels, c);
             self.folder_of.push(index);
         }
         Ok(())

@@ -37,6 +37,7 @@ use serde_json::{json, Value};
 use trainyard_domain::registry::{DatasetFormat, DatasetInfo};
 
 use crate::archive::{self, Budget, Container, Entry, SafeArchive, Sniff};
+pub(crate) use decode::read_image;
 use limits::{Limits, MAX_METADATA_BYTES};
 
 /// Decoded image data, ready to train: pixels scaled to [0, 1], CHW order.
@@ -382,7 +383,7 @@ impl Collector {
 /// Per-channel pixel statistics on the 0..1 scale: exact histograms for 8-bit data, sums for
 /// decoded images.
 #[derive(Debug, Clone)]
-struct PixelStats {
+pub(crate) struct PixelStats {
     histograms: Vec<[u64; 256]>,
     sums: Vec<(f64, f64)>,
     /// Values seen per channel.
@@ -390,7 +391,7 @@ struct PixelStats {
 }
 
 impl PixelStats {
-    fn new(channels: usize) -> Self {
+    pub(crate) fn new(channels: usize) -> Self {
         Self { histograms: vec![[0; 256]; channels], sums: vec![(0.0, 0.0); channels], counts: vec![0; channels] }
     }
 
@@ -402,7 +403,7 @@ impl PixelStats {
         self.counts[channel] += values.len() as u64;
     }
 
-    fn add_f32(&mut self, channel: usize, values: impl Iterator<Item = f32>) {
+    pub(crate) fn add_f32(&mut self, channel: usize, values: impl Iterator<Item = f32>) {
         let (mut s, mut q, mut n) = (0.0f64, 0.0f64, 0u64);
         for v in values {
             let v = f64::from(v);
@@ -427,7 +428,7 @@ impl PixelStats {
     }
 
     /// Mean and (population) standard deviation per channel.
-    fn mean_std(&self) -> (Vec<f64>, Vec<f64>) {
+    pub(crate) fn mean_std(&self) -> (Vec<f64>, Vec<f64>) {
         (0..self.counts.len())
             .map(|c| {
                 let (mut s, mut q) = self.sums[c];
@@ -468,6 +469,14 @@ fn check_loaded(have: usize, more: usize, limits: &Limits) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// Appends one image stored HWC (channels interleaved) to `out` in CHW order (one plane per
+/// channel), the layout the models take.
+pub(crate) fn push_chw<T: Copy>(out: &mut Vec<T>, hwc: &[T], channels: usize) {
+    for channel in 0..channels {
+        out.extend(hwc.iter().skip(channel).step_by(channels));
+    }
 }
 
 /// Bytes `0..=255` as pixels on the 0..1 scale.

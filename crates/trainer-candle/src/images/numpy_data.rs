@@ -13,7 +13,7 @@ use std::fs::File;
 use serde_json::json;
 use trainyard_domain::registry::{DatasetFormat, DatasetInfo};
 
-use super::{class_statistics, limits::MAX_CLASSES, ImageData, NumpyTable};
+use super::{class_statistics, limits::MAX_CLASSES, push_chw, ImageData, NumpyTable};
 use crate::{
     archive::{Budget, Container, SafeArchive},
     data::label_order,
@@ -201,12 +201,9 @@ pub(crate) fn load_images(file: File, budget: &Budget) -> Result<ImageData, Stri
     }
     let (height, width, channels) = (image.height, image.width, image.channels);
     let x = if image.channels_last && channels > 1 {
-        let plane = height * width;
         let mut out = Vec::with_capacity(values.len());
-        for sample in values.chunks_exact(plane * channels) {
-            for c in 0..channels {
-                out.extend(sample.iter().skip(c).step_by(channels));
-            }
+        for sample in values.chunks_exact(height * width * channels) {
+            push_chw(&mut out, sample, channels);
         }
         out
     } else {

@@ -256,3 +256,34 @@ pub fn unique_name(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!("{prefix}{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
+
+/// A zip of stored entries, in order.
+pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, bytes) in entries {
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        zip.start_file(*name, options).unwrap();
+        std::io::Write::write_all(&mut zip, bytes).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+/// `bytes` gzipped at the best compression.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A PNG of `h x w` pixels with `c` channels (1 grey, 3 RGB, else RGBA), from HWC bytes.
+pub fn png(px: &[u8], h: usize, w: usize, c: usize) -> Vec<u8> {
+    let color = match c {
+        1 => image::ExtendedColorType::L8,
+        3 => image::ExtendedColorType::Rgb8,
+        _ => image::ExtendedColorType::Rgba8,
+    };
+    let mut out = Vec::new();
+    let (w, h) = (u32::try_from(w).unwrap(), u32::try_from(h).unwrap());
+    image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut out), px, w, h, color).unwrap();
+    out
+}

@@ -2,20 +2,9 @@
 //! leaves no row and no file, writes nothing outside the data directory, and the server keeps
 //! serving. Also a round trip of every dataset format.
 
-use std::io::Write;
-
 use serde_json::Value;
 
-use crate::harness::{envelope_code, example, Server};
-
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, bytes) in entries {
-        zip.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
-        zip.write_all(bytes).unwrap();
-    }
-    zip.finish().unwrap().into_inner()
-}
+use crate::harness::{envelope_code, example, gzip, png, zip_of, Server};
 
 /// A tar whose entries are given as raw headers: name, type and data.
 fn tar_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
@@ -36,19 +25,6 @@ fn tar_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
         out.resize(out.len().div_ceil(512) * 512, 0);
     }
     out.extend_from_slice(&[0; 1024]);
-    out
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(bytes).unwrap();
-    gz.finish().unwrap()
-}
-
-fn png() -> Vec<u8> {
-    let mut out = Vec::new();
-    image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut out), &[0u8; 16], 4, 4, image::ExtendedColorType::L8)
-        .unwrap();
     out
 }
 
@@ -81,7 +57,7 @@ fn files_under(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn hostile_and_malformed_datasets_are_refused_with_the_reason_and_leave_nothing() {
     let s = Server::start();
-    let image = png();
+    let image = png(&[0; 16], 4, 4, 1);
     let many: Vec<(String, Vec<u8>)> = (0..200_001).map(|i| (format!("a/{i}"), Vec::new())).collect();
     let many_refs: Vec<(&str, &[u8])> = many.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     let zeros = vec![0u8; 32 * 1024 * 1024];
@@ -128,7 +104,7 @@ fn hostile_and_malformed_datasets_are_refused_with_the_reason_and_leave_nothing(
 #[test]
 fn every_dataset_format_round_trips_through_upload_and_inspection() {
     let s = Server::start();
-    let image = png();
+    let image = png(&[0; 16], 4, 4, 1);
     let tar_images = tar_of(&[("0/a.png", tar::EntryType::Regular, &image, None), ("1/b.png", tar::EntryType::Regular, &image, None)]);
     // File name, bytes, then the format, sample count and dimensions the listing must show.
     type Case = (&'static str, Vec<u8>, &'static str, Option<u64>, &'static str);

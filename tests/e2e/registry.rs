@@ -11,9 +11,8 @@ use std::{
 use quickcheck::{QuickCheck, TestResult};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use zip::{write::SimpleFileOptions, CompressionMethod, ZipWriter};
 
-use crate::harness::{envelope_code, example, unique_name, with_thread_server, Opts, Server, KEY};
+use crate::harness::{envelope_code, example, unique_name, with_thread_server, zip_of, Opts, Server, KEY};
 
 /// A safetensors file holding `bytes` as one `U8` tensor: any bytes become a valid model.
 fn safetensors_of(bytes: &[u8]) -> Vec<u8> {
@@ -379,16 +378,6 @@ fn etags_answer_conditional_and_range_requests() {
     assert_eq!(envelope_code(&serde_json::from_slice(&body).unwrap()), "PRECONDITION_FAILED");
     let (code, _, _) = get_with(&s, path, &[("If-Match", &etag)], &[]);
     assert_eq!(code, 200);
-}
-
-/// A zip of stored entries, as PyTorch writes checkpoints.
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut zip = ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, bytes) in entries {
-        zip.start_file(*name, SimpleFileOptions::default().compression_method(CompressionMethod::Stored)).unwrap();
-        zip.write_all(bytes).unwrap();
-    }
-    zip.finish().unwrap().into_inner()
 }
 
 /// The protobuf wire format, for building ONNX files.

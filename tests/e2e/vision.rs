@@ -1,11 +1,9 @@
 //! Image and tabular classifiers through HTTP: every image architecture trains, on every image
 //! format (PNG archives, IDX, CIFAR-10 binary, NumPy), and every kind of model predicts.
 
-use std::io::Write;
-
 use serde_json::{json, Value};
 
-use crate::harness::{envelope_code, example, Server};
+use crate::harness::{envelope_code, example, gzip, png, zip_of, Server};
 
 /// A deterministic generator for test pixels.
 struct Lcg(u64);
@@ -39,31 +37,11 @@ fn synthetic(n: usize, h: usize, w: usize, c: usize, classes: usize) -> Vec<(Vec
         .collect()
 }
 
-fn png(px: &[u8], h: usize, w: usize, c: usize) -> Vec<u8> {
-    let color = match c {
-        1 => image::ExtendedColorType::L8,
-        3 => image::ExtendedColorType::Rgb8,
-        _ => image::ExtendedColorType::Rgba8,
-    };
-    let mut out = Vec::new();
-    image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut out), px, w as u32, h as u32, color).unwrap();
-    out
-}
-
 /// A zip of `<class>/<i>.png`.
 fn png_zip(images: &[(Vec<u8>, u8)], h: usize, w: usize, c: usize) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (i, (px, class)) in images.iter().enumerate() {
-        zip.start_file(format!("class_{class}/{i}.png"), zip::write::SimpleFileOptions::default()).unwrap();
-        zip.write_all(&png(px, h, w, c)).unwrap();
-    }
-    zip.finish().unwrap().into_inner()
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(bytes).unwrap();
-    gz.finish().unwrap()
+    let files: Vec<(String, Vec<u8>)> =
+        images.iter().enumerate().map(|(i, (px, class))| (format!("class_{class}/{i}.png"), png(px, h, w, c))).collect();
+    zip_of(&files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect::<Vec<_>>())
 }
 
 /// MNIST's IDX pair, gzipped, in a tar.gz.

@@ -1,15 +1,10 @@
 //! Tests of the model checks: well-formed files of each format are described, hostile ones are
 //! refused with their reason.
 
-use std::{
-    fs,
-    io::{Cursor, Write},
-    path::PathBuf,
-};
-
-use zip::{write::SimpleFileOptions, CompressionMethod, ZipWriter};
+use std::{fs, path::PathBuf};
 
 use super::*;
+use crate::pth::tests::zip_of;
 
 fn inspect(bytes: &[u8], format: ModelFormat) -> Result<ModelInfo, InspectError> {
     let dir = tempfile::tempdir().unwrap();
@@ -77,15 +72,6 @@ fn hostile_safetensors_are_refused_with_the_reason() {
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
-
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-    for (name, bytes) in entries {
-        zip.start_file(*name, SimpleFileOptions::default().compression_method(CompressionMethod::Stored)).unwrap();
-        zip.write_all(bytes).unwrap();
-    }
-    zip.finish().unwrap().into_inner()
 }
 
 #[test]

@@ -19,7 +19,7 @@ mod archive;
 mod error;
 mod tensor;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod unpickle;
 mod value;
 mod vocab;

@@ -249,6 +249,37 @@ pub trait TrainingEvents {
     /// The run resumed from a checkpoint taken after `epoch` (0: it starts over); metrics of
     /// later epochs are about to be recomputed.
     fn resumed(&mut self, epoch: u32);
+    /// A training batch finished: the heartbeat a supervisor's stall detection watches.
+    /// Called after every batch, so implementations must be cheap.
+    fn batch_finished(&mut self) {}
+    /// The resources the run uses now, as its supervisor measures them (a separate process's
+    /// resident memory); trainers that run in the caller's process never report it.
+    fn usage(&mut self, usage: RunUsage) {
+        let _ = usage;
+    }
+}
+
+/// What a run uses while it lasts, measured by its supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunUsage {
+    /// The run's process id, when it runs in a process of its own.
+    pub pid: Option<u32>,
+    /// Resident memory now, in MB.
+    pub memory_mb: u64,
+    /// The largest resident memory so far, in MB.
+    pub peak_memory_mb: u64,
+}
+
+/// The memory a session is expected to need at its peak, before it is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Where it will train: `auto` resolved to `cpu` or `cuda:N`.
+    pub device: Device,
+    /// Host memory of the run's process, in MB: the runtime, the dataset, and on the CPU the
+    /// weights, gradients, optimizer state and one batch's activations.
+    pub host_mb: u64,
+    /// Memory on the GPU, in MB (0 on the CPU): weights, gradients, optimizer state, activations.
+    pub gpu_mb: u64,
 }
 
 /// A finished (completed or stopped) run's model, written into the scratch directory.
@@ -285,6 +316,13 @@ pub trait Trainer: Send + Sync + 'static {
     /// # Errors
     /// [`TrainError`] when the run cannot finish.
     fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError>;
+
+    /// Estimates the session's peak memory from its architecture, input shape, batch size,
+    /// optimizer and parameter count, without building the model.
+    ///
+    /// # Errors
+    /// A message when the datasets cannot be described well enough to estimate.
+    fn estimate_memory(&self, config: &TrainingConfig, datasets: &[DatasetRecord]) -> Result<MemoryEstimate, String>;
 
     /// Whether this build can train on `device`.
     ///

@@ -481,6 +481,15 @@ impl Trainer for ScriptedTrainer {
         }
     }
 
+    /// Ten MB of host memory per sample of a batch, so that tests choose a session's size.
+    fn estimate_memory(&self, config: &crate::config::TrainingConfig, _datasets: &[crate::registry::DatasetRecord]) -> Result<crate::ports::MemoryEstimate, String> {
+        let device = match config.device {
+            crate::config::Device::Auto => crate::config::Device::Cpu,
+            other => other,
+        };
+        Ok(crate::ports::MemoryEstimate { device, host_mb: u64::from(config.batch_size) * 10, gpu_mb: 0 })
+    }
+
     fn check_device(&self, device: crate::config::Device) -> Result<(), String> {
         match device {
             crate::config::Device::Cuda(_) => Err("this build has no CUDA support".into()),

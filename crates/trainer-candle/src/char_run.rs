@@ -190,6 +190,7 @@ pub(crate) fn train(
             optimizer.backward_step(&batch_loss).map_err(backend)?;
             loss_sum += f64::from(value);
             batches += 1;
+            events.batch_finished();
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) = if val_starts.is_empty() {

@@ -14,6 +14,7 @@ mod archive;
 mod char_run;
 mod checkpoint;
 mod data;
+mod estimate;
 mod generate;
 mod images;
 mod inspect;

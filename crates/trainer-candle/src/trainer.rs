@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use trainyard_domain::{
     config,
     metrics::{EpochMetrics, LogLevel},
-    ports::{StopSignal, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
-    registry::{DatasetFormat, ModelFormat, ModelRecord},
+    ports::{MemoryEstimate, StopSignal, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
+    registry::{DatasetFormat, DatasetRecord, ModelFormat, ModelRecord},
     Architecture, TrainingConfig,
 };
 
@@ -82,6 +82,18 @@ impl CandleTrainer {
         let mut trainer = Self::new();
         trainer.cpu_only = true;
         trainer
+    }
+
+    /// Where a session's `device` setting trains: `auto` resolved to the GPU or the CPU.
+    fn resolve_device(&self, wanted: config::Device) -> config::Device {
+        match wanted {
+            config::Device::Auto if self.cpu_only || !cfg!(feature = "cuda") => config::Device::Cpu,
+            config::Device::Auto => match Device::cuda_if_available(0) {
+                Ok(d) if d.is_cuda() => config::Device::Cuda(0),
+                _ => config::Device::Cpu,
+            },
+            other => other,
+        }
     }
 
     /// The candle device for a session's `device` setting.
@@ -183,6 +195,10 @@ impl Trainer for CandleTrainer {
             Some(diff) => Err(diff),
             None => Ok(()),
         }
+    }
+
+    fn estimate_memory(&self, cfg: &TrainingConfig, datasets: &[DatasetRecord]) -> Result<MemoryEstimate, String> {
+        crate::estimate::estimate(cfg, datasets, self.resolve_device(cfg.device))
     }
 
     fn check_device(&self, device: config::Device) -> Result<(), String> {
@@ -399,6 +415,7 @@ impl Run<'_> {
                 loss_sum += f64::from(value);
                 batches += 1;
                 batches_run += 1;
+                self.events.batch_finished();
             }
             let train_seconds = started.elapsed().as_secs_f64();
             let (val_loss, val_accuracy) = match (&x_val, &data.val) {

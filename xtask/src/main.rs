@@ -101,7 +101,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("trainyard-trainer-candle", &["trainyard-domain"]),
     ("trainyard-monitor", &["trainyard-domain"]),
     ("trainyard-http", &["trainyard-domain"]),
-    ("trainyard", &["trainyard-domain", "trainyard-storage-sqlite", "trainyard-trainer-candle", "trainyard-monitor", "trainyard-http"]),
+    ("trainyard-supervisor", &["trainyard-domain"]),
+    (
+        "trainyard",
+        &[
+            "trainyard-domain",
+            "trainyard-storage-sqlite",
+            "trainyard-trainer-candle",
+            "trainyard-monitor",
+            "trainyard-http",
+            "trainyard-supervisor",
+        ],
+    ),
     ("xtask", &[]),
 ];
 

@@ -30,6 +30,10 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Internal: train one session handed over on standard input, reporting on standard
+    /// output. The server starts one such process per running session.
+    #[command(hide = true)]
+    RunSession,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,9 +100,18 @@ pub struct ServeArgs {
     /// Sessions that may train at once; the rest wait in a FIFO queue.
     #[arg(long, env = "MAX_CONCURRENT_SESSIONS", default_value_t = 1)]
     pub max_concurrent_sessions: usize,
-    /// Queued sessions wait while less memory than this (MB) is available; 0 disables.
+    /// Memory (MB) kept free beyond the sessions' estimates: a queued session waits while
+    /// starting it would leave less available; 0 disables the floor.
     #[arg(long, env = "TRAINYARD_MEMORY_RESERVE_MB", default_value_t = 256)]
     pub memory_reserve_mb: u64,
+    /// The most memory (MB) one training run may use; a run past it is killed and fails "out of
+    /// memory", and a session estimated above it is refused [default: the machine's memory less
+    /// 1 GB for the server and a margin].
+    #[arg(long, env = "TRAINYARD_RUN_MEMORY_LIMIT_MB")]
+    pub run_memory_limit_mb: Option<u64>,
+    /// A run that finishes no training batch for this many seconds is killed and fails.
+    #[arg(long, env = "TRAINYARD_RUN_STALL_TIMEOUT_SECS", default_value_t = 1800)]
+    pub run_stall_timeout_secs: u64,
     /// Days after which finished sessions' checkpoints and scratch files are removed.
     #[arg(long, env = "TRAINYARD_RETENTION_DAYS", default_value_t = 7)]
     pub retention_days: u32,

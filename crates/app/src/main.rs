@@ -18,10 +18,12 @@ use trainyard_domain::{
     catalog::Catalog,
     inference::Inference,
     manager::{Ports, SchedulerPolicy, SessionManager},
-    ports::{AuthStore, SystemClock},
+    ports::{AuthStore, SystemClock, SystemMonitor},
+    system::human_mb,
 };
 use trainyard_http::{AppState, UploadLimits};
 use trainyard_monitor::CachedMonitor;
+use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
 use trainyard_trainer_candle::{CandleGenerator, CandlePredictor, CandleTrainer, FileInspector, FileModelInspector};
 
@@ -29,6 +31,8 @@ use crate::cli::{Cli, Command, LogFormat, ServeArgs};
 
 /// How often queued sessions are reconsidered and retention runs.
 const TICK: StdDuration = StdDuration::from_secs(2);
+/// How often a training run's memory is measured.
+const RUN_SAMPLE_INTERVAL: StdDuration = StdDuration::from_millis(250);
 /// How often the monitor refreshes its snapshot.
 const MONITOR_INTERVAL: StdDuration = StdDuration::from_secs(2);
 
@@ -45,7 +49,19 @@ fn main() -> anyhow::Result<()> {
             println!("{}", trainyard_http::openapi_json());
             Ok(())
         }
+        Some(Command::RunSession) => {
+            // Standard error reaches the server's log; warnings and worse are enough there.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            std::process::exit(i32::from(trainyard_supervisor::worker::serve(Arc::new(CandleTrainer::new()))));
+        }
     }
+}
+
+/// The default run memory limit: the machine's memory less 1 GB for the server and a margin,
+/// and never under 256 MB.
+fn default_run_memory_limit_mb(total_mb: u64) -> u64 {
+    total_mb.saturating_sub(1024).max(256)
 }
 
 fn init_logging(args: &ServeArgs) {
@@ -66,6 +82,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let datasets = Arc::new(FileDatasetRegistry::open(db, args.datasets_dir()).context("opening the dataset registry")?);
     let monitor = Arc::new(CachedMonitor::start(args.storage.data_dir.clone(), MONITOR_INTERVAL));
     let clock = Arc::new(SystemClock);
+    let run_memory_limit_mb = args.run_memory_limit_mb.unwrap_or_else(|| default_run_memory_limit_mb(monitor.snapshot().memory_total_mb));
     let model_inspector = Arc::new(FileModelInspector::new());
     let ports = Ports {
         sessions: store.clone(),
@@ -75,13 +92,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         models: models.clone(),
         model_inspector: model_inspector.clone(),
         scratch: Arc::new(LocalScratch::new(args.scratch_dir())),
-        trainer: Arc::new(CandleTrainer::new()),
+        trainer: Arc::new(ProcessTrainer::new(
+            RunCommand { program: std::env::current_exe().context("finding the trainyard binary")?, args: vec!["run-session".to_owned()] },
+            SupervisionLimits {
+                memory_limit_mb: run_memory_limit_mb,
+                stall_timeout: StdDuration::from_secs(args.run_stall_timeout_secs.max(1)),
+                sample_every: RUN_SAMPLE_INTERVAL,
+                cuda_capable: cfg!(feature = "cuda"),
+            },
+            Arc::new(CandleTrainer::new()),
+        )),
         monitor: monitor.clone(),
         clock: clock.clone(),
     };
     let policy = SchedulerPolicy {
         max_concurrent: args.max_concurrent_sessions,
         memory_reserve_mb: args.memory_reserve_mb,
+        run_memory_limit_mb,
         retention: time::Duration::days(i64::from(args.retention_days)),
     };
     let manager = SessionManager::new(ports, policy);
@@ -120,7 +147,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let base_url = addrs.first().map(|a| format!("http://{a}")).unwrap_or_default();
         keys::ensure_initial_key(&auth_store, authenticator.has_usable_key()?, &base_url)?;
         let (stop_ticker, ticker) = start_ticker(manager.clone())?;
-        tracing::info!(data_dir = %args.storage.data_dir.display(), "trainyard {} ready", trainyard_http::VERSION);
+        tracing::info!(
+            data_dir = %args.storage.data_dir.display(),
+            run_memory_limit = %human_mb(run_memory_limit_mb),
+            "trainyard {} ready; each session trains in a process of its own",
+            trainyard_http::VERSION
+        );
         println!("listening on {base_url}");
         server.await.context("running the HTTP server")?;
         tracing::info!("HTTP server stopped; stopping running sessions and saving their weights");

@@ -22,4 +22,4 @@ pub mod testing;
 
 pub use config::{Architecture, ConfigErrors, FieldError, LossFunction, Optimizer, TrainingConfig, TrainingRequest};
 pub use ids::{DatasetName, ModelName, NameError, SessionId};
-pub use session::{Session, SessionState, TransitionError};
+pub use session::{Session, SessionResources, SessionState, TransitionError};

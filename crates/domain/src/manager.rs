@@ -1,9 +1,13 @@
 //! The session manager: validates and admits training requests, keeps the FIFO queue,
 //! runs sessions on dedicated threads, records their progress, and recovers after restarts.
 //!
-//! Policy: at most `max_concurrent` sessions run at once; the rest wait in creation order.
-//! A queued session also waits while the monitor reports less available memory than the
-//! configured reserve. When a run ends, for whatever reason, the next queued session starts.
+//! Policy: every session's peak memory is estimated when it is created; one that can never fit
+//! (above the machine's memory, the run memory limit, or its GPU's memory) is refused. At most
+//! `max_concurrent` sessions run at once; the rest wait in creation order. The first in the
+//! queue also waits until its estimate fits in the memory available now, less what running
+//! sessions are still expected to take and the configured reserve (and likewise on its GPU);
+//! its `queue_reason` says what it waits for. When a run ends, for whatever reason, the next
+//! queued session starts.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,11 +25,12 @@ use crate::{
     ids::{ModelName, SessionId},
     metrics::{EpochMetrics, LogEntry, LogLevel},
     ports::{
-        Clock, DatasetRegistry, LogStore, MetricsStore, ModelInspector, ModelRegistry, ScratchSpace, SessionRepository, StopSignal,
-        StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob,
+        Clock, DatasetRegistry, LogStore, MemoryEstimate, MetricsStore, ModelInspector, ModelRegistry, RunUsage, ScratchSpace,
+        SessionRepository, StopSignal, StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob,
     },
-    registry::NewModel,
+    registry::{DatasetRecord, NewModel},
     session::{Session, SessionState},
+    system::{human_mb, SystemSnapshot},
 };
 
 /// Stack size of training threads: deep recursion in long sequences must not overflow.
@@ -58,15 +63,19 @@ impl fmt::Debug for Ports {
 pub struct SchedulerPolicy {
     /// Sessions running at once (at least 1).
     pub max_concurrent: usize,
-    /// Queued sessions wait while less memory than this is available, in MB (0: never wait).
+    /// Memory kept free beyond the estimates, in MB: queued sessions wait while admitting one
+    /// would leave less than this available (0: no floor).
     pub memory_reserve_mb: u64,
+    /// The most memory one run may use, in MB (0: no limit but the machine's); a session whose
+    /// estimate is above it is refused.
+    pub run_memory_limit_mb: u64,
     /// Finished sessions' scratch files (checkpoints) are removed after this long.
     pub retention: Duration,
 }
 
 impl Default for SchedulerPolicy {
     fn default() -> Self {
-        Self { max_concurrent: 1, memory_reserve_mb: 0, retention: Duration::days(7) }
+        Self { max_concurrent: 1, memory_reserve_mb: 0, run_memory_limit_mb: 0, retention: Duration::days(7) }
     }
 }
 
@@ -83,15 +92,24 @@ pub enum ManagerError {
     Conflict(String),
     #[error("the server is shutting down and accepts no new sessions")]
     ShuttingDown,
+    /// The session can never fit in memory; the message names the estimate, the limit and what
+    /// to change.
+    #[error("{0}")]
+    InsufficientMemory(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// A session with its place in the queue (1-based), when queued.
+/// A session with its place in the queue (1-based) and what it waits for, when queued, and
+/// what its run uses, when running.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionView {
     pub session: Session,
     pub queue_position: Option<usize>,
+    /// Why a queued session has not started yet.
+    pub queue_reason: Option<String>,
+    /// The run's process and memory, while it runs in a process of its own.
+    pub usage: Option<RunUsage>,
 }
 
 /// The answer to a start request.
@@ -101,10 +119,29 @@ pub struct Started {
     pub message: String,
 }
 
+/// A run in progress.
+struct Running {
+    stop: StopSignal,
+    handle: Option<JoinHandle<()>>,
+    estimate: Option<MemoryEstimate>,
+    usage: Option<RunUsage>,
+}
+
+impl Running {
+    /// Host memory this run is still expected to take beyond what it holds now, in MB.
+    fn host_to_come(&self) -> u64 {
+        let held = self.usage.map_or(0, |u| u.memory_mb);
+        self.estimate.map_or(0, |e| e.host_mb.saturating_sub(held))
+    }
+}
+
 #[derive(Default)]
 struct Sched {
-    running: HashMap<SessionId, (StopSignal, Option<JoinHandle<()>>)>,
-    waiting_for_memory: HashSet<SessionId>,
+    running: HashMap<SessionId, Running>,
+    /// Queued sessions whose wait was logged (once per session).
+    wait_logged: HashSet<SessionId>,
+    /// Why the first queued session is still waiting.
+    head_reason: Option<(SessionId, String)>,
     shutting_down: bool,
     last_sweep: Option<Instant>,
 }
@@ -176,13 +213,22 @@ impl SessionManager {
     pub fn start(&self, req: &TrainingRequest) -> Result<Started, ManagerError> {
         let p = &self.inner.ports;
         let config = TrainingConfig::validate(req)?;
-        self.check_references(&config)?;
+        let datasets = self.check_references(&config)?;
         if lock(&self.inner.sched).shutting_down {
             return Err(ManagerError::ShuttingDown);
         }
-        let session = Session::queued(SessionId::generate(), config, p.clock.now());
+        let estimate = p.trainer.estimate_memory(&config, &datasets);
+        if let Ok(estimate) = &estimate {
+            self.inner.check_fits_at_all(&config, estimate)?;
+        }
+        let mut session = Session::queued(SessionId::generate(), config, p.clock.now());
+        session.resources.estimate = estimate.as_ref().ok().copied();
         p.sessions.insert(&session)?;
         self.inner.log(&session.id, LogLevel::Info, format!("session created: {}", describe(&session.config)));
+        match &estimate {
+            Ok(e) => self.inner.log(&session.id, LogLevel::Info, format!("estimated peak memory: {}", describe_estimate(e))),
+            Err(why) => self.inner.log(&session.id, LogLevel::Warning, format!("its memory could not be estimated: {why}")),
+        }
         self.inner.pump();
         let view = self.view(&session.id)?;
         let message = match (view.session.state, view.queue_position) {
@@ -194,10 +240,11 @@ impl SessionManager {
     }
 
     /// Checks what the config names outside itself: datasets (present, of a kind the
-    /// architecture trains on), the base model, and the device.
-    fn check_references(&self, config: &TrainingConfig) -> Result<(), ManagerError> {
+    /// architecture trains on), the base model, and the device. Returns the datasets.
+    fn check_references(&self, config: &TrainingConfig) -> Result<Vec<DatasetRecord>, ManagerError> {
         let p = &self.inner.ports;
         let mut errors = ConfigErrors::default();
+        let mut found = Vec::new();
         for name in config.datasets() {
             match p.datasets.get(name)? {
                 None => errors.push("dataset_name", format!("dataset '{name}' not found; list datasets with GET /api/v1/datasets")),
@@ -212,6 +259,7 @@ impl SessionManager {
                             ),
                         );
                     }
+                    found.push(ds);
                 }
             }
         }
@@ -229,7 +277,7 @@ impl SessionManager {
             errors.push("device", why);
         }
         if errors.is_empty() {
-            Ok(())
+            Ok(found)
         } else {
             Err(errors.into())
         }
@@ -247,7 +295,7 @@ impl SessionManager {
         } else {
             None
         };
-        Ok(SessionView { session, queue_position })
+        Ok(self.inner.annotate(session, queue_position))
     }
 
     /// Every session, oldest first, with queue positions.
@@ -264,7 +312,7 @@ impl SessionManager {
                     pos += 1;
                     pos
                 });
-                SessionView { session, queue_position }
+                self.inner.annotate(session, queue_position)
             })
             .collect())
     }
@@ -275,7 +323,7 @@ impl SessionManager {
     /// A store error.
     pub fn queue(&self) -> Result<Vec<SessionView>, ManagerError> {
         let queued = self.inner.ports.sessions.list_in_state(SessionState::Queued)?;
-        Ok(queued.into_iter().enumerate().map(|(i, session)| SessionView { session, queue_position: Some(i + 1) }).collect())
+        Ok(queued.into_iter().enumerate().map(|(i, session)| self.inner.annotate(session, Some(i + 1))).collect())
     }
 
     /// Stops a session: a running one finishes its current batch, saves its weights and ends
@@ -286,8 +334,8 @@ impl SessionManager {
     pub fn stop(&self, id: &SessionId) -> Result<String, ManagerError> {
         {
             let sched = lock(&self.inner.sched);
-            if let Some((signal, _)) = sched.running.get(id) {
-                signal.request();
+            if let Some(run) = sched.running.get(id) {
+                run.stop.request();
                 drop(sched);
                 self.inner.log(id, LogLevel::Info, "stop requested; saving the current weights".to_owned());
                 return Ok(format!("Training session {id} is stopping; its current weights will be saved"));
@@ -316,7 +364,7 @@ impl SessionManager {
         }
         s.transition(SessionState::Stopped, p.clock.now()).map_err(|e| ManagerError::Conflict(e.to_string()))?;
         p.sessions.update(&s)?;
-        sched.waiting_for_memory.remove(id);
+        sched.wait_logged.remove(id);
         drop(sched);
         self.inner.idle.notify_all();
         self.inner.log(id, LogLevel::Info, "cancelled while queued".to_owned());
@@ -424,8 +472,8 @@ impl SessionManager {
         {
             let mut sched = lock(&self.inner.sched);
             sched.shutting_down = true;
-            for (signal, _) in sched.running.values() {
-                signal.request();
+            for run in sched.running.values() {
+                run.stop.request();
             }
         }
         self.wait_idle(timeout)
@@ -443,6 +491,14 @@ impl SessionManager {
             sched = self.inner.idle.wait_timeout(sched, left).unwrap_or_else(PoisonError::into_inner).0;
         }
         true
+    }
+}
+
+fn describe_estimate(e: &MemoryEstimate) -> String {
+    if e.gpu_mb > 0 {
+        format!("{} on {} and {} of host memory", human_mb(e.gpu_mb), e.device, human_mb(e.host_mb))
+    } else {
+        format!("{} on {}", human_mb(e.host_mb), e.device)
     }
 }
 
@@ -468,29 +524,110 @@ impl Inner {
         let _ = self.ports.logs.append(&entry);
     }
 
+    /// A view of `session` with what the scheduler knows of it now.
+    fn annotate(&self, session: Session, queue_position: Option<usize>) -> SessionView {
+        let sched = lock(&self.sched);
+        let usage = sched.running.get(&session.id).and_then(|r| r.usage);
+        let queue_reason = queue_position.map(|pos| match &sched.head_reason {
+            Some((id, why)) if *id == session.id => why.clone(),
+            _ if pos > 1 => format!("waiting behind {} earlier session{} in the queue", pos - 1, if pos == 2 { "" } else { "s" }),
+            _ if sched.running.len() >= self.policy.max_concurrent => self.slots_reason(sched.running.len()),
+            _ => "about to start".to_owned(),
+        });
+        SessionView { session, queue_position, queue_reason, usage }
+    }
+
+    fn slots_reason(&self, running: usize) -> String {
+        format!("waiting for a running session to finish ({running} of {} allowed at once)", self.policy.max_concurrent)
+    }
+
+    /// Refuses a session that can never fit: its estimate is above the machine's memory, the
+    /// run memory limit, or its GPU's memory.
+    fn check_fits_at_all(&self, config: &TrainingConfig, e: &MemoryEstimate) -> Result<(), ManagerError> {
+        let snap = self.ports.monitor.snapshot();
+        let machine = snap.memory_total_mb;
+        let limit = self.policy.run_memory_limit_mb;
+        let (cap, what) = if limit > 0 && (machine == 0 || limit < machine) {
+            (limit, format!("the {} a run may use (the run memory limit; the machine has {})", human_mb(limit), human_mb(machine)))
+        } else {
+            (machine, format!("the machine's {}", human_mb(machine)))
+        };
+        let advice = |device: &str| {
+            format!(
+                "lower batch_size (now {}), train on smaller images, or choose {device}",
+                config.batch_size
+            )
+        };
+        if cap > 0 && e.host_mb > cap {
+            let other = if e.gpu_mb == 0 { "a GPU (\"device\": \"cuda:0\") where one is available" } else { "another device" };
+            return Err(ManagerError::InsufficientMemory(format!(
+                "this session needs about {} of memory at its peak ({} with batch size {}), more than {what}; {}",
+                human_mb(e.host_mb),
+                config.model_architecture,
+                config.batch_size,
+                advice(other)
+            )));
+        }
+        if let (crate::config::Device::Cuda(n), Some(gpu)) = (e.device, gpu_of(&snap, e.device)) {
+            if e.gpu_mb > gpu.memory_total_mb {
+                return Err(ManagerError::InsufficientMemory(format!(
+                    "this session needs about {} on cuda:{n} at its peak ({} with batch size {}), more than its {} in all; {}",
+                    human_mb(e.gpu_mb),
+                    config.model_architecture,
+                    config.batch_size,
+                    human_mb(gpu.memory_total_mb),
+                    advice("another device (\"device\": \"cpu\" or another cuda:N)")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `session` cannot start now for lack of memory, if it cannot.
+    fn memory_wait(&self, sched: &Sched, session: &Session) -> Option<String> {
+        let snap = self.ports.monitor.snapshot();
+        let reserve = self.policy.memory_reserve_mb;
+        let to_come: u64 = sched.running.values().map(Running::host_to_come).sum();
+        let free = snap.memory_available_mb.saturating_sub(to_come);
+        let Some(e) = session.resources.estimate else {
+            return (reserve > 0 && free < reserve).then(|| {
+                format!("waiting for memory: {} free, {} must stay free", human_mb(free), human_mb(reserve))
+            });
+        };
+        if e.host_mb.saturating_add(reserve) > free {
+            let reserve_note = if reserve > 0 { format!(", {} kept in reserve", human_mb(reserve)) } else { String::new() };
+            return Some(format!("waiting for {} of memory; {} free{reserve_note}", human_mb(e.host_mb), human_mb(free)));
+        }
+        if let Some(gpu) = gpu_of(&snap, e.device) {
+            let committed: u64 = sched.running.values().filter_map(|r| r.estimate).filter(|r| r.device == e.device).map(|r| r.gpu_mb).sum();
+            let free = gpu.memory_total_mb.saturating_sub(gpu.memory_used_mb.max(committed));
+            if e.gpu_mb > free {
+                return Some(format!("waiting for {} on {}; {} free", human_mb(e.gpu_mb), e.device, human_mb(free)));
+            }
+        }
+        None
+    }
+
     /// Admits queued sessions while capacity and memory allow.
     fn pump(self: &Arc<Self>) {
         let mut sched = lock(&self.sched);
-        while !sched.shutting_down && sched.running.len() < self.policy.max_concurrent {
+        sched.head_reason = None;
+        while !sched.shutting_down {
             let Ok(queued) = self.ports.sessions.list_in_state(SessionState::Queued) else { return };
             let Some(mut session) = queued.into_iter().next() else { return };
-            if self.policy.memory_reserve_mb > 0 {
-                let available = self.ports.monitor.snapshot().memory_available_mb;
-                if available < self.policy.memory_reserve_mb {
-                    if sched.waiting_for_memory.insert(session.id.clone()) {
-                        self.log(
-                            &session.id,
-                            LogLevel::Warning,
-                            format!(
-                                "waiting in the queue: {available} MB of memory available, {} MB reserve required",
-                                self.policy.memory_reserve_mb
-                            ),
-                        );
-                    }
-                    return;
-                }
+            if sched.running.len() >= self.policy.max_concurrent {
+                let why = self.slots_reason(sched.running.len());
+                sched.head_reason = Some((session.id, why));
+                return;
             }
-            sched.waiting_for_memory.remove(&session.id);
+            if let Some(why) = self.memory_wait(&sched, &session) {
+                if sched.wait_logged.insert(session.id.clone()) {
+                    self.log(&session.id, LogLevel::Warning, format!("{why}; it starts when memory frees"));
+                }
+                sched.head_reason = Some((session.id, why));
+                return;
+            }
+            sched.wait_logged.remove(&session.id);
             if session.transition(SessionState::Running, self.ports.clock.now()).is_err() || self.ports.sessions.update(&session).is_err() {
                 return;
             }
@@ -503,6 +640,7 @@ impl Inner {
     fn spawn_run(self: &Arc<Self>, sched: &mut Sched, session: Session, resuming: bool) {
         let stop = StopSignal::default();
         let id = session.id.clone();
+        let estimate = session.resources.estimate;
         let me = Arc::clone(self);
         let run_stop = stop.clone();
         let spawned = std::thread::Builder::new()
@@ -511,9 +649,9 @@ impl Inner {
             .spawn(move || me.run(session, &run_stop, resuming));
         match spawned {
             Ok(handle) => {
-                sched.running.insert(id, (stop, Some(handle)));
+                sched.running.insert(id, Running { stop, handle: Some(handle), estimate, usage: None });
             }
-            Err(e) => self.finish_with(&id, Err(format!("could not start a training thread: {e}"))),
+            Err(e) => self.finish_with(&id, Err(format!("could not start a training thread: {e}")), None),
         }
     }
 
@@ -531,12 +669,13 @@ impl Inner {
             let n = recorder.store_errors.len();
             self.log(&id, LogLevel::Warning, format!("{n} progress records could not be stored: {}", recorder.store_errors[0]));
         }
-        self.finish_with(&id, outcome);
+        let peak = recorder.session.resources.peak_memory_mb;
+        self.finish_with(&id, outcome, peak);
         {
             let mut sched = lock(&self.sched);
-            if let Some((_, handle)) = sched.running.remove(&id) {
+            if let Some(run) = sched.running.remove(&id) {
                 // This thread is the handle's own thread: detach it.
-                drop(handle);
+                drop(run.handle);
             }
         }
         self.idle.notify_all();
@@ -589,10 +728,14 @@ impl Inner {
         }
     }
 
-    /// Ends a running session: registers its model, or marks it failed.
-    fn finish_with(&self, id: &SessionId, outcome: Result<TrainedModel, String>) {
+    /// Ends a running session: registers its model, or marks it failed; records the peak
+    /// memory its run reached.
+    fn finish_with(&self, id: &SessionId, outcome: Result<TrainedModel, String>, peak_memory_mb: Option<u64>) {
         let p = &self.ports;
         let Ok(Some(mut s)) = p.sessions.get(id) else { return };
+        if peak_memory_mb.is_some() {
+            s.resources.peak_memory_mb = peak_memory_mb;
+        }
         let now = p.clock.now();
         let result = match outcome {
             Ok(model) => match self.register_model(&s, &model) {
@@ -701,6 +844,22 @@ impl TrainingEvents for Recorder<'_> {
             format!("resumed from the checkpoint after epoch {epoch}")
         };
         self.inner.log(&self.session.id, LogLevel::Info, what);
+    }
+
+    fn usage(&mut self, usage: RunUsage) {
+        let peak = self.session.resources.peak_memory_mb.unwrap_or(0).max(usage.peak_memory_mb);
+        self.session.resources.peak_memory_mb = Some(peak);
+        if let Some(run) = lock(&self.inner.sched).running.get_mut(&self.session.id) {
+            run.usage = Some(RunUsage { peak_memory_mb: peak, ..usage });
+        }
+    }
+}
+
+/// The monitor's entry for a CUDA device, if it reports one.
+fn gpu_of(snap: &SystemSnapshot, device: crate::config::Device) -> Option<&crate::system::GpuInfo> {
+    match device {
+        crate::config::Device::Cuda(n) => snap.gpus.iter().find(|g| g.index == n),
+        _ => None,
     }
 }
 

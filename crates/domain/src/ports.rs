@@ -225,8 +225,9 @@ impl StopSignal {
     }
 }
 
-/// Everything a trainer needs to run one session.
-#[derive(Debug, Clone)]
+/// Everything a trainer needs to run one session. Serializable, so that a supervisor can
+/// hand it to a run in another process.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainingJob {
     pub session_id: SessionId,
     pub config: TrainingConfig,
@@ -260,7 +261,7 @@ pub trait TrainingEvents {
 }
 
 /// What a run uses while it lasts, measured by its supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunUsage {
     /// The run's process id, when it runs in a process of its own.
     pub pid: Option<u32>,
@@ -271,7 +272,7 @@ pub struct RunUsage {
 }
 
 /// The memory a session is expected to need at its peak, before it is admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemoryEstimate {
     /// Where it will train: `auto` resolved to `cpu` or `cuda:N`.
     pub device: Device,
@@ -283,7 +284,7 @@ pub struct MemoryEstimate {
 }
 
 /// A finished (completed or stopped) run's model, written into the scratch directory.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainedModel {
     pub file: PathBuf,
     pub format: ModelFormat,
@@ -296,7 +297,7 @@ pub struct TrainedModel {
 }
 
 /// Why a run failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum TrainError {
     /// The dataset cannot be trained on with this config; the message says why.
     #[error("{0}")]

@@ -107,7 +107,7 @@ impl fmt::Display for ModelFormat {
 }
 
 /// A model in the registry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
     pub name: ModelName,
     pub file_path: PathBuf,
@@ -223,7 +223,7 @@ impl fmt::Display for DatasetFormat {
 }
 
 /// What inspecting a dataset file found.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetInfo {
     pub format: DatasetFormat,
     pub sample_count: Option<u64>,
@@ -251,7 +251,7 @@ impl DatasetInfo {
 }
 
 /// A dataset in the registry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetRecord {
     pub name: DatasetName,
     pub file_path: PathBuf,
@@ -273,8 +273,23 @@ pub struct NewDataset {
 }
 
 /// The SHA-256 of a registry file's content, as 64 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ContentHash(String);
+
+impl TryFrom<String> for ContentHash {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::from_hex(&raw).ok_or_else(|| format!("not a SHA-256 hex digest: {raw:.80}"))
+    }
+}
+
+impl From<ContentHash> for String {
+    fn from(hash: ContentHash) -> Self {
+        hash.0
+    }
+}
 
 impl ContentHash {
     /// Parses 64 lowercase hex digits.

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{config::TrainingConfig, ids::ModelName, ids::SessionId};
+use crate::{config::TrainingConfig, ids::ModelName, ids::SessionId, ports::MemoryEstimate};
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,6 +83,19 @@ pub struct Session {
     pub error_message: Option<String>,
     /// The registry name of the model this session produced, once it has one.
     pub model_name: Option<ModelName>,
+    /// Its memory: the estimate it was admitted on, and the peak its run reached.
+    pub resources: SessionResources,
+}
+
+/// A session's memory: estimated before admission, measured while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SessionResources {
+    /// The estimate made when the session was created, with the device it trains on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<MemoryEstimate>,
+    /// The largest resident memory its run process reached, in MB, as last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_mb: Option<u64>,
 }
 
 impl Session {
@@ -99,6 +112,7 @@ impl Session {
             end_time: None,
             error_message: None,
             model_name: None,
+            resources: SessionResources::default(),
         }
     }
 

@@ -2,6 +2,19 @@
 
 use time::OffsetDateTime;
 
+/// Formats megabytes for people: `812 MB`, `9.8 GB`.
+#[must_use]
+pub fn human_mb(mb: u64) -> String {
+    if mb < 1024 {
+        format!("{mb} MB")
+    } else {
+        // Precision loss is irrelevant at a tenth of a gigabyte.
+        #[allow(clippy::cast_precision_loss)]
+        let gb = mb as f64 / 1024.0;
+        format!("{gb:.1} GB")
+    }
+}
+
 /// One GPU's usage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuInfo {

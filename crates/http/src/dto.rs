@@ -186,6 +186,12 @@ pub struct Started {
     pub message: String,
     /// 1-based place in the queue when queued.
     pub queue_position: Option<usize>,
+    /// Why it waits, when queued.
+    pub queue_reason: Option<String>,
+    /// The peak memory the session is expected to need, in MB (host memory; on a GPU, the GPU's).
+    pub estimated_memory_mb: Option<u64>,
+    /// Where it trains: `cpu` or `cuda:N`.
+    pub device: Option<String>,
     pub config: ConfigDto,
 }
 
@@ -210,7 +216,25 @@ pub struct SessionStatus {
     /// The registry name of the model the session produced.
     pub model_name: Option<String>,
     pub created_at: String,
+    /// Why it waits, when queued ("waiting for 6.1 GB of memory; 3.2 GB free").
+    pub queue_reason: Option<String>,
+    /// Where it trains: `cpu` or `cuda:N`.
+    pub device: Option<String>,
+    /// The peak memory it was estimated to need before admission, in MB (host memory; on a
+    /// GPU, the GPU's).
+    pub estimated_memory_mb: Option<u64>,
+    /// The run process's resident memory now, in MB, while it runs.
+    pub memory_mb: Option<u64>,
+    /// The largest resident memory its run process reached, in MB.
+    pub peak_memory_mb: Option<u64>,
+    /// The run process's id, while it runs.
+    pub pid: Option<u32>,
     pub config: ConfigDto,
+}
+
+/// The estimate a client sees: the GPU's memory for GPU runs, else the host's.
+fn estimated_mb(s: &trainyard_domain::Session) -> Option<u64> {
+    s.resources.estimate.map(|e| if e.gpu_mb > 0 { e.gpu_mb } else { e.host_mb })
 }
 
 impl From<&SessionView> for SessionStatus {
@@ -227,6 +251,30 @@ impl From<&SessionView> for SessionStatus {
             queue_position: v.queue_position,
             model_name: s.model_name.as_ref().map(ToString::to_string),
             created_at: iso8601(s.created_at),
+            queue_reason: v.queue_reason.clone(),
+            device: s.resources.estimate.map(|e| e.device.to_string()),
+            estimated_memory_mb: estimated_mb(s),
+            memory_mb: v.usage.map(|u| u.memory_mb),
+            peak_memory_mb: v.usage.map(|u| u.peak_memory_mb).or(s.resources.peak_memory_mb),
+            pid: v.usage.and_then(|u| u.pid),
+            config: (&s.config).into(),
+        }
+    }
+}
+
+impl Started {
+    /// The answer for a session just created.
+    #[must_use]
+    pub fn of(v: &SessionView, message: String) -> Self {
+        let s = &v.session;
+        Self {
+            session_id: s.id.to_string(),
+            status: s.state.to_string(),
+            message,
+            queue_position: v.queue_position,
+            queue_reason: v.queue_reason.clone(),
+            estimated_memory_mb: estimated_mb(s),
+            device: s.resources.estimate.map(|e| e.device.to_string()),
             config: (&s.config).into(),
         }
     }
@@ -242,6 +290,10 @@ pub struct StatusSummary {
     pub end_time: Option<String>,
     pub error_message: Option<String>,
     pub queue_position: Option<usize>,
+    pub queue_reason: Option<String>,
+    pub memory_mb: Option<u64>,
+    pub peak_memory_mb: Option<u64>,
+    pub estimated_memory_mb: Option<u64>,
 }
 
 /// One entry of `GET /api/v1/training/sessions` and `/queue`.
@@ -268,6 +320,10 @@ impl From<&SessionView> for SessionSummary {
                 end_time: full.end_time,
                 error_message: full.error_message,
                 queue_position: full.queue_position,
+                queue_reason: full.queue_reason,
+                memory_mb: full.memory_mb,
+                peak_memory_mb: full.peak_memory_mb,
+                estimated_memory_mb: full.estimated_memory_mb,
             },
             created_at: full.created_at,
             model_name: full.model_name,

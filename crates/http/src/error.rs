@@ -23,6 +23,7 @@ pub enum ErrorCode {
     InvalidDataset,
     InvalidModel,
     UnsupportedModel,
+    InsufficientMemory,
     ValidationError,
     ApiKeyMissing,
     ApiKeyInvalid,
@@ -56,7 +57,8 @@ impl ErrorCode {
             | C::InvalidUpload
             | C::InvalidDataset
             | C::InvalidModel
-            | C::UnsupportedModel => StatusCode::BAD_REQUEST,
+            | C::UnsupportedModel
+            | C::InsufficientMemory => StatusCode::BAD_REQUEST,
             C::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
             C::ApiKeyMissing | C::ApiKeyInvalid | C::ApiKeyExpired | C::ApiKeyRevoked => StatusCode::UNAUTHORIZED,
             C::NotFound | C::SessionNotFound | C::ModelNotFound | C::DatasetNotFound => StatusCode::NOT_FOUND,
@@ -185,6 +187,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::NotFound(id) => Self::new(ErrorCode::SessionNotFound, format!("training session '{id}' not found")),
             ManagerError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
             ManagerError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
+            ManagerError::InsufficientMemory(m) => Self::new(ErrorCode::InsufficientMemory, m),
             ManagerError::Store(s) => s.into(),
         }
     }
@@ -248,8 +251,9 @@ mod tests {
 
     use super::*;
 
-    const ALL: [ErrorCode; 26] = [
+    const ALL: [ErrorCode; 27] = [
         ErrorCode::InvalidModel,
+        ErrorCode::InsufficientMemory,
         ErrorCode::PreconditionFailed,
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::UnsupportedModel,

@@ -22,6 +22,7 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("../../../migrations/0001_init.sql") },
     Migration { version: 2, name: "content_hash", sql: include_str!("../../../migrations/0002_content_hash.sql") },
+    Migration { version: 3, name: "session_resources", sql: include_str!("../../../migrations/0003_session_resources.sql") },
 ];
 
 /// The schema version this build writes.

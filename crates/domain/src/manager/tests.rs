@@ -49,7 +49,7 @@ fn world(max_concurrent: usize, memory_reserve_mb: u64) -> World {
         monitor: monitor.clone(),
         clock: clock.clone(),
     };
-    let policy = SchedulerPolicy { max_concurrent, memory_reserve_mb, retention: Duration::days(7) };
+    let policy = SchedulerPolicy { max_concurrent, memory_reserve_mb, run_memory_limit_mb: 0, retention: Duration::days(7) };
     World { manager: SessionManager::new(ports, policy), trainer, sessions, metrics, models, monitor, scratch, clock }
 }
 

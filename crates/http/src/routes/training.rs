@@ -38,14 +38,7 @@ pub(crate) async fn start_training(state: web::Data<AppState>, body: web::Json<S
     let req: TrainingRequest = body.into_inner().into();
     let manager = state.manager.clone();
     let started = blocking(move || manager.start(&req)).await?;
-    let s = &started.view.session;
-    Ok(web::Json(Started {
-        session_id: s.id.to_string(),
-        status: s.state.to_string(),
-        message: started.message.clone(),
-        queue_position: started.view.queue_position,
-        config: (&s.config).into(),
-    }))
+    Ok(web::Json(Started::of(&started.view, started.message)))
 }
 
 /// Stops a running session (its current weights are saved) or cancels a queued one.

@@ -5,13 +5,13 @@ use rusqlite::{params, Row, ToSql};
 use time::OffsetDateTime;
 use trainyard_domain::{
     ports::{SessionRepository, StoreError},
-    ModelName, Session, SessionId, SessionState, TrainingConfig,
+    ModelName, Session, SessionId, SessionResources, SessionState, TrainingConfig,
 };
 
 use super::SqliteStore;
 use crate::{codec, db::conflict_as};
 
-const COLUMNS: &str = "id, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name";
+const COLUMNS: &str = "id, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources";
 
 /// A session's columns as SQLite returns them, before decoding.
 struct SessionRow {
@@ -24,6 +24,7 @@ struct SessionRow {
     end_time: Option<String>,
     error_message: Option<String>,
     model_name: Option<String>,
+    resources: Option<String>,
 }
 
 impl SessionRow {
@@ -38,6 +39,7 @@ impl SessionRow {
             end_time: r.get(6)?,
             error_message: r.get(7)?,
             model_name: r.get(8)?,
+            resources: r.get(9)?,
         })
     }
 
@@ -54,6 +56,10 @@ impl SessionRow {
             end_time: codec::parse_ts_opt(self.end_time.as_deref())?,
             error_message: self.error_message,
             model_name: self.model_name.map(ModelName::new).transpose().map_err(|e| codec::corrupt(&field("model name"), e))?,
+            resources: match self.resources {
+                None => SessionResources::default(),
+                Some(json) => serde_json::from_str(&json).map_err(|e| codec::corrupt(&field("resources"), e))?,
+            },
             id,
         })
     }
@@ -70,6 +76,7 @@ struct Encoded<'a> {
     end_time: Option<String>,
     error_message: Option<&'a str>,
     model_name: Option<&'a str>,
+    resources: Option<String>,
 }
 
 impl<'a> Encoded<'a> {
@@ -84,6 +91,11 @@ impl<'a> Encoded<'a> {
             end_time: codec::ts_opt(s.end_time)?,
             error_message: s.error_message.as_deref(),
             model_name: s.model_name.as_ref().map(ModelName::as_str),
+            resources: if s.resources == SessionResources::default() {
+                None
+            } else {
+                Some(serde_json::to_string(&s.resources).map_err(|e| codec::corrupt("session resources", e))?)
+            },
         })
     }
 }
@@ -104,8 +116,8 @@ impl SessionRepository for SqliteStore {
             .write(|tx| {
                 tx.prepare_cached(
                     "INSERT INTO sessions
-                         (id, seq, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name)
-                     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                         (id, seq, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources)
+                     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?
                 .execute(params![
                     e.id,
@@ -116,7 +128,8 @@ impl SessionRepository for SqliteStore {
                     e.start_time,
                     e.end_time,
                     e.error_message,
-                    e.model_name
+                    e.model_name,
+                    e.resources
                 ])
             })
             .map_err(conflict_as(|| format!("session {} already exists", session.id)))?;
@@ -129,7 +142,7 @@ impl SessionRepository for SqliteStore {
             tx.prepare_cached(
                 "UPDATE sessions
                  SET state = ?2, config = ?3, current_epoch = ?4, created_at = ?5, start_time = ?6, end_time = ?7,
-                     error_message = ?8, model_name = ?9
+                     error_message = ?8, model_name = ?9, resources = ?10
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -141,7 +154,8 @@ impl SessionRepository for SqliteStore {
                 e.start_time,
                 e.end_time,
                 e.error_message,
-                e.model_name
+                e.model_name,
+                e.resources
             ])
         })?;
         if changed == 0 {
@@ -173,6 +187,8 @@ impl SessionRepository for SqliteStore {
 mod tests {
     use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
     use time::Duration;
+
+    use trainyard_domain::{config::Device, ports::MemoryEstimate};
 
     use super::*;
     use crate::test_support::{session, temp_store, time_from};
@@ -228,6 +244,8 @@ mod tests {
         error: Option<String>,
         model: bool,
         learning_rate: f64,
+        peak_memory_mb: Option<u64>,
+        estimate_mb: Option<(u64, u64)>,
     }
 
     impl Arbitrary for Change {
@@ -241,12 +259,15 @@ mod tests {
                 error: Option::arbitrary(g),
                 model: bool::arbitrary(g),
                 learning_rate: if lr.is_finite() { lr } else { 0.001 },
+                peak_memory_mb: Option::arbitrary(g),
+                estimate_mb: Option::arbitrary(g),
             }
         }
     }
 
     // Property 18: session round trip: any session inserted then updated (arbitrary state,
-    // epoch, times, error, model, config) reads back equal, and list_in_state is FIFO.
+    // epoch, times, error, model, config, memory estimate and peak) reads back equal, and
+    // list_in_state is FIFO.
     #[test]
     fn prop18_sessions_round_trip_and_queue_is_fifo() {
         fn prop(changes: Vec<Change>) -> TestResult {
@@ -267,6 +288,12 @@ mod tests {
                 s.error_message = c.error.clone();
                 s.model_name = c.model.then(|| ModelName::new(s.id.as_str()).unwrap());
                 s.config.learning_rate = c.learning_rate;
+                s.resources.peak_memory_mb = c.peak_memory_mb;
+                s.resources.estimate = c.estimate_mb.map(|(host_mb, gpu_mb)| MemoryEstimate {
+                    device: if gpu_mb % 2 == 0 { Device::Cpu } else { Device::Cuda(1) },
+                    host_mb,
+                    gpu_mb,
+                });
                 if store.update(&s).is_err() || store.get(&s.id) != Ok(Some(s.clone())) {
                     return TestResult::failed();
                 }

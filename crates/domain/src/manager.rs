@@ -288,6 +288,12 @@ impl SessionManager {
     /// # Errors
     /// [`ManagerError::NotFound`] or a store error.
     pub fn view(&self, id: &SessionId) -> Result<SessionView, ManagerError> {
+        let sched = lock(&self.inner.sched);
+        self.view_in(&sched, id)
+    }
+
+    /// As [`Self::view`], with the scheduler already locked by the caller.
+    fn view_in(&self, sched: &Sched, id: &SessionId) -> Result<SessionView, ManagerError> {
         let p = &self.inner.ports;
         let session = p.sessions.get(id)?.ok_or_else(|| ManagerError::NotFound(id.clone()))?;
         let queue_position = if session.state == SessionState::Queued {
@@ -295,7 +301,7 @@ impl SessionManager {
         } else {
             None
         };
-        Ok(self.inner.annotate(session, queue_position))
+        Ok(self.inner.annotate(sched, session, queue_position))
     }
 
     /// Every session, oldest first, with queue positions.
@@ -304,6 +310,7 @@ impl SessionManager {
     /// A store error.
     pub fn list(&self) -> Result<Vec<SessionView>, ManagerError> {
         let sessions = self.inner.ports.sessions.list()?;
+        let sched = lock(&self.inner.sched);
         let mut pos = 0;
         Ok(sessions
             .into_iter()
@@ -312,7 +319,7 @@ impl SessionManager {
                     pos += 1;
                     pos
                 });
-                self.inner.annotate(session, queue_position)
+                self.inner.annotate(&sched, session, queue_position)
             })
             .collect())
     }
@@ -323,7 +330,8 @@ impl SessionManager {
     /// A store error.
     pub fn queue(&self) -> Result<Vec<SessionView>, ManagerError> {
         let queued = self.inner.ports.sessions.list_in_state(SessionState::Queued)?;
-        Ok(queued.into_iter().enumerate().map(|(i, session)| self.inner.annotate(session, Some(i + 1))).collect())
+        let sched = lock(&self.inner.sched);
+        Ok(queued.into_iter().enumerate().map(|(i, session)| self.inner.annotate(&sched, session, Some(i + 1))).collect())
     }
 
     /// Stops a session: a running one finishes its current batch, saves its weights and ends
@@ -449,7 +457,7 @@ impl SessionManager {
         // run ends, so nothing can slip between the read and the wait.
         let mut sched = lock(&self.inner.sched);
         loop {
-            let view = self.view(id)?;
+            let view = self.view_in(&sched, id)?;
             let left = deadline.saturating_duration_since(Instant::now());
             let reached = min_epoch.is_some_and(|e| view.session.current_epoch >= e);
             if view.session.state.is_terminal() || reached || left.is_zero() {
@@ -525,8 +533,7 @@ impl Inner {
     }
 
     /// A view of `session` with what the scheduler knows of it now.
-    fn annotate(&self, session: Session, queue_position: Option<usize>) -> SessionView {
-        let sched = lock(&self.sched);
+    fn annotate(&self, sched: &Sched, session: Session, queue_position: Option<usize>) -> SessionView {
         let usage = sched.running.get(&session.id).and_then(|r| r.usage);
         let queue_reason = queue_position.map(|pos| match &sched.head_reason {
             Some((id, why)) if *id == session.id => why.clone(),

@@ -1,5 +1,5 @@
 //! Writing a model as safetensors: every variable of a `VarMap` under its dotted name, the
-//! run's metadata in the header's `__metadata__` string map, written to a temporary file in
+//! model's description in the header's `__metadata__` string map, written to a temporary file in
 //! the same directory and renamed into place so that a reader never sees half a file.
 
 use std::{
@@ -11,7 +11,6 @@ use std::{
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use serde_json::Value;
 
 /// Why a checkpoint could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -20,27 +19,6 @@ pub(crate) enum SaveError {
     Backend(#[from] candle_core::Error),
     #[error("could not write {path}: {message}")]
     Io { path: PathBuf, message: String },
-}
-
-/// The safetensors `__metadata__` map for a JSON object: strings as they are, anything else as
-/// JSON text (lists and objects stay machine-readable).
-pub(crate) fn header_metadata(metadata: &Value) -> HashMap<String, String> {
-    let Some(object) = metadata.as_object() else { return HashMap::new() };
-    let mut out: HashMap<String, String> = object
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                },
-            )
-        })
-        .collect();
-    // What `safetensors.torch` writes; loaders such as transformers look for it.
-    out.entry("format".into()).or_insert_with(|| "pt".into());
-    out
 }
 
 /// Writes every variable of `varmap` with `metadata` to `path`, atomically.
@@ -92,14 +70,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let varmap = VarMap::new();
         varmap.get((2, 3), "layers.0.weight", Init::Const(0.5), DType::F32, &Device::Cpu).unwrap();
-        let meta = header_metadata(&serde_json::json!({ "architecture": "mlp", "classes": ["a", "b"], "input_features": 3 }));
+        let meta: HashMap<String, String> =
+            [("architecture", "mlp"), ("classes", r#"["a","b"]"#), ("format", "pt")].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
         let path = dir.path().join("model.safetensors");
-        save(&varmap, meta, &path).unwrap();
+        save(&varmap, meta.clone(), &path).unwrap();
         let bytes = fs::read(&path).unwrap();
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         let m = header.metadata().clone().unwrap();
-        assert_eq!((m["architecture"].as_str(), m["classes"].as_str(), m["input_features"].as_str()), ("mlp", r#"["a","b"]"#, "3"));
-        assert_eq!(m["format"], "pt");
+        assert_eq!(m, meta);
         let loaded = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
         assert_eq!(loaded["layers.0.weight"].dims(), [2, 3]);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "only the model remains");

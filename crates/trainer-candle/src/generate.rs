@@ -10,7 +10,11 @@ use trainyard_domain::{
     registry::ModelRecord,
 };
 
-use crate::{char_run::lstm_config, lstm::CharLstm, rng::SplitMix64, weights};
+use crate::{
+    lstm::{CharLstm, CharLstmConfig},
+    rng::SplitMix64,
+    weights,
+};
 
 /// Generates text with character-LSTM models.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +37,7 @@ impl Generator for CandleGenerator {
         let loaded = weights::load_char_model(&model.file_path, model.format, &device)
             .map_err(|e| GenerateError::Unsupported(format!("model '{}' cannot generate text: {e}", model.name)))?;
         let vocab = loaded.vocab;
-        let cfg = lstm_config(loaded.opts, vocab.len());
+        let cfg = CharLstmConfig::from_options(loaded.opts, vocab.len());
         let lstm = CharLstm::load(cfg, VarBuilder::from_tensors(loaded.tensors, DType::F32, &device))
             .map_err(|e| GenerateError::Unsupported(format!("model '{}' cannot generate text: {e}", model.name)))?;
         let seed = req.seed.unwrap_or_else(|| {

@@ -1,8 +1,9 @@
 //! [`CandlePredictor`]: classification with a Trainyard-trained model from the registry.
 //!
-//! The model file's metadata (written by the trainer) says everything needed: the network's
-//! spec (`model`), the class names, and the standardisation applied in training (per feature
-//! for tables, per channel for images), which prediction applies the same way.
+//! The model file's description, read with [`crate::model_meta`]'s reader, says everything
+//! needed: the network's architecture and sizes, the class names, and the standardisation
+//! applied in training (per feature for tables, per channel for images), which prediction
+//! applies the same way.
 //!
 //! Inputs:
 //! - tables: rows of numbers in the model's feature order, or rows of feature name to value
@@ -13,17 +14,15 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use serde_json::Value;
 use trainyard_domain::{
     ports::{ClassPrediction, NdArray, PredictError, PredictInput, Predictor},
     registry::{ModelFormat, ModelRecord},
-    Architecture,
 };
 
 use crate::{
     images::{self, limits::Limits},
-    mlp::{Mlp, MlpShape},
-    trainer::Net,
+    model_meta::{Model, ModelMeta},
+    net::{Net, NetSpec},
     vision::{self, ImageShape, Mode},
     weights,
 };
@@ -50,7 +49,7 @@ fn failed(e: impl std::fmt::Display) -> PredictError {
     PredictError::Failed(format!("prediction failed: {e}"))
 }
 
-/// What the metadata says about the model.
+/// A model ready to classify, with what its description says about inputs and outputs.
 struct Classifier {
     net: Net,
     classes: Vec<String>,
@@ -62,18 +61,6 @@ struct Classifier {
 enum Kind {
     Table { features: Vec<String> },
     Image(ImageShape),
-}
-
-fn floats(meta: &serde_json::Map<String, Value>, key: &str) -> Option<Vec<f64>> {
-    meta.get(key)?.as_array()?.iter().map(Value::as_f64).collect()
-}
-
-fn strings(meta: &serde_json::Map<String, Value>, key: &str) -> Option<Vec<String>> {
-    meta.get(key)?.as_array()?.iter().map(|v| v.as_str().map(str::to_owned)).collect()
-}
-
-fn usizes(v: &Value) -> Option<Vec<usize>> {
-    v.as_array()?.iter().map(|x| x.as_u64().and_then(|n| usize::try_from(n).ok())).collect()
 }
 
 impl Classifier {
@@ -89,14 +76,7 @@ impl Classifier {
         }
         let device = Device::Cpu;
         let loaded = weights::load_safetensors(&model.file_path, &device).map_err(|e| unsupported(&e))?;
-        let meta = &loaded.metadata;
-        let spec = meta.get("model").and_then(Value::as_object).ok_or_else(|| unsupported("it has no Trainyard model description"))?;
-        let arch = spec
-            .get("architecture")
-            .and_then(Value::as_str)
-            .and_then(Architecture::parse)
-            .ok_or_else(|| unsupported("unknown architecture"))?;
-        let classes = strings(meta, "classes").ok_or_else(|| unsupported("it lists no classes"))?;
+        let meta = ModelMeta::from_header(&loaded.header).map_err(|e| unsupported(&e))?;
         let varmap = VarMap::new();
         {
             let mut vars = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -109,39 +89,25 @@ impl Classifier {
                 vars.insert(name, Var::from_tensor(&tensor).map_err(failed)?);
             }
         }
-        let dropout = meta.get("hyperparameters").and_then(|h| h.get("dropout")).and_then(Value::as_f64).unwrap_or(0.0);
+        let dropout = meta.run.as_ref().map_or(0.0, |run| run.hyperparameters.dropout);
         let bad = |e: candle_core::Error| unsupported(&format!("its tensors do not match its description ({e})"));
-        match arch {
-            Architecture::Mlp => {
-                let dropout_layers = spec.get("dropout_layers").and_then(Value::as_bool).unwrap_or(false);
-                let shape = spec
-                    .get("layers")
-                    .and_then(usizes)
-                    .and_then(|widths| MlpShape::from_widths(&widths, dropout_layers))
-                    .ok_or_else(|| unsupported("no layer sizes"))?;
-                let features = strings(meta, "feature_names").unwrap_or_else(|| (0..shape.inputs).map(|j| format!("x{j}")).collect());
-                Ok(Self {
-                    net: Net::Mlp(Mlp::load(&varmap, &shape, dropout, &device).map_err(bad)?),
-                    classes,
-                    mean: floats(meta, "feature_mean").unwrap_or_else(|| vec![0.0; shape.inputs]),
-                    std: floats(meta, "feature_std").unwrap_or_else(|| vec![1.0; shape.inputs]),
-                    kind: Kind::Table { features },
-                })
-            }
-            Architecture::CharLstm => Err(unsupported("it is a text generator; use POST /api/v1/models/{name}/generate")),
-            image_arch => {
-                let dims =
-                    spec.get("input_shape").and_then(usizes).filter(|d| d.len() == 3).ok_or_else(|| unsupported("no input shape"))?;
-                let input = ImageShape { channels: dims[0], height: dims[1], width: dims[2] };
-                let net = vision::load(image_arch, &varmap, input, classes.len(), dropout, &device).map_err(bad)?;
-                Ok(Self {
-                    net: Net::Image(net),
-                    classes,
-                    mean: floats(meta, "channel_mean").unwrap_or_else(|| vec![0.0; input.channels]),
-                    std: floats(meta, "channel_std").unwrap_or_else(|| vec![1.0; input.channels]),
-                    kind: Kind::Image(input),
-                })
-            }
+        let load = |spec: NetSpec| spec.load(&varmap, dropout, &device).map_err(bad);
+        match meta.model {
+            Model::Table(m) => Ok(Self {
+                net: load(NetSpec::Mlp(m.shape))?,
+                classes: m.classes,
+                mean: m.normalisation.mean,
+                std: m.normalisation.std,
+                kind: Kind::Table { features: m.feature_names },
+            }),
+            Model::Image(m) => Ok(Self {
+                net: load(NetSpec::Image { arch: m.arch, input: m.input, classes: m.classes.len() })?,
+                classes: m.classes,
+                mean: m.normalisation.mean,
+                std: m.normalisation.std,
+                kind: Kind::Image(m.input),
+            }),
+            Model::Char(_) => Err(unsupported("it is a text generator; use POST /api/v1/models/{name}/generate")),
         }
     }
 

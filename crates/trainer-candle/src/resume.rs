@@ -6,7 +6,6 @@ use std::{collections::HashMap, path::Path};
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use serde_json::{Map, Value};
 use trainyard_domain::{
     metrics::EpochMetrics,
     ports::{TrainError, TrainingEvents},
@@ -14,8 +13,9 @@ use trainyard_domain::{
 
 use crate::{
     checkpoint,
+    epoch_loop::backend,
+    model_meta::ModelMeta,
     optim::{TrainOptimizer, STATE_PREFIX},
-    trainer::backend,
     weights,
 };
 
@@ -27,8 +27,8 @@ pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub(crate) struct Checkpoint {
     /// The last epoch it holds.
     pub epoch: u32,
-    /// What the writer recorded about the run (architecture, sizes, vocabulary, ...).
-    pub metadata: Map<String, Value>,
+    /// The model it holds, as the model file would describe it.
+    pub description: ModelMeta,
     pub tensors: HashMap<String, Tensor>,
     metrics: Option<EpochMetrics>,
 }
@@ -41,19 +41,10 @@ impl Checkpoint {
             return Ok(None);
         }
         let loaded = weights::load_safetensors(&path, device).map_err(|e| format!("unreadable checkpoint: {e}"))?;
-        let epoch = loaded
-            .metadata
-            .get("epoch")
-            .and_then(Value::as_u64)
-            .and_then(|e| u32::try_from(e).ok())
-            .ok_or("the checkpoint names no epoch")?;
-        let metrics = loaded.metadata.get("metrics").and_then(|m| serde_json::from_value(m.clone()).ok());
-        Ok(Some(Self { epoch, metadata: loaded.metadata, tensors: loaded.tensors, metrics }))
-    }
-
-    /// Whether the writer recorded `value` under `key`.
-    pub(crate) fn recorded(&self, key: &str, value: &Value) -> bool {
-        self.metadata.get(key) == Some(value)
+        let epoch = loaded.header.get("epoch").and_then(|e| e.parse::<u32>().ok()).ok_or("the checkpoint names no epoch")?;
+        let metrics = loaded.header.get("metrics").and_then(|m| serde_json::from_str(m).ok());
+        let description = ModelMeta::from_header(&loaded.header).map_err(|e| format!("the checkpoint's model: {e}"))?;
+        Ok(Some(Self { epoch, description, tensors: loaded.tensors, metrics }))
     }
 
     /// Loads the optimizer state, then tells `events` where the run resumes and replays the
@@ -71,21 +62,20 @@ impl Checkpoint {
     }
 }
 
-/// Writes the checkpoint of a finished epoch: `metadata` plus the epoch and its metrics.
+/// Writes the checkpoint of a finished epoch: the model's description plus the epoch and its
+/// metrics.
 pub(crate) fn write(
     dir: &Path,
     varmap: &VarMap,
     optimizer: &TrainOptimizer,
-    mut metadata: Value,
+    description: &ModelMeta,
     metrics: &EpochMetrics,
 ) -> Result<(), TrainError> {
-    if let Some(obj) = metadata.as_object_mut() {
-        obj.insert("epoch".into(), metrics.epoch.into());
-        obj.insert("metrics".into(), serde_json::to_value(metrics).unwrap_or(Value::Null));
-    }
+    let mut header = description.to_header();
+    header.insert("epoch".into(), metrics.epoch.to_string());
+    header.insert("metrics".into(), serde_json::to_string(metrics).map_err(|e| TrainError::Failed(e.to_string()))?);
     let extra = optimizer.state().map_err(backend)?;
-    checkpoint::save_with(varmap, extra, checkpoint::header_metadata(&metadata), &dir.join(CHECKPOINT_FILE))
-        .map_err(|e| TrainError::Io(e.to_string()))
+    checkpoint::save_with(varmap, extra, header, &dir.join(CHECKPOINT_FILE)).map_err(|e| TrainError::Io(e.to_string()))
 }
 
 /// Copies `tensors` into the same-named variables of `varmap`. Embedding and output rows may

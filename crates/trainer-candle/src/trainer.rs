@@ -1,36 +1,30 @@
-//! [`CandleTrainer`], the trainer: classifiers (the MLP on tables, the [`crate::vision`]
-//! models on images) trained in-process with candle, reporting every epoch, checkpointing so
-//! an interrupted run resumes, stopping between batches on request, and saving the weights as
-//! safetensors; the char-LSTM runs in [`crate::char_run`].
+//! [`CandleTrainer`], the trainer: it checks the dataset against the architecture, picks the
+//! device and runs the architecture's [`Task`] through [`crate::epoch_loop`]. The classifiers'
+//! task (the MLP on tables, the [`crate::vision`] models on images) lives here; the
+//! char-LSTM's in [`crate::char_run`].
 
-use std::{path::Path, time::Instant};
-
-use candle_core::{Device, DeviceLocation, Tensor};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use serde_json::{json, Value};
-use time::OffsetDateTime;
 use trainyard_domain::{
     config,
-    metrics::{EpochMetrics, LogLevel},
+    metrics::LogLevel,
     ports::{MemoryEstimate, StopSignal, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
-    registry::{DatasetFormat, DatasetRecord, ModelFormat, ModelRecord},
+    registry::{DatasetFormat, DatasetRecord, ModelRecord},
     Architecture, TrainingConfig,
 };
 
 use crate::{
-    checkpoint, data,
+    data,
     data::{Prepared, Split},
+    epoch_loop::{backend, count_correct, device_name, named_vars, Faults, Session, Step, Task},
     images, loss,
-    mlp::{Mlp, MlpShape},
-    optim::TrainOptimizer,
-    resume::{self, Checkpoint},
+    mlp::MlpShape,
+    model_meta::{ImageModel, Model, ModelMeta, Normalisation, TableModel},
+    net::{Net, NetSpec},
     rng::{self, SplitMix64, Stream},
     table::{Delimiter, TableError},
-    vision::{self, ImageClassifier, ImageShape, Mode},
+    vision::{self, ImageShape, Mode},
 };
-
-/// The file a run writes into its scratch directory.
-pub const MODEL_FILE_NAME: &str = "model.safetensors";
 
 /// Rows evaluated at once when computing validation metrics.
 const EVAL_CHUNK: usize = 4096;
@@ -40,20 +34,20 @@ const EVAL_CHUNK: usize = 4096;
 ///
 /// Runs are reproducible: on the CPU the same config, seed and data give bit-identical
 /// metrics and weights. The model file holds the parameters with PyTorch's names (see
-/// [`crate::mlp`] and [`crate::vision`]) and, in the safetensors `__metadata__` header,
-/// everything needed to use it: architecture, input shape (and feature names for tables),
-/// class names, the standardisation mean and std, hyperparameters, final metrics and the
-/// session id.
+/// [`crate::mlp`] and [`crate::vision`]) and, in the safetensors `__metadata__` header, the
+/// model's description ([`crate::model_meta`]): architecture, input shape (and feature names for
+/// tables), class names, the standardisation mean and std, hyperparameters, final metrics and
+/// the session id.
 #[derive(Debug, Clone)]
 pub struct CandleTrainer {
     /// Forces the CPU even when the `cuda` feature is on.
     cpu_only: bool,
     /// Failure injection for tests: request a stop once this many batches have run.
     #[cfg(test)]
-    stop_after_batches: Option<u64>,
+    pub(crate) stop_after_batches: Option<u64>,
     /// Failure injection for tests: make this batch's loss NaN (counted from 0).
     #[cfg(test)]
-    nan_at_batch: Option<u64>,
+    pub(crate) nan_at_batch: Option<u64>,
 }
 
 impl Default for CandleTrainer {
@@ -108,25 +102,20 @@ impl CandleTrainer {
             }
         }
     }
-}
 
-/// A var map's variables with their names, in name order (so optimizer state lines up).
-pub(crate) fn named_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
-    let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut vars: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
-}
-
-pub(crate) fn backend(e: candle_core::Error) -> TrainError {
-    TrainError::Failed(format!("training backend error: {e}"))
-}
-
-pub(crate) fn device_name(device: &Device) -> String {
-    match device.location() {
-        DeviceLocation::Cpu => "cpu".to_owned(),
-        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    /// A run of `job` on `device` through the epoch loop.
+    fn session<'a>(
+        &self,
+        job: &'a TrainingJob,
+        device: &'a Device,
+        events: &'a mut dyn TrainingEvents,
+        stop: &'a StopSignal,
+    ) -> Session<'a> {
+        #[cfg(test)]
+        let faults = Faults { stop_after_batches: self.stop_after_batches, nan_at_batch: self.nan_at_batch };
+        #[cfg(not(test))]
+        let faults = Faults::default();
+        Session { job, device, events, stop, faults }
     }
 }
 
@@ -142,7 +131,9 @@ impl Trainer for CandleTrainer {
                 )));
             }
             let device = self.device(cfg.device)?;
-            return crate::char_run::train(job, &device, events, stop);
+            return self
+                .session(job, &device, events, stop)
+                .train(|checkpoint, events| crate::char_run::build(job, &device, checkpoint, events));
         }
         if job.dataset.info.data_kind() != Some(cfg.model_architecture.data_kind()) {
             return Err(TrainError::Data(format!(
@@ -173,17 +164,7 @@ impl Trainer for CandleTrainer {
         }
         .map_err(in_dataset)?;
         let device = self.device(cfg.device)?;
-        Run {
-            #[cfg(test)]
-            trainer: self,
-            job,
-            cfg,
-            data: &prepared,
-            device: &device,
-            events,
-            stop,
-        }
-        .go()
+        self.session(job, &device, events, stop).train(|_, events| Classifier::build(job, &prepared, &device, events))
     }
 
     fn check_base_model(&self, cfg: &TrainingConfig, model: &ModelRecord) -> Result<(), String> {
@@ -212,361 +193,195 @@ impl Trainer for CandleTrainer {
     }
 }
 
-/// A classifier being trained.
-pub(crate) enum Net {
-    Mlp(Mlp),
-    Image(Box<dyn ImageClassifier>),
-}
-
-impl Net {
-    /// Logits for a batch.
-    pub(crate) fn forward(&self, x: &Tensor, mode: Mode<'_>) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Mlp(m) => m.forward(x, mode),
-            Self::Image(m) => m.forward(x, mode),
+/// The network a config and prepared data call for.
+fn net_spec(cfg: &TrainingConfig, data: &Prepared) -> NetSpec {
+    let classes = data.classes.len();
+    match (cfg.model_architecture, data.sample_shape.as_slice()) {
+        (arch, &[channels, height, width]) if arch != Architecture::Mlp => {
+            NetSpec::Image { arch, input: ImageShape { channels, height, width }, classes }
         }
-    }
-}
-
-/// What a run builds: the architecture and the sizes its parameters follow from.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum NetSpec {
-    Mlp(MlpShape),
-    Image { arch: Architecture, input: ImageShape, classes: usize },
-}
-
-impl NetSpec {
-    /// The spec for a config and prepared data.
-    fn of(cfg: &TrainingConfig, data: &Prepared) -> Self {
-        let classes = data.classes.len();
-        match (cfg.model_architecture, data.sample_shape.as_slice()) {
-            (arch, &[channels, height, width]) if arch != Architecture::Mlp => {
-                Self::Image { arch, input: ImageShape { channels, height, width }, classes }
-            }
-            _ => Self::Mlp(MlpShape {
-                inputs: data.features(),
-                hidden: cfg
-                    .hidden_sizes
-                    .clone()
-                    .unwrap_or_else(|| config::DEFAULT_HIDDEN_SIZES.to_vec())
-                    .into_iter()
-                    .map(|w| w as usize)
-                    .collect(),
-                classes,
-                dropout: cfg.dropout > 0.0,
-            }),
-        }
-    }
-
-    /// The spec recorded in checkpoints and model files, so a resume or a load builds the same.
-    pub(crate) fn to_json(&self) -> Value {
-        match self {
-            Self::Mlp(s) => {
-                json!({ "architecture": "mlp", "layers": s.widths(), "dropout_layers": s.dropout })
-            }
-            Self::Image { arch, input, classes } => {
-                json!({ "architecture": arch.as_str(), "input_shape": [input.channels, input.height, input.width], "classes": classes })
-            }
-        }
-    }
-
-    /// Builds the network with fresh parameters in `varmap`.
-    fn build(&self, varmap: &VarMap, dropout: f64, rng: &mut SplitMix64, device: &Device) -> candle_core::Result<Net> {
-        Ok(match self {
-            Self::Mlp(shape) => Net::Mlp(Mlp::new(varmap, shape, dropout, rng, device)?),
-            Self::Image { arch, input, classes } => Net::Image(vision::build(*arch, varmap, *input, *classes, dropout, rng, device)?),
-        })
-    }
-
-    /// Every parameter (and buffer) name with its shape.
-    fn parameter_shapes(&self) -> candle_core::Result<Vec<(String, Vec<usize>)>> {
-        match self {
-            Self::Mlp(shape) => Ok(shape.parameter_shapes()),
-            Self::Image { arch, input, classes } => vision::parameter_shapes(*arch, *input, *classes),
-        }
-    }
-
-    /// Trainable numbers.
-    fn parameter_count(&self) -> usize {
-        match self {
-            Self::Mlp(shape) => shape.parameter_count(),
-            Self::Image { arch, input, classes } => vision::parameter_count(*arch, *input, *classes),
-        }
-    }
-
-    /// `mlp 4-128-64-3` or `resnet18 on 8x8x1 images (3x3 stem ...)`.
-    fn describe(&self) -> String {
-        match self {
-            Self::Mlp(shape) => format!("mlp {}", shape.describe()),
-            Self::Image { arch, input, classes } => format!(
-                "{arch} on {}x{}x{} images, {classes} classes ({})",
-                input.height,
-                input.width,
-                input.channels,
-                vision::adaptation(*arch, *input)
-            ),
-        }
+        _ => NetSpec::Mlp(MlpShape {
+            inputs: data.features(),
+            hidden: cfg
+                .hidden_sizes
+                .clone()
+                .unwrap_or_else(|| config::DEFAULT_HIDDEN_SIZES.to_vec())
+                .into_iter()
+                .map(|w| w as usize)
+                .collect(),
+            classes,
+            dropout: cfg.dropout > 0.0,
+        }),
     }
 }
 
-/// One training run's state.
-struct Run<'a> {
-    #[cfg(test)]
-    trainer: &'a CandleTrainer,
-    job: &'a TrainingJob,
+/// A classifier (the MLP or an image model) as the epoch loop trains it.
+struct Classifier<'a> {
     cfg: &'a TrainingConfig,
     data: &'a Prepared,
-    device: &'a Device,
-    events: &'a mut dyn TrainingEvents,
-    stop: &'a StopSignal,
+    spec: NetSpec,
+    varmap: VarMap,
+    net: Net,
+    x_train: Tensor,
+    x_val: Option<Tensor>,
+    /// Training row indices, shuffled per epoch.
+    rows: Vec<u32>,
+    batch_seed: u64,
+    batch_size: usize,
+    /// The epoch's dropout masks.
+    masks: SplitMix64,
+    labels: Vec<u32>,
 }
 
-impl Run<'_> {
-    fn log(&mut self, level: LogLevel, message: String) {
-        self.events.log(level, message);
-    }
-
-    fn go(mut self) -> Result<TrainedModel, TrainError> {
-        let (cfg, data) = (self.cfg, self.data);
-        let spec = NetSpec::of(cfg, data);
-        let val_len = data.val.as_ref().map_or(0, Split::len);
-        self.log_start(&spec, val_len);
-
+impl<'a> Classifier<'a> {
+    fn build(job: &'a TrainingJob, data: &'a Prepared, device: &Device, events: &mut dyn TrainingEvents) -> Result<Self, TrainError> {
+        let cfg = &job.config;
+        let spec = net_spec(cfg, data);
+        log_start(job, data, &spec, device, events);
         let varmap = VarMap::new();
-        let model = spec.build(&varmap, cfg.dropout, &mut SplitMix64::stream(cfg.seed, Stream::Init), self.device).map_err(backend)?;
-        let trained: Vec<_> = named_vars(&varmap).into_iter().filter(|(name, _)| !vision::is_buffer(name)).collect();
-        let mut optimizer = TrainOptimizer::new(cfg.optimizer, trained, cfg.learning_rate, cfg.momentum);
+        let net = spec.build(&varmap, cfg.dropout, &mut SplitMix64::stream(cfg.seed, Stream::Init), device).map_err(backend)?;
         let samples = |split: &Split| {
             let shape: Vec<usize> = std::iter::once(split.len()).chain(data.sample_shape.iter().copied()).collect();
-            Tensor::from_slice(&split.x, shape, self.device).map_err(backend)
+            Tensor::from_slice(&split.x, shape, device).map_err(backend)
         };
         let x_train = samples(&data.train)?;
         let x_val = match &data.val {
             Some(v) => Some(samples(v)?),
             None => None,
         };
-
         let rows: Vec<u32> = (0..u32::try_from(data.train.len()).map_err(|_| TrainError::Data("too many rows".into()))?).collect();
-        let batch_seed = SplitMix64::stream(cfg.seed, Stream::Batches).next_u64();
         let batch_size = usize::try_from(cfg.batch_size).unwrap_or(1).max(1);
-        let mut labels = Vec::with_capacity(batch_size);
-        let resumed = match Checkpoint::read(&self.job.scratch_dir, self.device) {
-            Ok(Some(ckpt)) if ckpt.recorded("model", &spec.to_json()) => Some(ckpt),
-            Ok(Some(_)) => {
-                self.log(LogLevel::Warning, "ignoring a checkpoint written for another model shape; starting over".into());
-                None
-            }
-            Ok(None) => None,
-            Err(why) => {
-                self.log(LogLevel::Warning, format!("ignoring the checkpoint ({why}); starting over"));
-                None
-            }
-        };
-        let start_epoch = match resumed {
-            Some(ckpt) => {
-                resume::assign(&varmap, &ckpt.tensors).map_err(TrainError::Data)?;
-                ckpt.restore(&mut optimizer, self.events)?
-            }
-            None => 0,
-        };
-        let (mut completed, mut last, mut stopped, mut batches_run) = (start_epoch, None::<EpochMetrics>, false, 0u64);
-
-        'epochs: for epoch in start_epoch + 1..=cfg.epochs {
-            let started = Instant::now();
-            let order = rng::epoch_order(&rows, batch_seed, epoch);
-            // Dropout masks per epoch, so that a resumed run draws what the uninterrupted one would.
-            let mut masks = SplitMix64::stream(cfg.seed ^ u64::from(epoch), Stream::Dropout);
-            let (mut loss_sum, mut batches, mut correct) = (0.0f64, 0u32, 0usize);
-            for (b, chunk) in epoch_batches(&order, batch_size, cfg.model_architecture.uses_batch_norm()).into_iter().enumerate() {
-                #[cfg(test)]
-                if self.trainer.stop_after_batches == Some(batches_run) {
-                    self.stop.request();
-                }
-                if self.stop.is_requested() {
-                    self.log(
-                        LogLevel::Info,
-                        format!(
-                            "stop requested in epoch {epoch} before batch {} ({batches_run} batches run); saving the current weights",
-                            b + 1
-                        ),
-                    );
-                    stopped = true;
-                    break 'epochs;
-                }
-                labels.clear();
-                labels.extend(chunk.iter().map(|&i| data.train.y[i as usize]));
-                let index = Tensor::from_slice(chunk, chunk.len(), self.device).map_err(backend)?;
-                let xb = x_train.index_select(&index, 0).map_err(backend)?;
-                let logits = model.forward(&xb, Mode::Train(&mut masks)).map_err(backend)?;
-                let batch_loss = loss::compute(cfg.loss_function, &logits, &labels).map_err(backend)?;
-                #[cfg(test)]
-                let batch_loss =
-                    if self.trainer.nan_at_batch == Some(batches_run) { (batch_loss * f64::NAN).map_err(backend)? } else { batch_loss };
-                let value = batch_loss.to_scalar::<f32>().map_err(backend)?;
-                if !value.is_finite() {
-                    let what = if value.is_nan() { "NaN" } else { "infinite" };
-                    return Err(TrainError::Failed(format!(
-                        "loss became {what} at epoch {epoch}, batch {}; try a lower learning rate",
-                        b + 1
-                    )));
-                }
-                correct += count_correct(&logits, &labels).map_err(backend)?;
-                optimizer.backward_step(&batch_loss).map_err(backend)?;
-                loss_sum += f64::from(value);
-                batches += 1;
-                batches_run += 1;
-                self.events.batch_finished();
-            }
-            let train_seconds = started.elapsed().as_secs_f64();
-            let (val_loss, val_accuracy) = match (&x_val, &data.val) {
-                (Some(x), Some(v)) => {
-                    let (l, a) = evaluate(&model, x, &v.y, cfg).map_err(backend)?;
-                    if !l.is_finite() {
-                        return Err(TrainError::Failed(format!(
-                            "validation loss became {} at epoch {epoch}; try a lower learning rate",
-                            if l.is_nan() { "NaN" } else { "infinite" }
-                        )));
-                    }
-                    (Some(l), Some(a))
-                }
-                _ => (None, None),
-            };
-            let epoch_seconds = started.elapsed().as_secs_f64();
-            #[allow(clippy::cast_precision_loss)]
-            let metrics = EpochMetrics {
-                epoch,
-                loss: loss_sum / f64::from(batches.max(1)),
-                accuracy: correct as f64 / data.train.len() as f64,
-                val_loss,
-                val_accuracy,
-                samples_per_second: data.train.len() as f64 / train_seconds.max(1e-9),
-                epoch_seconds,
-                timestamp: OffsetDateTime::now_utc(),
-            };
-            // The checkpoint first: once an epoch is reported finished it can be resumed from.
-            resume::write(&self.job.scratch_dir, &varmap, &optimizer, json!({ "model": spec.to_json() }), &metrics)?;
-            let line = epoch_line(&metrics, cfg.epochs);
-            self.events.epoch_finished(metrics.clone());
-            self.log(LogLevel::Info, line);
-            last = Some(metrics);
-            completed = epoch;
-        }
-
-        let metadata = self.metadata(&spec, &last, completed, stopped);
-        let file = self.job.scratch_dir.join(MODEL_FILE_NAME);
-        save(&varmap, &metadata, &file)?;
-        Ok(TrainedModel { file, format: ModelFormat::Safetensors, metadata, epochs_completed: completed, stopped })
-    }
-
-    fn log_start(&mut self, spec: &NetSpec, val_len: usize) {
-        let (cfg, data) = (self.cfg, self.data);
-        let shown: Vec<&str> = data.classes.iter().take(20).map(String::as_str).collect();
-        let more = if data.classes.len() > shown.len() { ", ..." } else { "" };
-        let what = if data.is_image() {
-            let [c, h, w] = [0, 1, 2].map(|i| data.sample_shape[i]);
-            format!("{} images of {h}x{w}x{c}, {} classes [{}{more}]", data.rows, data.classes.len(), shown.join(", "))
-        } else {
-            format!(
-                "{} rows, {} features, {} classes [{}{more}] in column '{}'",
-                data.rows,
-                data.features(),
-                data.classes.len(),
-                shown.join(", "),
-                data.label_column
-            )
-        };
-        self.log(LogLevel::Info, format!("dataset '{}': {what}", self.job.dataset.name));
-        self.log(
-            LogLevel::Info,
-            format!(
-                "split: {} training / {val_len} validation samples (validation_split {}, seed {})",
-                data.train.len(),
-                cfg.validation_split,
-                cfg.seed
-            ),
-        );
-        if data.imputed > 0 {
-            self.log(LogLevel::Warning, format!("replaced {} missing feature values with the training mean", data.imputed));
-        }
-        self.log(
-            LogLevel::Info,
-            format!(
-                "model: {}, {} parameters; dropout {}; optimizer {} (lr {}), loss {}, batch size {}, {} epochs; device {}",
-                spec.describe(),
-                spec.parameter_count(),
-                cfg.dropout,
-                cfg.optimizer,
-                cfg.learning_rate,
-                cfg.loss_function,
-                cfg.batch_size,
-                cfg.epochs,
-                device_name(self.device)
-            ),
-        );
-    }
-
-    /// What the model file and the registry record about the run.
-    fn metadata(&self, spec: &NetSpec, last: &Option<EpochMetrics>, completed: u32, stopped: bool) -> Value {
-        let (cfg, data) = (self.cfg, self.data);
-        let parameters: serde_json::Map<String, Value> =
-            spec.parameter_shapes().unwrap_or_default().into_iter().map(|(name, shape)| (name, json!(shape))).collect();
-        let final_metrics = last.as_ref().map_or(
-            Value::Null,
-            |m| json!({ "epoch": m.epoch, "loss": m.loss, "accuracy": m.accuracy, "val_loss": m.val_loss, "val_accuracy": m.val_accuracy }),
-        );
-        let mut meta = json!({
-            "architecture": cfg.model_architecture.as_str(),
-            "model": spec.to_json(),
-            "sample_shape": data.sample_shape,
-            "classes": data.classes,
-            "parameters": parameters,
-            "parameter_count": spec.parameter_count(),
-            "hyperparameters": {
-                "learning_rate": cfg.learning_rate,
-                "batch_size": cfg.batch_size,
-                "epochs": cfg.epochs,
-                "optimizer": cfg.optimizer.as_str(),
-                "loss_function": cfg.loss_function.as_str(),
-                "validation_split": cfg.validation_split,
-                "seed": cfg.seed,
-                "dropout": cfg.dropout,
-            },
-            "final_metrics": final_metrics,
-            "epochs_completed": completed,
-            "stopped": stopped,
-            "session_id": self.job.session_id.as_str(),
-            "dataset": self.job.dataset.name.as_str(),
-            "device": device_name(self.device),
-        });
-        let extra = match spec {
-            NetSpec::Mlp(shape) => json!({
-                "layers": shape.widths(),
-                "input_features": shape.inputs,
-                "feature_names": data.feature_names,
-                "label_column": data.label_column,
-                "feature_mean": data.mean,
-                "feature_std": data.std,
-            }),
-            NetSpec::Image { arch, input, .. } => json!({
-                "input_shape": [input.channels, input.height, input.width],
-                "adaptation": vision::adaptation(*arch, *input),
-                "channel_mean": data.mean,
-                "channel_std": data.std,
-                "pixel_scale": "pixels are divided by 255 (8-bit images) before the channel mean and std apply",
-            }),
-        };
-        if let (Some(meta), Value::Object(extra)) = (meta.as_object_mut(), extra) {
-            meta.extend(extra);
-        }
-        meta
+        Ok(Self {
+            cfg,
+            data,
+            spec,
+            varmap,
+            net,
+            x_train,
+            x_val,
+            rows,
+            batch_seed: SplitMix64::stream(cfg.seed, Stream::Batches).next_u64(),
+            batch_size,
+            masks: SplitMix64::stream(cfg.seed, Stream::Dropout),
+            labels: Vec::with_capacity(batch_size),
+        })
     }
 }
 
-fn save(varmap: &VarMap, metadata: &Value, file: &Path) -> Result<(), TrainError> {
-    checkpoint::save(varmap, checkpoint::header_metadata(metadata), file).map_err(|e| match e {
-        checkpoint::SaveError::Backend(e) => backend(e),
-        io @ checkpoint::SaveError::Io { .. } => TrainError::Io(io.to_string()),
-    })
+impl Task for Classifier<'_> {
+    type Batch = Vec<u32>;
+
+    fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    fn trained_vars(&self) -> Vec<(String, Var)> {
+        named_vars(&self.varmap).into_iter().filter(|(name, _)| !vision::is_buffer(name)).collect()
+    }
+
+    fn resumes_from(&self, model: &Model) -> bool {
+        model.net_spec().as_ref() == Some(&self.spec)
+    }
+
+    fn batches(&mut self, epoch: u32) -> Vec<Vec<u32>> {
+        // Dropout masks per epoch, so that a resumed run draws what the uninterrupted one would.
+        self.masks = SplitMix64::stream(self.cfg.seed ^ u64::from(epoch), Stream::Dropout);
+        let order = rng::epoch_order(&self.rows, self.batch_seed, epoch);
+        epoch_batches(&order, self.batch_size, self.cfg.model_architecture.uses_batch_norm()).into_iter().map(<[u32]>::to_vec).collect()
+    }
+
+    fn step(&mut self, batch: &Vec<u32>) -> candle_core::Result<Step> {
+        self.labels.clear();
+        self.labels.extend(batch.iter().map(|&i| self.data.train.y[i as usize]));
+        let index = Tensor::from_slice(batch, batch.len(), self.x_train.device())?;
+        let xb = self.x_train.index_select(&index, 0)?;
+        let logits = self.net.forward(&xb, Mode::Train(&mut self.masks))?;
+        let loss = loss::compute(self.cfg.loss_function, &logits, &self.labels)?;
+        let correct = count_correct(&logits, &self.labels)?;
+        Ok(Step { loss, correct, targets: batch.len(), samples: batch.len() })
+    }
+
+    fn evaluate(&self) -> candle_core::Result<Option<(f64, f64)>> {
+        match (&self.x_val, &self.data.val) {
+            (Some(x), Some(v)) => evaluate(&self.net, x, &v.y, self.cfg).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn describe(&self) -> ModelMeta {
+        let data = self.data;
+        let normalisation = Normalisation { mean: data.mean.clone(), std: data.std.clone() };
+        let model = match &self.spec {
+            NetSpec::Mlp(shape) => Model::Table(TableModel {
+                shape: shape.clone(),
+                classes: data.classes.clone(),
+                feature_names: data.feature_names.clone(),
+                label_column: Some(data.label_column.clone()),
+                normalisation,
+            }),
+            NetSpec::Image { arch, input, .. } => Model::Image(ImageModel {
+                arch: *arch,
+                input: *input,
+                classes: data.classes.clone(),
+                normalisation,
+                adaptation: vision::adaptation(*arch, *input),
+            }),
+        };
+        ModelMeta {
+            model,
+            parameters: self.spec.parameter_shapes().unwrap_or_default().into_iter().collect(),
+            parameter_count: Some(self.spec.parameter_count()),
+            run: None,
+        }
+    }
+}
+
+fn log_start(job: &TrainingJob, data: &Prepared, spec: &NetSpec, device: &Device, events: &mut dyn TrainingEvents) {
+    let cfg = &job.config;
+    let shown: Vec<&str> = data.classes.iter().take(20).map(String::as_str).collect();
+    let more = if data.classes.len() > shown.len() { ", ..." } else { "" };
+    let what = if data.is_image() {
+        let [c, h, w] = [0, 1, 2].map(|i| data.sample_shape[i]);
+        format!("{} images of {h}x{w}x{c}, {} classes [{}{more}]", data.rows, data.classes.len(), shown.join(", "))
+    } else {
+        format!(
+            "{} rows, {} features, {} classes [{}{more}] in column '{}'",
+            data.rows,
+            data.features(),
+            data.classes.len(),
+            shown.join(", "),
+            data.label_column
+        )
+    };
+    events.log(LogLevel::Info, format!("dataset '{}': {what}", job.dataset.name));
+    let val_len = data.val.as_ref().map_or(0, Split::len);
+    events.log(
+        LogLevel::Info,
+        format!(
+            "split: {} training / {val_len} validation samples (validation_split {}, seed {})",
+            data.train.len(),
+            cfg.validation_split,
+            cfg.seed
+        ),
+    );
+    if data.imputed > 0 {
+        events.log(LogLevel::Warning, format!("replaced {} missing feature values with the training mean", data.imputed));
+    }
+    events.log(
+        LogLevel::Info,
+        format!(
+            "model: {}, {} parameters; dropout {}; optimizer {} (lr {}), loss {}, batch size {}, {} epochs; device {}",
+            spec.describe(),
+            spec.parameter_count(),
+            cfg.dropout,
+            cfg.optimizer,
+            cfg.learning_rate,
+            cfg.loss_function,
+            cfg.batch_size,
+            cfg.epochs,
+            device_name(device)
+        ),
+    );
 }
 
 /// The epoch's batches in order. With batch norm a last batch of one sample joins the one
@@ -580,22 +395,6 @@ fn epoch_batches(order: &[u32], size: usize, batch_norm: bool) -> Vec<&[u32]> {
         out.push(&order[start..]);
     }
     out
-}
-
-/// `epoch 3/10: loss 0.1234, accuracy 95.0%, val_loss 0.2345, val_accuracy 93.3%`.
-pub(crate) fn epoch_line(m: &EpochMetrics, epochs: u32) -> String {
-    let mut line = format!("epoch {}/{epochs}: loss {:.4}, accuracy {:.1}%", m.epoch, m.loss, m.accuracy * 100.0);
-    if let (Some(l), Some(a)) = (m.val_loss, m.val_accuracy) {
-        line.push_str(&format!(", val_loss {l:.4}, val_accuracy {:.1}%", a * 100.0));
-    }
-    line.push_str(&format!(" ({:.2}s, {:.0} samples/s)", m.epoch_seconds, m.samples_per_second));
-    line
-}
-
-/// How many rows' largest logit is their label.
-pub(crate) fn count_correct(logits: &Tensor, labels: &[u32]) -> candle_core::Result<usize> {
-    let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
-    Ok(predicted.iter().zip(labels).filter(|(p, l)| p == l).count())
 }
 
 /// Mean loss and accuracy over a whole split, in chunks.

@@ -5,29 +5,28 @@
 use std::{collections::HashMap, path::Path};
 
 use candle_core::{Device, Tensor};
-use serde_json::{Map, Value};
 use trainyard_domain::{config::CharLstmOptions, registry::ModelFormat};
 
-use crate::{pth, text::Vocabulary};
+use crate::{
+    model_meta::{Model, ModelMeta},
+    pth,
+    text::Vocabulary,
+};
 
-/// Tensors by name and the header metadata (values that are JSON text parsed as JSON).
+/// Tensors by name and the header's `__metadata__` map as written.
 #[derive(Debug)]
 pub(crate) struct LoadedWeights {
     pub tensors: HashMap<String, Tensor>,
-    pub metadata: Map<String, Value>,
+    pub header: HashMap<String, String>,
 }
 
 /// Reads a safetensors file onto `device`.
 pub(crate) fn load_safetensors(path: &Path, device: &Device) -> Result<LoadedWeights, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
-    let metadata = header
-        .metadata()
-        .as_ref()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone())))).collect())
-        .unwrap_or_default();
+    let header = header.metadata().clone().unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| format!("unreadable tensors: {e}"))?;
-    Ok(LoadedWeights { tensors, metadata })
+    Ok(LoadedWeights { tensors, header })
 }
 
 /// A character-LSTM's weights with its vocabulary and layer sizes.
@@ -59,14 +58,14 @@ pub(crate) fn load_char_model(path: &Path, format: ModelFormat, device: &Device)
     match format {
         ModelFormat::Safetensors => {
             let w = load_safetensors(path, device)?;
-            let arch = w.metadata.get("architecture").and_then(Value::as_str).unwrap_or("unknown");
-            if arch != "custom_ai_model" {
-                return Err(format!("it is a '{arch}' model, not a char-LSTM (custom_ai_model)"));
-            }
-            let vocab = Vocabulary::from_json(w.metadata.get("vocabulary").unwrap_or(&Value::Null))?;
-            let seq = w.metadata.get("sequence_length").and_then(Value::as_u64).and_then(|s| u32::try_from(s).ok()).unwrap_or(100);
-            let opts = sizes_from_shapes(&w.tensors, seq)?;
-            Ok(CharModel { opts, vocab, tensors: w.tensors })
+            let meta = ModelMeta::from_header(&w.header)?;
+            let Model::Char(model) = meta.model else {
+                return Err(format!("it is a '{}' model, not a char-LSTM (custom_ai_model)", meta.model.architecture()));
+            };
+            // The sizes the tensors have, as for a PyTorch checkpoint; the description's
+            // sequence length.
+            let opts = sizes_from_shapes(&w.tensors, model.sizes.sequence_length)?;
+            Ok(CharModel { opts, vocab: model.vocabulary, tensors: w.tensors })
         }
         ModelFormat::Pytorch => {
             let ckpt = pth::read_pth(path).map_err(|e| e.to_string())?;
@@ -103,7 +102,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{char_run::lstm_config, lstm::CharLstm};
+    use crate::lstm::{CharLstm, CharLstmConfig};
 
     const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/owner_tiny");
 
@@ -116,8 +115,11 @@ mod tests {
         let chars: Vec<char> = expected["chars"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().chars().next().unwrap()).collect();
         assert_eq!(model.vocab.chars(), chars.as_slice());
         assert_eq!((model.opts.embedding_dim, model.opts.hidden_size, model.opts.num_layers), (4, 3, 2));
-        let lstm =
-            CharLstm::load(lstm_config(model.opts, model.vocab.len()), VarBuilder::from_tensors(model.tensors, DType::F32, &dev)).unwrap();
+        let lstm = CharLstm::load(
+            CharLstmConfig::from_options(model.opts, model.vocab.len()),
+            VarBuilder::from_tensors(model.tensors, DType::F32, &dev),
+        )
+        .unwrap();
         let (ids, unknown) = model.vocab.encode(expected["input"].as_str().unwrap());
         assert!(unknown.is_empty());
         let n = ids.len();

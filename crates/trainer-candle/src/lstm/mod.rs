@@ -29,6 +29,7 @@ use std::f64::consts::TAU;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use trainyard_domain::config::CharLstmOptions;
 
 use crate::rng::{SplitMix64, Stream};
 
@@ -46,6 +47,12 @@ pub struct CharLstmConfig {
 }
 
 impl CharLstmConfig {
+    /// The sizes a session's options give over a vocabulary of `vocab` characters.
+    #[must_use]
+    pub fn from_options(opts: CharLstmOptions, vocab: usize) -> Self {
+        Self { vocab, embedding_dim: opts.embedding_dim as usize, hidden: opts.hidden_size as usize, num_layers: opts.num_layers as usize }
+    }
+
     /// The owner's model (embedding 128, two layers of 256) over a vocabulary of `vocab` characters.
     pub fn with_vocab(vocab: usize) -> Self {
         Self { vocab, embedding_dim: 128, hidden: 256, num_layers: 2 }

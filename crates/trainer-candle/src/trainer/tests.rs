@@ -1,15 +1,20 @@
-//! Tests of [`CandleTrainer`]: learning iris, every optimizer and loss, reproducibility,
-//! stopping, and refusing data it cannot train on.
+//! Tests of [`CandleTrainer`] and the epoch loop it runs: learning iris, every optimizer and
+//! loss, reproducibility, stopping, resuming, failure injection for every architecture, and
+//! refusing data it cannot train on.
 
 use std::{fs, path::Path, time::Instant};
 
 use quickcheck::{quickcheck, QuickCheck, TestResult};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
 use trainyard_domain::{
-    registry::{DatasetInfo, DatasetRecord},
+    metrics::EpochMetrics,
+    registry::{DatasetInfo, DatasetRecord, ModelFormat},
     DatasetName, LossFunction, Optimizer, SessionId, TrainingRequest,
 };
 
 use super::*;
+use crate::MODEL_FILE_NAME;
 
 const IRIS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/datasets/iris.csv");
 const TEMPEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/datasets/tempest.txt");
@@ -20,11 +25,23 @@ struct Recorded {
     metrics: Vec<EpochMetrics>,
     logs: Vec<(LogLevel, String)>,
     resumed_from: Option<u32>,
+    heartbeats: u64,
+    /// Where the run writes its checkpoint: each report notes the epoch the checkpoint holds then.
+    scratch: Option<std::path::PathBuf>,
+    checkpointed: Vec<Option<u32>>,
 }
 
 impl TrainingEvents for Recorded {
     fn epoch_finished(&mut self, metrics: EpochMetrics) {
+        if let Some(dir) = &self.scratch {
+            let held = crate::resume::Checkpoint::read(dir, &Device::Cpu).ok().flatten().map(|c| c.epoch);
+            self.checkpointed.push(held);
+        }
         self.metrics.push(metrics);
+    }
+
+    fn batch_finished(&mut self) {
+        self.heartbeats += 1;
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
@@ -147,6 +164,12 @@ fn learns_iris_to_ninety_percent_validation_accuracy() {
     assert_eq!(mean.len(), 4);
     let final_metrics: Value = serde_json::from_str(&meta["final_metrics"]).unwrap();
     assert_eq!(final_metrics["epoch"], 30);
+    // The one reader reads what the one writer wrote.
+    let description = crate::model_meta::ModelMeta::from_header(&meta).unwrap();
+    assert_eq!(description.to_value(), model.metadata);
+    let Model::Table(table) = &description.model else { panic!("{description:?}") };
+    assert_eq!((table.classes.len(), table.shape.inputs, table.feature_names.len()), (3, 4, 4));
+    assert_eq!(events.heartbeats, 30 * 8, "a heartbeat after every batch");
     let names: Vec<String> = tensor_bytes(&model.file).into_iter().map(|(n, _, _)| n).collect();
     assert_eq!(names, ["layers.0.bias", "layers.0.weight", "layers.2.bias", "layers.2.weight", "layers.4.bias", "layers.4.weight"]);
     fs::remove_file(&model.file).unwrap();
@@ -383,4 +406,144 @@ fn a_lone_last_sample_joins_the_batch_before_it_under_batch_norm() {
     assert_eq!(sizes(true), [4, 5]);
     assert_eq!(epoch_batches(&order, 4, true).concat(), order);
     assert_eq!(epoch_batches(&order[..1], 4, true).len(), 1);
+}
+
+/// A small text with a pattern the char-LSTM picks up in an epoch or two.
+fn small_text(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("small.txt");
+    fs::write(&path, "the cat sat on the mat. ".repeat(40)).unwrap();
+    path
+}
+
+/// A small char-LSTM: 768 training characters in 38 windows of 20, 5 batches of 8 an epoch.
+fn char_job(text: &Path, scratch: &Path, epochs: i64) -> TrainingJob {
+    let config = TrainingConfig::validate(&TrainingRequest {
+        model_architecture: Some("custom_ai_model".into()),
+        dataset_name: Some("data".into()),
+        embedding_dim: Some(8),
+        hidden_size: Some(16),
+        num_layers: Some(1),
+        sequence_length: Some(20),
+        batch_size: Some(8),
+        epochs: Some(epochs),
+        learning_rate: Some(0.01),
+        validation_split: Some(0.2),
+        ..TrainingRequest::default()
+    })
+    .unwrap();
+    job(text, DatasetFormat::Text, config, scratch)
+}
+
+fn char_run(trainer: &CandleTrainer, job: &TrainingJob) -> (Result<TrainedModel, TrainError>, Recorded) {
+    let mut events = Recorded { scratch: Some(job.scratch_dir.clone()), ..Recorded::default() };
+    let result = trainer.train(job, &mut events, &StopSignal::default());
+    (result, events)
+}
+
+#[test]
+fn the_char_lstm_trains_through_the_same_loop_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = small_text(dir.path());
+    let once = || {
+        let scratch = tempfile::tempdir().unwrap();
+        let (model, events) = char_run(&CandleTrainer::cpu(), &char_job(&text, scratch.path(), 2));
+        let model = model.unwrap();
+        (
+            model.metadata.clone(),
+            tensor_bytes(&model.file),
+            events,
+            crate::weights::load_char_model(&model.file, model.format, &Device::Cpu),
+        )
+    };
+    let (metadata, weights, events, loaded) = once();
+    assert_eq!(events.metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
+    assert!(events.metrics.iter().all(|m| m.val_loss.is_some() && m.accuracy > 0.0), "{:?}", events.metrics);
+    assert_eq!(events.heartbeats, 2 * 5, "a heartbeat after every batch");
+    assert_eq!(events.checkpointed, [Some(1), Some(2)], "each epoch is checkpointed before it is reported");
+    let lines: Vec<&str> = events.logs.iter().map(|(_, m)| m.as_str()).filter(|m| m.starts_with("epoch ")).collect();
+    assert!(lines[0].starts_with("epoch 1/2: loss ") && lines[0].contains("val_accuracy"), "{lines:?}");
+    // The description every architecture writes: the run's record, final metrics with their epoch.
+    assert_eq!(metadata["architecture"], "custom_ai_model");
+    assert_eq!(metadata["final_metrics"]["epoch"], 2);
+    assert_eq!((metadata["epochs_completed"].clone(), metadata["stopped"].clone()), (json!(2), json!(false)));
+    assert_eq!((metadata["hyperparameters"]["batch_size"].clone(), metadata["datasets"].clone()), (json!(8), json!(["data"])));
+    let loaded = loaded.unwrap();
+    assert_eq!((loaded.opts.embedding_dim, loaded.opts.hidden_size, loaded.opts.sequence_length), (8, 16, 20));
+    assert_eq!(loaded.vocab.len(), metadata["vocab_size"].as_u64().unwrap() as usize);
+
+    let (metadata_again, weights_again, events_again, _) = once();
+    let numbers = |e: &Recorded| e.metrics.iter().map(|m| (m.epoch, m.loss, m.accuracy, m.val_loss, m.val_accuracy)).collect::<Vec<_>>();
+    assert_eq!(numbers(&events), numbers(&events_again), "bit-identical metrics with the same seed");
+    assert_eq!(weights, weights_again);
+    assert_eq!(metadata["final_metrics"], metadata_again["final_metrics"]);
+}
+
+#[test]
+fn stops_and_nan_losses_are_injected_into_the_char_lstm_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = small_text(dir.path());
+    let scratch = tempfile::tempdir().unwrap();
+    let trainer = CandleTrainer { stop_after_batches: Some(7), ..CandleTrainer::cpu() };
+    let (model, events) = char_run(&trainer, &char_job(&text, scratch.path(), 3));
+    let model = model.unwrap();
+    assert_eq!((model.stopped, model.epochs_completed, events.metrics.len()), (true, 1, 1));
+    assert!(
+        events.logs.iter().any(|(_, m)| m == "stop requested in epoch 2 before batch 3 (7 batches run); saving the current weights"),
+        "{:?}",
+        events.logs
+    );
+    assert_eq!((model.metadata["stopped"].clone(), model.metadata["final_metrics"]["epoch"].clone()), (json!(true), json!(1)));
+    assert!(crate::weights::load_char_model(&model.file, model.format, &Device::Cpu).is_ok());
+
+    let scratch = tempfile::tempdir().unwrap();
+    let trainer = CandleTrainer { nan_at_batch: Some(6), ..CandleTrainer::cpu() };
+    let (result, _) = char_run(&trainer, &char_job(&text, scratch.path(), 3));
+    assert_eq!(result.unwrap_err(), TrainError::Failed("loss became NaN at epoch 2, batch 2; try a lower learning rate".into()));
+}
+
+#[test]
+fn a_resumed_char_lstm_run_matches_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = small_text(dir.path());
+    let whole_dir = tempfile::tempdir().unwrap();
+    let (whole, whole_events) = char_run(&CandleTrainer::cpu(), &char_job(&text, whole_dir.path(), 3));
+    let whole = whole.unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let job = char_job(&text, scratch.path(), 3);
+    let interrupted = CandleTrainer { stop_after_batches: Some(7), ..CandleTrainer::cpu() };
+    let (partial, _) = char_run(&interrupted, &job);
+    assert_eq!(partial.unwrap().epochs_completed, 1);
+    let (resumed, second) = char_run(&CandleTrainer::cpu(), &job);
+    let resumed = resumed.unwrap();
+    assert_eq!(second.resumed_from, Some(1));
+    assert_eq!(second.metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2, 3], "the checkpoint's epoch replayed, then the rest");
+    assert_eq!(tensor_bytes(&resumed.file), tensor_bytes(&whole.file));
+    assert_eq!(second.metrics.last().map(|m| m.loss), whole_events.metrics.last().map(|m| m.loss));
+}
+
+#[test]
+fn every_classifier_epoch_is_checkpointed_before_it_is_reported() {
+    let scratch = tempfile::tempdir().unwrap();
+    let job =
+        job(Path::new(IRIS), DatasetFormat::Csv, config(TrainingRequest { epochs: Some(3), ..TrainingRequest::default() }), scratch.path());
+    let mut events = Recorded { scratch: Some(scratch.path().to_path_buf()), ..Recorded::default() };
+    CandleTrainer::cpu().train(&job, &mut events, &StopSignal::default()).unwrap();
+    assert_eq!(events.checkpointed, [Some(1), Some(2), Some(3)]);
+}
+
+#[test]
+fn a_checkpoint_of_another_model_is_ignored_and_the_run_starts_over() {
+    let scratch = tempfile::tempdir().unwrap();
+    let small = config(TrainingRequest { epochs: Some(1), hidden_sizes: Some(vec![8]), ..TrainingRequest::default() });
+    CandleTrainer::cpu()
+        .train(&job(Path::new(IRIS), DatasetFormat::Csv, small, scratch.path()), &mut Recorded::default(), &StopSignal::default())
+        .unwrap();
+    let wider = config(TrainingRequest { epochs: Some(1), hidden_sizes: Some(vec![16]), ..TrainingRequest::default() });
+    let mut events = Recorded::default();
+    let model = CandleTrainer::cpu()
+        .train(&job(Path::new(IRIS), DatasetFormat::Csv, wider, scratch.path()), &mut events, &StopSignal::default())
+        .unwrap();
+    assert_eq!((events.resumed_from, model.epochs_completed), (None, 1));
+    assert!(events.logs.iter().any(|(level, m)| *level == LogLevel::Warning && m.contains("another model shape")), "{:?}", events.logs);
 }

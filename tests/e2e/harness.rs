@@ -32,11 +32,13 @@ pub struct Opts {
     pub keys: Option<String>,
     pub extra_args: Vec<String>,
     pub data_dir: Option<PathBuf>,
+    /// Environment variables for the server (and so its training processes).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { keys: Some(KEY.to_owned()), extra_args: Vec::new(), data_dir: None }
+        Self { keys: Some(KEY.to_owned()), extra_args: Vec::new(), data_dir: None, env: Vec::new() }
     }
 }
 
@@ -76,6 +78,7 @@ impl Server {
         if let Some(keys) = &opts.keys {
             cmd.env("API_KEYS", keys);
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("spawn trainyard");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -167,6 +170,21 @@ impl Server {
         let state = status["state"].as_str().unwrap_or_default();
         assert!(["completed", "failed", "stopped"].contains(&state), "session did not end: {status}");
         status
+    }
+
+    /// Polls the session's status until `done` holds for it, for at most `limit`; returns the
+    /// last status.
+    pub fn status_until(&self, session: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            // A short long-poll: the server answers at once when the session ends or an epoch
+            // finishes, else after a second, so this loop never spins.
+            let (code, status) = self.get(&format!("/api/v1/training/{session}/status?wait_seconds=1"));
+            assert_eq!(code, 200, "{status}");
+            if done(&status) || std::time::Instant::now() >= deadline {
+                return status;
+            }
+        }
     }
 
     /// Sends SIGKILL.

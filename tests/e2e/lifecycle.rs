@@ -55,11 +55,19 @@ fn a_restart_resumes_interrupted_sessions_before_queued_ones() {
     let (_, a) = s.post_json("/api/v1/training/start", &long);
     let (_, b) = s.post_json("/api/v1/training/start", &json!({"model_architecture": "mlp", "dataset_name": "iris", "epochs": 3}));
     assert_eq!((a["status"].as_str(), b["status"].as_str()), (Some("running"), Some("queued")));
+    let a_id = a["session_id"].as_str().unwrap();
+    let running = s.status_until(a_id, std::time::Duration::from_secs(60), |st| st["pid"].is_u64());
+    let run_pid = running["pid"].as_u64().unwrap_or_else(|| panic!("the run reports its process: {running}"));
     let tmp = s.take_tmp();
     let dir = s.kill9();
+    // The run process does not outlive its server: it notices at once and exits.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{run_pid}")).exists() && !is_zombie(run_pid) {
+        assert!(std::time::Instant::now() < deadline, "run process {run_pid} outlived its server");
+        std::thread::yield_now();
+    }
 
     let s = Server::start_with(Opts { data_dir: Some(dir), ..Opts::default() });
-    let a_id = a["session_id"].as_str().unwrap();
     let b_id = b["session_id"].as_str().unwrap();
     let (_, st) = s.get(&format!("/api/v1/training/{a_id}/status"));
     assert_eq!(st["state"], "running", "the interrupted session runs again: {st}");
@@ -72,6 +80,11 @@ fn a_restart_resumes_interrupted_sessions_before_queued_ones() {
     assert_eq!(s.wait_ended(a_id)["state"], "stopped");
     assert_eq!(s.wait_ended(b_id)["state"], "completed");
     drop(tmp);
+}
+
+/// Whether the process is a zombie (exited, waiting to be reaped by whoever adopted it).
+fn is_zombie(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }
 
 #[test]

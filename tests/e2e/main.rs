@@ -3,6 +3,7 @@
 mod harness;
 
 mod hostile;
+mod isolation;
 
 mod api;
 mod lifecycle;

@@ -120,8 +120,8 @@ impl Trainer for ProcessTrainer {
         let (result, killed, usage) = watch.run(&rx, child, events);
         let status = child.wait().map_err(|e| TrainError::Io(format!("could not wait for the training process: {e}")))?;
         guard.0 = None;
-        let tail = stderr_tail.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect::<Vec<_>>();
-        outcome(result, killed, status, usage, self.limits.memory_limit_mb, &tail)
+        let said = stderr_tail.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        outcome(result, killed, status, usage, self.limits.memory_limit_mb, &said)
     }
 
     fn estimate_memory(&self, config: &TrainingConfig, datasets: &[DatasetRecord]) -> Result<MemoryEstimate, String> {
@@ -167,11 +167,41 @@ fn relay_stdout(child: &mut Child, tx: mpsc::Sender<Heard>) -> Result<(), TrainE
         .map_err(|e| TrainError::Io(format!("could not watch the training process: {e}")))
 }
 
-/// Passes the run's standard error to the server's log and keeps its last lines.
-fn relay_stderr(child: &mut Child, session: &str) -> Result<Arc<Mutex<VecDeque<String>>>, TrainError> {
+/// What a run said on its standard error, kept to explain how it died.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stderr {
+    /// The last lines that are not backtrace noise.
+    pub(crate) tail: VecDeque<String>,
+    /// It said that an allocation failed (Rust's out-of-memory abort).
+    pub(crate) allocation_failed: bool,
+}
+
+impl Stderr {
+    pub(crate) fn hear(&mut self, line: &str) {
+        let trimmed = line.trim();
+        if trimmed.starts_with("memory allocation of") && trimmed.ends_with("failed") {
+            self.allocation_failed = true;
+        }
+        let noise = trimmed.is_empty()
+            || trimmed.starts_with("note: ")
+            || trimmed.starts_with("stack backtrace:")
+            || trimmed.starts_with("at ")
+            || trimmed.split_once(": ").is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()));
+        if noise {
+            return;
+        }
+        if self.tail.len() == STDERR_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(trimmed.to_owned());
+    }
+}
+
+/// Passes the run's standard error to the server's log and keeps what explains a death.
+fn relay_stderr(child: &mut Child, session: &str) -> Result<Arc<Mutex<Stderr>>, TrainError> {
     let stderr = child.stderr.take().ok_or_else(|| TrainError::Io("no pipe from the training process".to_owned()))?;
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-    let kept = Arc::clone(&tail);
+    let said = Arc::new(Mutex::new(Stderr::default()));
+    let kept = Arc::clone(&said);
     let session = session.to_owned();
     std::thread::Builder::new()
         .name("run-stderr".into())
@@ -179,15 +209,11 @@ fn relay_stderr(child: &mut Child, session: &str) -> Result<Arc<Mutex<VecDeque<S
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 tracing::warn!(session = %session, "run: {line}");
-                let mut tail = kept.lock().unwrap_or_else(PoisonError::into_inner);
-                if tail.len() == STDERR_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
+                kept.lock().unwrap_or_else(PoisonError::into_inner).hear(&line);
             }
         })
         .map_err(|e| TrainError::Io(format!("could not watch the training process: {e}")))?;
-    Ok(tail)
+    Ok(said)
 }
 
 /// The supervisor's watch over one run.
@@ -272,13 +298,13 @@ pub(crate) fn outcome(
     status: ExitStatus,
     usage: RunUsage,
     limit_mb: u64,
-    stderr_tail: &[String],
+    said: &Stderr,
 ) -> Result<TrainedModel, TrainError> {
     if let Some(result) = result {
         return result;
     }
     let limit = human_mb(limit_mb);
-    let last_words = stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_owned());
+    let last_words = said.tail.back().cloned();
     let message = match (killed, status.signal()) {
         (Some(Killed::Memory { at_mb }), _) => format!("out of memory: the run was killed at {} (limit {limit})", human_mb(at_mb)),
         (Some(Killed::Stalled), _) => {
@@ -286,7 +312,7 @@ pub(crate) fn outcome(
              raise --run-stall-timeout-secs if its batches are this slow"
                 .to_owned()
         }
-        (None, Some(6)) if stderr_tail.iter().any(|l| l.contains("memory allocation of")) => format!(
+        (None, Some(6)) if said.allocation_failed => format!(
             "out of memory: the run could not allocate more memory at {} (limit {limit})",
             human_mb(usage.peak_memory_mb.max(usage.memory_mb))
         ),

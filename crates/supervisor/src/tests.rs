@@ -12,7 +12,7 @@ use trainyard_domain::{
 use crate::{
     human_mb, procfs,
     protocol::{FromRun, RunLimits, ToRun},
-    supervise::{outcome, Killed},
+    supervise::{outcome, Killed, Stderr},
 };
 
 #[test]
@@ -85,16 +85,30 @@ fn a_dead_run_is_described_in_plain_words() {
     let usage = RunUsage { pid: Some(7), memory_mb: 1200, peak_memory_mb: 1500 };
     let signalled = |sig: i32| ExitStatus::from_raw(sig);
     let exited = |code: i32| ExitStatus::from_raw(code << 8);
-    let none: [String; 0] = [];
+    let none = Stderr::default();
+    let heard = |lines: &[&str]| {
+        let mut said = Stderr::default();
+        for line in lines {
+            said.hear(line);
+        }
+        said
+    };
 
-    let oom_abort = ["memory allocation of 123456 bytes failed".to_owned()];
+    let oom_abort = heard(&[
+        "memory allocation of 123456 bytes failed",
+        "stack backtrace:",
+        "   0: std::alloc::rust_oom",
+        "             at /rustc/abc/library/std/src/alloc.rs:424:5",
+        "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.",
+    ]);
+    assert!(oom_abort.tail.iter().all(|l| l == "memory allocation of 123456 bytes failed"), "{:?}", oom_abort.tail);
     let m = failed(outcome(None, None, signalled(6), usage, 2048, &oom_abort));
     assert_eq!(m, "out of memory: the run could not allocate more memory at 1.5 GB (limit 2.0 GB)");
 
     let m = failed(outcome(None, None, signalled(9), usage, 2048, &none));
     assert!(m.starts_with("the training process was killed (signal 9)"), "{m}");
 
-    let segv = ["warning: something".to_owned(), "libfoo: bad pointer".to_owned(), String::new()];
+    let segv = heard(&["warning: something", "libfoo: bad pointer", ""]);
     let m = failed(outcome(None, None, signalled(11), usage, 2048, &segv));
     assert_eq!(m, "the training process crashed (signal 11, segmentation fault): libfoo: bad pointer");
 

@@ -2,8 +2,10 @@
 //! `ci` runs exactly what CI runs; `tidy` checks the architecture's rules; `openapi` writes
 //! the OpenAPI document to `docs/openapi.json`; `bench` measures char-LSTM training speed
 //! against PyTorch and the model registry's upload and download throughput against a file
-//! copy, each in the same run.
+//! copy, each in the same run; `bench memory` (not part of plain `bench`: it trains for minutes)
+//! measures training memory per architecture against the memory estimate.
 
+mod bench_memory;
 mod bench_registry;
 
 use std::{
@@ -24,16 +26,18 @@ fn main() -> anyhow::Result<()> {
             None => bench(&root).and_then(|()| bench_registry::run(&root)),
             Some("lstm") => bench(&root),
             Some("registry") => bench_registry::run(&root),
-            Some(other) => bail!("unknown benchmark {other:?}: expected lstm or registry"),
+            Some("memory") => bench_memory::run(&root),
+            Some(other) => bail!("unknown benchmark {other:?}: expected lstm, registry or memory"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry]>");
+            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry | memory]>");
             eprintln!("  ci       format check, tidy, clippy with warnings denied, and every test");
             eprintln!("  tidy     crate dependency rules and module docs");
             eprintln!("  openapi  write docs/openapi.json from the code");
-            eprintln!("  bench    both benchmarks below, each printing its table");
+            eprintln!("  bench    the lstm and registry benchmarks below, each printing its table");
             eprintln!("    lstm      char-LSTM training speed: Trainyard, stock candle and PyTorch, as ratios");
             eprintln!("    registry  model upload/download MB/s over loopback vs a file copy, and the server's peak RSS");
+            eprintln!("    memory    training peak RSS and growth per architecture vs the memory estimate (minutes; not in plain bench)");
             bail!("unknown task {task:?}")
         }
     }

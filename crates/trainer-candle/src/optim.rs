@@ -14,6 +14,8 @@ const ADAM_EPS: f64 = 1e-8;
 const ADAMW_WEIGHT_DECAY: f64 = 0.01;
 const RMS_ALPHA: f64 = 0.99;
 const RMS_EPS: f64 = 1e-8;
+/// Values updated at once: the scratch memory of an update is a few chunks of this many.
+const UPDATE_CHUNK: usize = 1 << 20;
 
 /// Key prefix of optimizer state in a checkpoint.
 pub(crate) const STATE_PREFIX: &str = "optim.";
@@ -67,63 +69,77 @@ impl TrainOptimizer {
 
     /// Applies one update from `grads`.
     ///
+    /// The gradients are detached first: candle leaves the gradient of a variable attached to
+    /// the forward graph (a linear layer's weight gradient is `grad^T x` over the layer's tracked
+    /// input), so state blended from it would keep every step's activations alive. The state and
+    /// the weights are then updated in place, [`UPDATE_CHUNK`] values at a time, so that an update
+    /// needs a few chunks of scratch memory instead of several copies of the largest parameter.
+    ///
     /// # Errors
     /// A candle error from the update.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.steps += 1;
         #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
         let t = self.steps as i32;
-        let (lr, momentum) = (self.lr, self.momentum);
+        let (kind, lr, momentum) = (self.kind, self.lr, self.momentum);
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
-            let theta = slot.var.as_tensor();
-            let next = match self.kind {
-                OptimizerKind::Adam | OptimizerKind::AdamW => {
-                    let m = blend(slot.first.as_ref(), BETA1, g, 1.0 - BETA1)?;
-                    let v = blend(slot.second.as_ref(), BETA2, &g.sqr()?, 1.0 - BETA2)?;
-                    let m_hat = (&m / (1.0 - BETA1.powi(t)))?;
-                    let v_hat = (&v / (1.0 - BETA2.powi(t)))?;
-                    let update = (m_hat / (v_hat.sqrt()? + ADAM_EPS)?)?;
-                    let decayed =
-                        if self.kind == OptimizerKind::AdamW { (theta * (1.0 - lr * ADAMW_WEIGHT_DECAY))? } else { theta.clone() };
-                    slot.first = Some(m);
-                    slot.second = Some(v);
-                    (decayed - (update * lr)?)?
-                }
-                OptimizerKind::Sgd if momentum > 0.0 => {
-                    let buf = match &slot.first {
-                        Some(b) => ((b * momentum)? + g)?,
-                        None => g.clone(),
-                    };
-                    let next = (theta - (&buf * lr)?)?;
-                    slot.first = Some(buf);
-                    next
-                }
-                OptimizerKind::Sgd => (theta - (g * lr)?)?,
-                OptimizerKind::RmsProp => {
-                    let v = blend(slot.second.as_ref(), RMS_ALPHA, &g.sqr()?, 1.0 - RMS_ALPHA)?;
-                    let scaled = (g / (v.sqrt()? + RMS_EPS)?)?;
-                    slot.second = Some(v);
-                    if momentum > 0.0 {
-                        let buf = match &slot.first {
-                            Some(b) => ((b * momentum)? + &scaled)?,
-                            None => scaled,
-                        };
-                        let next = (theta - (&buf * lr)?)?;
-                        slot.first = Some(buf);
-                        next
-                    } else {
-                        (theta - (scaled * lr)?)?
+            let g = g.detach().flatten_all()?;
+            let var = slot.var.as_tensor();
+            let theta = var.flatten_all()?;
+            let uses_first = matches!(kind, OptimizerKind::Adam | OptimizerKind::AdamW) || momentum > 0.0;
+            let uses_second = matches!(kind, OptimizerKind::Adam | OptimizerKind::AdamW | OptimizerKind::RmsProp);
+            let first = if uses_first { Some(state_tensor(&mut slot.first, var)?) } else { None };
+            let second = if uses_second { Some(state_tensor(&mut slot.second, var)?) } else { None };
+            let len = theta.elem_count();
+            for start in (0..len).step_by(UPDATE_CHUNK) {
+                let n = UPDATE_CHUNK.min(len - start);
+                let part = |t: &Tensor| t.narrow(0, start, n);
+                let (g, th) = (part(&g)?, part(&theta)?);
+                let next = match kind {
+                    OptimizerKind::Adam | OptimizerKind::AdamW => {
+                        let (first, second) = (expect(first.as_ref())?, expect(second.as_ref())?);
+                        let m = ((part(first)? * BETA1)? + (&g * (1.0 - BETA1))?)?;
+                        let v = ((part(second)? * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+                        let m_hat = (&m / (1.0 - BETA1.powi(t)))?;
+                        let v_hat = (&v / (1.0 - BETA2.powi(t)))?;
+                        let update = (m_hat / (v_hat.sqrt()? + ADAM_EPS)?)?;
+                        let decayed = if kind == OptimizerKind::AdamW { (&th * (1.0 - lr * ADAMW_WEIGHT_DECAY))? } else { th };
+                        first.slice_set(&m, 0, start)?;
+                        second.slice_set(&v, 0, start)?;
+                        (decayed - (update * lr)?)?
                     }
-                }
-            };
-            slot.var.set(&next)?;
+                    OptimizerKind::Sgd if momentum > 0.0 => {
+                        let first = expect(first.as_ref())?;
+                        let buf = ((part(first)? * momentum)? + &g)?;
+                        first.slice_set(&buf, 0, start)?;
+                        (th - (&buf * lr)?)?
+                    }
+                    OptimizerKind::Sgd => (th - (g * lr)?)?,
+                    OptimizerKind::RmsProp => {
+                        let second = expect(second.as_ref())?;
+                        let v = ((part(second)? * RMS_ALPHA)? + (g.sqr()? * (1.0 - RMS_ALPHA))?)?;
+                        let scaled = (&g / (v.sqrt()? + RMS_EPS)?)?;
+                        second.slice_set(&v, 0, start)?;
+                        if momentum > 0.0 {
+                            let first = expect(first.as_ref())?;
+                            let buf = ((part(first)? * momentum)? + &scaled)?;
+                            first.slice_set(&buf, 0, start)?;
+                            (th - (&buf * lr)?)?
+                        } else {
+                            (th - (scaled * lr)?)?
+                        }
+                    }
+                };
+                theta.slice_set(&next, 0, start)?;
+            }
         }
         Ok(())
     }
 
     /// The state to checkpoint: `optim.steps`, and per parameter `optim.first.NAME` and
-    /// `optim.second.NAME` where they exist.
+    /// `optim.second.NAME` where they exist. The tensors share the optimizer's storage, which
+    /// the next step updates in place: write them out before stepping again.
     ///
     /// # Errors
     /// A candle error creating the step counter.
@@ -159,7 +175,10 @@ impl TrainOptimizer {
         for slot in &mut self.slots {
             let fetch = |kind: &str| -> Result<Option<Tensor>> {
                 match saved.get(&format!("{STATE_PREFIX}{kind}.{}", slot.name)) {
-                    Some(t) if t.shape() == slot.var.shape() => Ok(Some(t.to_device(slot.var.device())?.to_dtype(slot.var.dtype())?)),
+                    // A copy of its own: the state is updated in place.
+                    Some(t) if t.shape() == slot.var.shape() => {
+                        Ok(Some(t.to_device(slot.var.device())?.to_dtype(slot.var.dtype())?.copy()?))
+                    }
                     _ => Ok(None),
                 }
             };
@@ -170,12 +189,20 @@ impl TrainOptimizer {
     }
 }
 
-/// `decay * previous + (1 - decay) * x`, starting from zero.
-fn blend(previous: Option<&Tensor>, decay: f64, x: &Tensor, weight: f64) -> Result<Tensor> {
-    match previous {
-        Some(p) => (p * decay)? + (x * weight)?,
-        None => x * weight,
-    }
+/// The flat view of a slot's state tensor, created as zeros shaped `like` (PyTorch's start) on
+/// first use.
+/// The view shares the state's storage, so writing into it updates the state.
+fn state_tensor(state: &mut Option<Tensor>, like: &Tensor) -> Result<Tensor> {
+    let tensor = match state {
+        Some(t) => t,
+        None => state.insert(like.zeros_like()?),
+    };
+    tensor.flatten_all()
+}
+
+/// The state tensor an optimizer kind keeps (present by construction).
+fn expect(state: Option<&Tensor>) -> Result<&Tensor> {
+    state.ok_or_else(|| candle_core::Error::Msg("optimizer state missing".into()))
 }
 
 #[cfg(test)]
@@ -215,6 +242,40 @@ mod tests {
         let got = w.as_tensor().to_vec1::<f32>().unwrap();
         for (g, w0) in got.iter().zip([1.0f32, -2.0, 3.0]) {
             assert!((g - (w0 - 0.1 * w0.signum())).abs() < 1e-5, "{got:?}");
+        }
+    }
+
+    #[test]
+    fn state_keeps_no_graph_of_the_step_it_came_from() {
+        // A linear layer's weight gradient is `g^T x` over its tracked input: candle leaves it
+        // attached to the forward graph, which state blended from it would keep alive.
+        for &kind in OptimizerKind::ALL {
+            let w = Var::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+            let input = Var::ones((4, 3), DType::F32, &Device::Cpu).unwrap();
+            let mut opt = TrainOptimizer::new(kind, vec![("w".into(), w.clone())], 0.01, 0.9);
+            for _ in 0..3 {
+                let hidden = input.as_tensor().affine(2.0, 1.0).unwrap().relu().unwrap();
+                let loss = w.as_tensor().matmul(&hidden.t().unwrap()).unwrap().sqr().unwrap().sum_all().unwrap();
+                let grads = loss.backward().unwrap();
+                assert!(grads.get(w.as_tensor()).unwrap().track_op(), "the premise: the gradient carries the graph");
+                opt.step(&grads).unwrap();
+            }
+            for (name, t) in opt.state().unwrap() {
+                assert!(!t.track_op(), "{kind}: {name} holds a graph");
+            }
+        }
+    }
+
+    #[test]
+    fn updates_cross_chunk_boundaries() {
+        let n = UPDATE_CHUNK + 3;
+        let start: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { 1.0 } else { -2.0 }).collect();
+        let w = Var::from_vec(start.clone(), n, &Device::Cpu).unwrap();
+        let mut opt = TrainOptimizer::new(OptimizerKind::Adam, vec![("w".into(), w.clone())], 0.1, 0.0);
+        opt.backward_step(&quad_loss(&w)).unwrap();
+        let got = w.as_tensor().to_vec1::<f32>().unwrap();
+        for i in [0, 1, UPDATE_CHUNK - 1, UPDATE_CHUNK, n - 1] {
+            assert!((got[i] - (start[i] - 0.1 * start[i].signum())).abs() < 1e-5, "{i}: {}", got[i]);
         }
     }
 

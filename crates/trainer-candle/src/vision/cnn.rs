@@ -102,3 +102,23 @@ impl ImageClassifier for Cnn {
         fc3.forward(&x)
     }
 }
+
+/// Numbers one sample keeps alive for the backward pass in training (see
+/// [`super::activation_floats`]): the input; per convolution its output, the bias added and the
+/// ReLU; per max-pool its maxima and their positions; per linear layer its product and the bias
+/// added, then ReLU and dropout (mask and product) after the first two.
+pub(crate) fn activations(input: ImageShape, classes: usize) -> usize {
+    let plan = Plan::new(input);
+    let (h, w) = (input.height, input.width);
+    let mut total = input.channels * h * w + 3 * 6 * h * w;
+    let (h, w) = if plan.pool1 { (h / 2, w / 2) } else { (h, w) };
+    if plan.pool1 {
+        total += 2 * 6 * h * w;
+    }
+    let (h, w) = (h + 2 * plan.conv2_padding - 4, w + 2 * plan.conv2_padding - 4);
+    total += 3 * 16 * h * w;
+    if plan.pool2 {
+        total += 2 * 16 * plan.out.0 * plan.out.1;
+    }
+    total + 5 * (120 + 84) + 2 * classes
+}

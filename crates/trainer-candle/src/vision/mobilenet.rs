@@ -27,7 +27,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{
-    layers::{global_avg_pool, relu6, ConvBn, ConvSpec, Init, Linear, Params},
+    layers::{global_avg_pool, out_size, relu6, ConvBn, ConvSpec, Init, Linear, Params},
     ImageClassifier, ImageShape, Mode,
 };
 
@@ -149,4 +149,36 @@ impl ImageClassifier for MobileNetV2 {
         let x = global_avg_pool(&relu6(&self.last.forward(&x, &mode)?)?)?;
         self.classifier.forward(&mode.dropout(&x, self.dropout)?)
     }
+}
+
+/// Numbers one sample keeps alive for the backward pass in training (see
+/// [`super::activation_floats`]): the input; per convolution its output and batch norm's, and
+/// the four tensors of a ReLU6 where one follows; the residual sums; the pooled features,
+/// dropout (mask and product) and the linear layer's product and bias.
+pub(crate) fn activations(input: ImageShape, classes: usize) -> usize {
+    let standard = standard(input);
+    let stride = |s: usize, h: usize| out_size(h, 3, s, 1);
+    let s0 = if standard { 2 } else { 1 };
+    let (mut h, mut w) = (stride(s0, input.height), stride(s0, input.width));
+    let mut total = input.channels * input.height * input.width + 6 * STEM * h * w;
+    let mut channels = STEM;
+    for (setting, &(t, c, n, s)) in SETTINGS.iter().enumerate() {
+        for i in 0..n {
+            let s = match (i, setting, standard) {
+                (0, 1, false) | (1.., _, _) => 1,
+                _ => s,
+            };
+            let hidden = channels * t;
+            if t != 1 {
+                total += 6 * hidden * h * w;
+            }
+            (h, w) = (stride(s, h), stride(s, w));
+            total += 6 * hidden * h * w + 2 * c * h * w;
+            if s == 1 && channels == c {
+                total += c * h * w;
+            }
+            channels = c;
+        }
+    }
+    total + 6 * LAST * h * w + 3 * LAST + 2 * classes
 }

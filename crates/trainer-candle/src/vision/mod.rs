@@ -123,14 +123,61 @@ fn construct(
     if !(0.0..=1.0).contains(&dropout) {
         bail!("dropout must lie in [0, 1], not {dropout}")
     }
-    Ok(match arch {
+    let model: Box<dyn ImageClassifier> = match arch {
         Architecture::Cnn => Box::new(cnn::Cnn::new(params, input, classes, dropout)?),
         Architecture::Resnet18 => Box::new(resnet::ResNet::new(params, resnet::Depth::Resnet18, input, classes)?),
         Architecture::Resnet50 => Box::new(resnet::ResNet::new(params, resnet::Depth::Resnet50, input, classes)?),
         Architecture::Vgg16 => Box::new(vgg::Vgg16::new(params, input, classes, dropout)?),
         Architecture::MobilenetV2 => Box::new(mobilenet::MobileNetV2::new(params, input, classes, dropout)?),
         Architecture::Mlp | Architecture::CharLstm => bail!("{arch:?} is not an image architecture"),
-    })
+    };
+    let per_sample = activation_floats(arch, input, classes).max(1) * std::mem::size_of::<f32>();
+    Ok(Box::new(Chunked { model, chunk: (EVAL_BYTES / per_sample).max(1) }))
+}
+
+/// The activations an evaluation pass may hold at once, in bytes (chunks of samples).
+const EVAL_BYTES: usize = 64 << 20;
+
+/// A model that evaluates large batches in chunks of `chunk` samples.
+///
+/// The parameters are variables, so even an evaluation pass builds candle's backward graph and
+/// keeps every intermediate result of its batch alive until the logits go: a validation split of
+/// thousands of 32x32 images through VGG-16 would hold gigabytes. Each chunk's logits are
+/// detached, which frees its graph before the next chunk runs. Training batches pass as they are.
+#[derive(Debug)]
+struct Chunked {
+    model: Box<dyn ImageClassifier>,
+    chunk: usize,
+}
+
+impl ImageClassifier for Chunked {
+    fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        if mode.is_train() || n <= self.chunk {
+            return self.model.forward(x, mode);
+        }
+        let parts = (0..n)
+            .step_by(self.chunk)
+            .map(|start| Ok(self.model.forward(&x.narrow(0, start, self.chunk.min(n - start))?, Mode::Eval)?.detach()))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// Numbers (`f32`) one sample keeps alive for the backward pass of a training step: every
+/// intermediate result candle's graph holds from the input to the logits, walked layer by layer
+/// in each model's file (`activations` there). Transient buffers (a convolution's input copy, the
+/// gradients flowing back) come on top; the memory estimate accounts for them.
+#[must_use]
+pub(crate) fn activation_floats(arch: Architecture, input: ImageShape, classes: usize) -> usize {
+    match arch {
+        Architecture::Cnn => cnn::activations(input, classes),
+        Architecture::Resnet18 => resnet::activations(resnet::Depth::Resnet18, input, classes),
+        Architecture::Resnet50 => resnet::activations(resnet::Depth::Resnet50, input, classes),
+        Architecture::Vgg16 => vgg::activations(input, classes),
+        Architecture::MobilenetV2 => mobilenet::activations(input, classes),
+        Architecture::Mlp | Architecture::CharLstm => 0,
+    }
 }
 
 /// Builds `arch` for `input` and `classes`, creating its parameters and buffers in `varmap`

@@ -24,7 +24,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{
-    layers::{global_avg_pool, max_pool2d, pytorch_default, ConvBn, ConvSpec, Linear, Params},
+    layers::{global_avg_pool, max_pool2d, out_size, pytorch_default, ConvBn, ConvSpec, Linear, Params},
     ImageClassifier, ImageShape, Mode,
 };
 
@@ -160,4 +160,40 @@ impl ImageClassifier for ResNet {
         }
         self.fc.forward(&global_avg_pool(&x)?)
     }
+}
+
+/// Numbers one sample keeps alive for the backward pass in training (see
+/// [`super::activation_floats`]): the input; per convolution its output and batch norm's, and a
+/// ReLU where one follows; the stem's max-pool (maxima and positions); per block the
+/// shortcut's convolution and batch norm, the sum and the last ReLU; the pooled features and
+/// the linear layer's product and bias.
+pub(crate) fn activations(depth: Depth, input: ImageShape, classes: usize) -> usize {
+    let (mut h, mut w) = (input.height, input.width);
+    let mut total = input.channels * h * w;
+    if standard_stem(input) {
+        (h, w) = (out_size(h, 7, 2, 3), out_size(w, 7, 2, 3));
+        total += 3 * 64 * h * w;
+        (h, w) = (out_size(h, 3, 2, 1), out_size(w, 3, 2, 1));
+        total += 2 * 64 * h * w;
+    } else {
+        total += 3 * 64 * h * w;
+    }
+    let mut inplanes = 64;
+    for (stage, (&count, planes)) in depth.blocks().iter().zip([64, 128, 256, 512]).enumerate() {
+        for b in 0..count {
+            let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+            let (oh, ow) = (out_size(h, 3, stride, 1), out_size(w, 3, stride, 1));
+            let out = planes * depth.expansion();
+            total += match depth {
+                Depth::Resnet18 => 3 * planes * oh * ow + 2 * planes * oh * ow,
+                Depth::Resnet50 => 3 * planes * h * w + 3 * planes * oh * ow + 2 * out * oh * ow,
+            };
+            if stride != 1 || inplanes != out {
+                total += 2 * out * oh * ow;
+            }
+            total += 2 * out * oh * ow;
+            (h, w, inplanes) = (oh, ow, out);
+        }
+    }
+    total + inplanes + 2 * classes
 }

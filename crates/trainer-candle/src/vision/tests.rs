@@ -619,3 +619,34 @@ fn cpu_max_pool_sends_a_tie_to_the_first_maximum() {
     let grads = out.sum_all().unwrap().backward().unwrap();
     assert_eq!(values(grads.get(x.as_tensor()).unwrap()), [0.0, 1.0, 0.0, 0.0]);
 }
+
+#[test]
+fn evaluation_in_chunks_gives_the_logits_of_one_pass() {
+    let input = shape(1, 8, 8);
+    for arch in [Architecture::Cnn, Architecture::Resnet18] {
+        let varmap = VarMap::new();
+        let whole = build(arch, &varmap, input, 5, 0.0, &mut SplitMix64::new(3), &Device::Cpu).unwrap();
+        let chunked = Chunked { model: load(arch, &varmap, input, 5, 0.0, &Device::Cpu).unwrap(), chunk: 3 };
+        let x = uniform(&[7, 1, 8, 8], 2);
+        let (a, b) = (values(&whole.forward(&x, Mode::Eval).unwrap()), values(&chunked.forward(&x, Mode::Eval).unwrap()));
+        assert_eq!(a.len(), 35);
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() < 1e-5, "{arch:?}: {p} vs {q}");
+        }
+    }
+}
+
+#[test]
+fn activation_walks_follow_the_feature_maps() {
+    // VGG-16 on 32x32x3: 3 convolution tensors per map and 2 per pool, over the five stages.
+    let small = activation_floats(Architecture::Vgg16, shape(3, 32, 32), 10);
+    let tiny = activation_floats(Architecture::Vgg16, shape(1, 8, 8), 10);
+    assert!(small > 3 * 2 * 64 * 32 * 32, "{small}");
+    assert!(tiny < small / 4, "{tiny} {small}");
+    for arch in IMAGE_ARCHS {
+        // Both sizes take the standard stems and strides (32x32 would not).
+        let a = activation_floats(arch, shape(3, 64, 64), 10);
+        let b = activation_floats(arch, shape(3, 128, 128), 10);
+        assert!(a > 0 && b > a, "{arch:?}: {a} {b}");
+    }
+}

@@ -130,3 +130,31 @@ impl ImageClassifier for Vgg16 {
         fc6.forward(&x)
     }
 }
+
+/// Numbers one sample keeps alive for the backward pass in training (see
+/// [`super::activation_floats`]): the input; per convolution its output, the bias added and the
+/// ReLU; per max-pool its maxima and their positions; the average pool's two products and
+/// copies; per linear layer its product and the bias added, then ReLU and dropout (mask and
+/// product) after the first two.
+pub(crate) fn activations(input: ImageShape, classes: usize) -> usize {
+    let (mut h, mut w, mut c) = (input.height, input.width, input.channels);
+    let mut total = c * h * w;
+    for &out in &CONFIG {
+        if out == 0 {
+            if h.min(w) >= 2 {
+                (h, w) = (h / 2, w / 2);
+                total += 2 * c * h * w;
+            }
+        } else {
+            c = out;
+            total += 3 * c * h * w;
+        }
+    }
+    if w != POOLED {
+        total += c * h * POOLED;
+    }
+    if h != POOLED {
+        total += c * POOLED * h + 2 * c * POOLED * POOLED;
+    }
+    total + 2 * 5 * HIDDEN + 2 * classes
+}

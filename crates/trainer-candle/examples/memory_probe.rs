@@ -1,0 +1,219 @@
+//! Trains one architecture in this process for a number of steps and prints one JSON line about
+//! its memory: the peak resident set (`VmHWM`), the resident set once warmed up and at the end,
+//! the growth in between, and what [`Trainer::estimate_memory`] predicted for the run.
+//!
+//! ```text
+//! cargo run --release -p trainyard-trainer-candle --example memory_probe -- --arch vgg16
+//!     [--data digits|cifar] [--batch 32] [--steps 300] [--warmup 20] [--samples 2000]
+//! ```
+//!
+//! The data are real files read the way the server reads them, described by the dataset
+//! inspector as an upload would be: `mlp` trains on the bundled digits table (`digits.csv`,
+//! 64 features), `custom_ai_model` on the bundled Tempest text, the image models on the bundled
+//! 8x8x1 digits (`digits.npz`) or, with `--data cifar`, on a CIFAR-10 batch file of `--samples`
+//! random 32x32x3 images written to a temporary directory.
+//!
+//! Warm-up ends at the first step after `--warmup` steps that follows a finished epoch (so the
+//! first validation pass and checkpoint are behind it); `--steps` more steps are then trained
+//! and the run is stopped. The growth is `(end - warm) / warm` of the resident set.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use serde_json::json;
+use time::OffsetDateTime;
+use trainyard_domain::{
+    metrics::{EpochMetrics, LogLevel},
+    ports::{DatasetInspector, StopSignal, Trainer, TrainingEvents, TrainingJob},
+    registry::DatasetRecord,
+    DatasetName, SessionId, TrainingConfig, TrainingRequest,
+};
+use trainyard_trainer_candle::{CandleTrainer, FileInspector};
+
+type Error = Box<dyn std::error::Error>;
+
+const DATASETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/datasets");
+
+struct Args {
+    arch: String,
+    data: String,
+    batch: i64,
+    steps: u64,
+    warmup: u64,
+    samples: usize,
+}
+
+fn parse_args() -> Result<Args, Error> {
+    let mut args = Args { arch: String::new(), data: String::new(), batch: 32, steps: 300, warmup: 20, samples: 2000 };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--arch" => args.arch = value("--arch")?,
+            "--data" => args.data = value("--data")?,
+            "--batch" => args.batch = value("--batch")?.parse()?,
+            "--steps" => args.steps = value("--steps")?.parse()?,
+            "--warmup" => args.warmup = value("--warmup")?.parse()?,
+            "--samples" => args.samples = value("--samples")?.parse()?,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    if args.arch.is_empty() {
+        return Err("--arch is required".into());
+    }
+    if args.data.is_empty() {
+        args.data = match args.arch.as_str() {
+            "mlp" => "table",
+            "custom_ai_model" => "text",
+            _ => "digits",
+        }
+        .into();
+    }
+    Ok(args)
+}
+
+/// `VmRSS` and `VmHWM` of this process, in bytes.
+fn rss() -> (u64, u64) {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A CIFAR-10 batch of `samples` random images (uniform pixels, labels cycling 0..9).
+fn write_cifar(dir: &Path, samples: usize) -> Result<PathBuf, Error> {
+    let path = dir.join("data_batch_1.bin");
+    let mut out = std::io::BufWriter::new(fs::File::create(&path)?);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut record = vec![0u8; 1 + 3 * 32 * 32];
+    for i in 0..samples {
+        record[0] = u8::try_from(i % 10)?;
+        for byte in &mut record[1..] {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state.to_le_bytes()[0];
+        }
+        out.write_all(&record)?;
+    }
+    out.flush()?;
+    Ok(path)
+}
+
+/// Counts steps, notes the resident set at warm-up and at the end, and stops the run.
+struct Probe {
+    stop: StopSignal,
+    warmup: u64,
+    steps: u64,
+    done: u64,
+    epochs: u32,
+    warm: Option<(u64, u64)>,
+    end: Option<(u64, u64)>,
+}
+
+impl TrainingEvents for Probe {
+    fn epoch_finished(&mut self, _: EpochMetrics) {
+        self.epochs += 1;
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        if level != LogLevel::Info {
+            eprintln!("{level:?}: {message}");
+        }
+    }
+
+    fn resumed(&mut self, _: u32) {}
+
+    fn batch_finished(&mut self) {
+        self.done += 1;
+        match self.warm {
+            None if self.done >= self.warmup && self.epochs >= 1 => self.warm = Some((self.done, rss().0)),
+            Some((at, _)) if self.done - at >= self.steps && self.end.is_none() => {
+                self.end = Some((self.done, rss().0));
+                self.stop.request();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn main() -> Result<(), Error> {
+    let args = parse_args()?;
+    let tmp = tempfile::tempdir()?;
+    let (path, file_name) = match args.data.as_str() {
+        "table" => (PathBuf::from(DATASETS).join("digits.csv"), "digits.csv"),
+        "text" => (PathBuf::from(DATASETS).join("tempest.txt"), "tempest.txt"),
+        "digits" => (PathBuf::from(DATASETS).join("digits.npz"), "digits.npz"),
+        "cifar" => (write_cifar(tmp.path(), args.samples)?, "data_batch_1.bin"),
+        other => return Err(format!("unknown --data {other} (table, text, digits or cifar)").into()),
+    };
+    let info = FileInspector.inspect(&path, Some(file_name))?;
+    let input = info.dimensions.clone().unwrap_or_default();
+    let dataset = DatasetRecord {
+        name: DatasetName::new("probe")?,
+        size_bytes: fs::metadata(&path)?.len(),
+        file_path: path,
+        info,
+        created_at: OffsetDateTime::now_utc(),
+        content_hash: None,
+    };
+    let config = TrainingConfig::validate(&TrainingRequest {
+        model_architecture: Some(args.arch.clone()),
+        dataset_name: Some("probe".into()),
+        batch_size: Some(args.batch),
+        epochs: Some(1000),
+        ..TrainingRequest::default()
+    })
+    .map_err(|e| format!("{e:?}"))?;
+    let trainer = CandleTrainer::cpu();
+    let estimate = trainer.estimate_memory(&config, std::slice::from_ref(&dataset))?;
+    let job = TrainingJob {
+        session_id: SessionId::generate(),
+        config,
+        dataset,
+        extra_datasets: Vec::new(),
+        base_model: None,
+        scratch_dir: tmp.path().join("scratch"),
+    };
+    fs::create_dir_all(&job.scratch_dir)?;
+    let stop = StopSignal::default();
+    let mut probe = Probe { stop: stop.clone(), warmup: args.warmup, steps: args.steps, done: 0, epochs: 0, warm: None, end: None };
+    let started = Instant::now();
+    trainer.train(&job, &mut probe, &stop)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (_, peak) = rss();
+    let mb = |b: u64| b / (1 << 20);
+    let (warm_step, warm) = probe.warm.unwrap_or((probe.done, 0));
+    let (end_step, end) = probe.end.unwrap_or((probe.done, rss().0));
+    #[allow(clippy::cast_precision_loss)]
+    let growth = if warm > 0 { (end as f64 - warm as f64) / warm as f64 * 100.0 } else { 0.0 };
+    let line = json!({
+        "architecture": args.arch,
+        "data": args.data,
+        "input": input,
+        "batch": args.batch,
+        "steps": probe.done,
+        "warm_step": warm_step,
+        "end_step": end_step,
+        "completed": probe.end.is_some(),
+        "peak_rss_mb": mb(peak),
+        "warm_rss_mb": mb(warm),
+        "end_rss_mb": mb(end),
+        "growth_percent": (growth * 100.0).round() / 100.0,
+        "estimate_host_mb": estimate.host_mb,
+        "estimate_gpu_mb": estimate.gpu_mb,
+        "seconds": (seconds * 10.0).round() / 10.0,
+    });
+    println!("{line}");
+    Ok(())
+}

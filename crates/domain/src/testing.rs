@@ -394,6 +394,9 @@ pub struct ScriptedTrainer {
 }
 
 impl ScriptedTrainer {
+    /// The peak memory every run reports, in MB.
+    pub const PEAK_MB: u64 = 42;
+
     /// Makes new and waiting runs wait (`true`) or go (`false`).
     pub fn set_hold(&self, hold: bool) {
         *guard(&self.hold) = hold;
@@ -439,6 +442,7 @@ impl Trainer for ScriptedTrainer {
                 hold = self.released.wait_timeout(hold, StdDuration::from_millis(5)).unwrap_or_else(PoisonError::into_inner).0;
             }
         }
+        events.usage(crate::ports::RunUsage { pid: None, memory_mb: Self::PEAK_MB - 1, peak_memory_mb: Self::PEAK_MB });
         let name = job.config.dataset_name.as_str();
         if name.starts_with("panic") {
             panic!("scripted panic");

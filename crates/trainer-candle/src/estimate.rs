@@ -37,7 +37,6 @@ use trainyard_domain::{
 };
 
 use crate::{
-    char_run::lstm_config,
     data::MAX_CLASSES,
     lstm,
     mlp::MlpShape,
@@ -161,7 +160,7 @@ pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord]) -> Res
                 characters += samples(d)?;
             }
             let opts = cfg.char_lstm.unwrap_or_default();
-            let lstm_cfg = lstm_config(opts, vocab.max(2));
+            let lstm_cfg = lstm::CharLstmConfig::from_options(opts, vocab.max(2));
             let shapes = lstm::parameter_shapes(lstm_cfg);
             let (e, h, v) = (as_f64(lstm_cfg.embedding_dim), as_f64(lstm_cfg.hidden), as_f64(lstm_cfg.vocab));
             // Per character: the embedding, per layer 32 numbers per unit (the four gates, cell

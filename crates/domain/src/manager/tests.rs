@@ -102,6 +102,42 @@ fn a_base_model_that_does_not_fit_is_a_field_error() {
 }
 
 #[test]
+fn a_session_above_the_run_memory_limit_or_the_machine_is_refused() {
+    let mut w = world(1, 0);
+    // 10 MB per sample: batch 1024 needs 10 GB, more than the 4 GB a run may use.
+    w.manager = SessionManager::new(
+        w.manager.inner.ports.clone(),
+        SchedulerPolicy { max_concurrent: 1, memory_reserve_mb: 0, run_memory_limit_mb: 4096, retention: Duration::days(7) },
+    );
+    let err = w.manager.start(&TrainingRequest { batch_size: Some(1024), ..request("iris", 1) }).unwrap_err();
+    let ManagerError::InsufficientMemory(message) = err else { panic!("{err:?}") };
+    assert!(message.contains("about 10.0 GB") && message.contains("4.0 GB a run may use") && message.contains("batch_size"), "{message}");
+    assert!(w.sessions.list().unwrap().is_empty(), "nothing is stored");
+    // Without a run limit, the machine's 32,000 MB is the bound.
+    let w = world(1, 0);
+    assert!(w.manager.start(&TrainingRequest { batch_size: Some(1024), ..request("iris", 1) }).is_ok());
+}
+
+#[test]
+fn queue_reasons_say_what_each_session_waits_for_and_peaks_are_kept() {
+    let w = world(1, 0);
+    w.trainer.set_hold(true);
+    let first = w.manager.start(&request("iris", 1)).unwrap().view.session.id;
+    assert!(w.trainer.wait_started(1, WAIT));
+    let second = w.manager.start(&request("iris", 1)).unwrap();
+    assert_eq!(second.view.queue_reason.as_deref(), Some("waiting for a running session to finish (1 of 1 allowed at once)"));
+    let third = w.manager.start(&request("iris", 1)).unwrap();
+    assert_eq!(third.view.queue_reason.as_deref(), Some("waiting behind 1 earlier session in the queue"));
+    let running = w.manager.view(&first).unwrap();
+    assert_eq!(running.queue_reason, None);
+    w.trainer.set_hold(false);
+    assert!(w.manager.wait_idle(WAIT));
+    let done = w.manager.view(&first).unwrap();
+    assert_eq!(done.session.resources.peak_memory_mb, Some(ScriptedTrainer::PEAK_MB), "the run's peak is kept");
+    assert_eq!(done.usage, None, "an ended run has no live usage");
+}
+
+#[test]
 fn failing_and_panicking_runs_fail_and_the_queue_moves_on() {
     let w = world(1, 0);
     let failing = w.manager.start(&request("fail-data", 2)).unwrap().view.session.id;
@@ -243,18 +279,24 @@ quickcheck! {
             })
     }
 
-    // Property 15: a queued session waits while available memory is below the reserve and
-    // starts once memory frees up.
-    fn prop15_memory_reserve_holds_the_queue(reserve: u16, available: u16) -> bool {
-        let (reserve, available) = (u64::from(reserve % 2000 + 1), u64::from(available % 2000));
+    // Property 15: the first queued session waits while its memory estimate plus the reserve is
+    // more than the memory available, says so in its queue reason, and starts once memory frees.
+    fn prop15_memory_estimates_hold_the_queue(reserve: u16, available: u16, batch: u8) -> bool {
+        let (reserve, available, batch) = (u64::from(reserve % 2000), u64::from(available % 4000), i64::from(batch % 64 + 1));
+        // The scripted trainer estimates 10 MB per sample of a batch.
+        let estimate = 10 * batch.unsigned_abs();
         let w = world(1, reserve);
         w.monitor.0.store(available, Ordering::SeqCst);
-        let id = w.manager.start(&request("iris", 1)).unwrap().view.session.id;
-        let waited = state_of(&w, &id) == SessionState::Queued;
-        w.monitor.0.store(reserve, Ordering::SeqCst);
+        let started = w.manager.start(&TrainingRequest { batch_size: Some(batch), ..request("iris", 1) }).unwrap();
+        let id = started.view.session.id.clone();
+        let view = w.manager.view(&id).unwrap();
+        let waited = view.session.state == SessionState::Queued;
+        let said = view.queue_reason.as_deref().is_some_and(|r| r.starts_with(&format!("waiting for {} of memory", human_mb(estimate))));
+        let estimated = started.view.session.resources.estimate.map(|e| e.host_mb) == Some(estimate);
+        w.monitor.0.store(estimate + reserve, Ordering::SeqCst);
         w.manager.tick();
         let ran = w.trainer.wait_started(1, WAIT) && w.manager.wait_idle(WAIT);
-        waited == (available < reserve) && ran && state_of(&w, &id) == SessionState::Completed
+        estimated && waited == (estimate + reserve > available) && (!waited || said) && ran && state_of(&w, &id) == SessionState::Completed
     }
 
     // Property 17: a run that fails or panics ends failed with its message, and every session

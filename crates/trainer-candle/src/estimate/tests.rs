@@ -13,9 +13,9 @@ use trainyard_domain::{
 
 use super::*;
 use crate::{
+    epoch_loop::named_vars,
     optim::TrainOptimizer,
     rng::SplitMix64,
-    trainer::named_vars,
     vision::{self, ImageShape},
 };
 
@@ -74,7 +74,7 @@ fn mlp_and_lstm_parameter_counts_are_those_of_the_built_models() {
     );
     let varmap = VarMap::new();
     let opts = cfg.char_lstm.unwrap();
-    crate::lstm::CharLstm::new(lstm_config(opts, 40), VarBuilder::from_varmap(&varmap, DType::F32, &Backend::Cpu), 1).unwrap();
+    crate::lstm::CharLstm::new(crate::lstm::CharLstmConfig::from_options(opts, 40), VarBuilder::from_varmap(&varmap, DType::F32, &Backend::Cpu), 1).unwrap();
     assert_eq!(footprint(&cfg, &[text]).unwrap().parameters, trained_in(&varmap));
 }
 

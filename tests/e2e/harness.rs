@@ -163,13 +163,19 @@ impl Server {
         (status, bytes, disposition)
     }
 
-    /// Waits (server-side long poll) until the session ends; returns its status.
+    /// Waits (server-side long polls of a minute) until the session ends, for at most 15
+    /// minutes; returns its status.
     pub fn wait_ended(&self, session: &str) -> Value {
-        let (code, status) = self.get(&format!("/api/v1/training/{session}/status?wait_seconds=240"));
-        assert_eq!(code, 200, "{status}");
-        let state = status["state"].as_str().unwrap_or_default();
-        assert!(["completed", "failed", "stopped"].contains(&state), "session did not end: {status}");
-        status
+        let deadline = std::time::Instant::now() + Duration::from_secs(900);
+        loop {
+            let (code, status) = self.get(&format!("/api/v1/training/{session}/status?wait_seconds=60"));
+            assert_eq!(code, 200, "{status}");
+            let state = status["state"].as_str().unwrap_or_default();
+            if ["completed", "failed", "stopped"].contains(&state) {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "session did not end: {status}");
+        }
     }
 
     /// Polls the session's status until `done` holds for it, for at most `limit`; returns the

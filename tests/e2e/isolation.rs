@@ -115,7 +115,8 @@ fn a_run_that_makes_no_progress_is_killed_after_the_stall_timeout() {
 
 #[test]
 fn sessions_are_estimated_refused_when_they_can_never_fit_and_queued_with_a_reason() {
-    let s = Server::start_with(Opts { extra_args: vec!["--examples".into(), "--run-memory-limit-mb".into(), "600".into()], ..Opts::default() });
+    let s =
+        Server::start_with(Opts { extra_args: vec!["--examples".into(), "--run-memory-limit-mb".into(), "600".into()], ..Opts::default() });
     // vgg16 holds 134 million parameters: weights, gradients and Adam's state alone pass 2 GB.
     let (code, body) = s.post_json("/api/v1/training/start", &json!({"model_architecture": "vgg16", "dataset_name": "digits_png"}));
     assert_eq!(code, 400, "{body}");
@@ -123,7 +124,8 @@ fn sessions_are_estimated_refused_when_they_can_never_fit_and_queued_with_a_reas
     let message = body["detail"].as_str().unwrap();
     assert!(message.contains("600 MB a run may use") && message.contains("batch_size"), "{message}");
 
-    let (code, started) = s.post_json("/api/v1/training/start", &json!({"model_architecture": "cnn", "dataset_name": "digits_png", "epochs": 2}));
+    let (code, started) =
+        s.post_json("/api/v1/training/start", &json!({"model_architecture": "cnn", "dataset_name": "digits_png", "epochs": 2}));
     assert_eq!(code, 200, "{started}");
     let estimate = started["estimated_memory_mb"].as_u64().unwrap_or_else(|| panic!("an estimate: {started}"));
     assert!(estimate > 0 && estimate < 600, "{started}");
@@ -134,7 +136,10 @@ fn sessions_are_estimated_refused_when_they_can_never_fit_and_queued_with_a_reas
     assert!(ended["peak_memory_mb"].as_u64().unwrap() > 0, "{ended}");
 
     // A reserve larger than any machine keeps every session waiting, saying for what.
-    let s = Server::start_with(Opts { extra_args: vec!["--examples".into(), "--memory-reserve-mb".into(), "100000000".into()], ..Opts::default() });
+    let s = Server::start_with(Opts {
+        extra_args: vec!["--examples".into(), "--memory-reserve-mb".into(), "100000000".into()],
+        ..Opts::default()
+    });
     let id = start(&s, &json!({"model_architecture": "mlp", "dataset_name": "iris"}));
     let (_, st) = s.get(&format!("/api/v1/training/{id}/status"));
     assert_eq!(st["state"], "queued", "{st}");

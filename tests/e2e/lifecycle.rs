@@ -84,7 +84,8 @@ fn a_restart_resumes_interrupted_sessions_before_queued_ones() {
 
 /// Whether the process is a zombie (exited, waiting to be reaped by whoever adopted it).
 fn is_zombie(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }
 
 #[test]

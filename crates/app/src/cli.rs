@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// A remotely managed training server.
 #[derive(Debug, Parser)]
-#[command(name = "trainyard", version, about, args_conflicts_with_subcommands = true)]
+#[command(name = "trainyard", version, about, args_conflicts_with_subcommands = true, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

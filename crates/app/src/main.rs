@@ -23,8 +23,8 @@ use trainyard_domain::{
 };
 use trainyard_http::{AppState, UploadLimits};
 use trainyard_monitor::CachedMonitor;
-use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
+use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};
 use trainyard_trainer_candle::{CandleGenerator, CandlePredictor, CandleTrainer, FileInspector, FileModelInspector};
 
 use crate::cli::{Cli, Command, LogFormat, ServeArgs};
@@ -51,7 +51,8 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::RunSession) => {
             // Standard error reaches the server's log; warnings and worse are enough there.
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            let filter =
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             std::process::exit(i32::from(trainyard_supervisor::worker::serve(Arc::new(CandleTrainer::new()))));
         }

@@ -467,6 +467,12 @@ impl SessionManager {
         }
     }
 
+    /// What the running sessions' processes use now, as last measured.
+    #[must_use]
+    pub fn running_usage(&self) -> Vec<(SessionId, Option<RunUsage>)> {
+        lock(&self.inner.sched).running.iter().map(|(id, r)| (id.clone(), r.usage)).collect()
+    }
+
     /// Ids of the sessions running right now.
     #[must_use]
     pub fn running_ids(&self) -> Vec<SessionId> {
@@ -559,12 +565,7 @@ impl Inner {
         } else {
             (machine, format!("the machine's {}", human_mb(machine)))
         };
-        let advice = |device: &str| {
-            format!(
-                "lower batch_size (now {}), train on smaller images, or choose {device}",
-                config.batch_size
-            )
-        };
+        let advice = |device: &str| format!("lower batch_size (now {}), train on smaller images, or choose {device}", config.batch_size);
         if cap > 0 && e.host_mb > cap {
             let other = if e.gpu_mb == 0 { "a GPU (\"device\": \"cuda:0\") where one is available" } else { "another device" };
             return Err(ManagerError::InsufficientMemory(format!(
@@ -597,9 +598,8 @@ impl Inner {
         let to_come: u64 = sched.running.values().map(Running::host_to_come).sum();
         let free = snap.memory_available_mb.saturating_sub(to_come);
         let Some(e) = session.resources.estimate else {
-            return (reserve > 0 && free < reserve).then(|| {
-                format!("waiting for memory: {} free, {} must stay free", human_mb(free), human_mb(reserve))
-            });
+            return (reserve > 0 && free < reserve)
+                .then(|| format!("waiting for memory: {} free, {} must stay free", human_mb(free), human_mb(reserve)));
         };
         if e.host_mb.saturating_add(reserve) > free {
             let reserve_note = if reserve > 0 { format!(", {} kept in reserve", human_mb(reserve)) } else { String::new() };

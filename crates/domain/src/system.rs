@@ -33,6 +33,8 @@ pub struct SystemSnapshot {
     pub memory_used_mb: u64,
     pub memory_total_mb: u64,
     pub memory_available_mb: u64,
+    /// The server process's own resident memory, in MB (training runs in other processes).
+    pub server_memory_mb: u64,
     pub disk_free_gb: f64,
     pub disk_total_gb: f64,
     /// Empty when there is no GPU, no NVML library, or NVML failed.

@@ -371,6 +371,7 @@ impl SystemMonitor for FakeMonitor {
             memory_used_mb: 32_000u64.saturating_sub(available),
             memory_total_mb: 32_000,
             memory_available_mb: available,
+            server_memory_mb: 20,
             disk_free_gb: 10.0,
             disk_total_gb: 20.0,
             gpus: Vec::new(),
@@ -486,7 +487,11 @@ impl Trainer for ScriptedTrainer {
     }
 
     /// Ten MB of host memory per sample of a batch, so that tests choose a session's size.
-    fn estimate_memory(&self, config: &crate::config::TrainingConfig, _datasets: &[crate::registry::DatasetRecord]) -> Result<crate::ports::MemoryEstimate, String> {
+    fn estimate_memory(
+        &self,
+        config: &crate::config::TrainingConfig,
+        _datasets: &[crate::registry::DatasetRecord],
+    ) -> Result<crate::ports::MemoryEstimate, String> {
         let device = match config.device {
             crate::config::Device::Auto => crate::config::Device::Cpu,
             other => other,

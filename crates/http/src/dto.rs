@@ -419,6 +419,10 @@ pub struct SystemInfo {
     pub memory_total_mb: u64,
     pub memory_available_mb: u64,
     pub memory_percent: f64,
+    /// The server process's own resident memory, in MB.
+    pub server_memory_mb: u64,
+    /// The resident memory of the running sessions' training processes together, in MB.
+    pub training_memory_mb: u64,
     pub disk_free_gb: f64,
     pub disk_total_gb: f64,
     pub gpu_available: bool,
@@ -437,7 +441,7 @@ pub struct SystemInfo {
 impl SystemInfo {
     /// The wire form of a monitor snapshot.
     #[must_use]
-    pub fn of(s: &SystemSnapshot, running_sessions: usize, max_concurrent_sessions: usize) -> Self {
+    pub fn of(s: &SystemSnapshot, running_sessions: usize, training_memory_mb: u64, max_concurrent_sessions: usize) -> Self {
         let first = s.gpus.first();
         Self {
             cpu_usage_percent: (s.cpu_usage_percent * 10.0).round() / 10.0,
@@ -446,6 +450,8 @@ impl SystemInfo {
             memory_total_mb: s.memory_total_mb,
             memory_available_mb: s.memory_available_mb,
             memory_percent: s.memory_percent(),
+            server_memory_mb: s.server_memory_mb,
+            training_memory_mb,
             disk_free_gb: s.disk_free_gb,
             disk_total_gb: s.disk_total_gb,
             gpu_available: first.is_some(),

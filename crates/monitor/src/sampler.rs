@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, System, MINIMUM_CPU_UPDATE_INTERVAL};
+use sysinfo::{
+    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate, System, MINIMUM_CPU_UPDATE_INTERVAL,
+};
 use time::OffsetDateTime;
 use trainyard_domain::system::SystemSnapshot;
 
@@ -55,6 +57,7 @@ impl Sampler {
         let memory_used_mb = (self.system.used_memory() / MIB).min(memory_total_mb);
         let memory_available_mb = (self.system.available_memory() / MIB).min(memory_total_mb);
 
+        let server_memory_mb = self.own_memory_mb();
         let (disk_free_gb, disk_total_gb) = self.disk_space();
         let gpu = self.gpu.read();
 
@@ -64,12 +67,20 @@ impl Sampler {
             memory_used_mb,
             memory_total_mb,
             memory_available_mb,
+            server_memory_mb,
             disk_free_gb,
             disk_total_gb,
             gpus: gpu.gpus,
             gpu_error: gpu.error,
             timestamp: OffsetDateTime::now_utc(),
         }
+    }
+
+    /// This process's resident memory, in MB (0 when it cannot be read).
+    fn own_memory_mb(&mut self) -> u64 {
+        let Ok(pid) = sysinfo::get_current_pid() else { return 0 };
+        self.system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), false, ProcessRefreshKind::nothing().with_memory());
+        self.system.process(pid).map_or(0, |p| p.memory().div_ceil(MIB))
     }
 
     /// Free and total GiB of the filesystem holding the data directory; zeros when sysinfo lists

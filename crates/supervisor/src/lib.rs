@@ -12,8 +12,8 @@
 //! ([`protocol`]); the run needs nothing else from its supervisor but the files the job names,
 //! so it does not care where the supervisor runs.
 
-pub mod protocol;
 mod procfs;
+pub mod protocol;
 mod supervise;
 pub mod worker;
 

@@ -15,9 +15,7 @@ pub(crate) fn resident(pid: u32) -> Option<Resident> {
 
 /// Reads `VmRSS` and `VmHWM` (in kB) from a `/proc/<pid>/status` text.
 pub(crate) fn parse_status(status: &str) -> Option<Resident> {
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-    };
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok());
     let now_kb = field("VmRSS:")?;
     let peak_kb = field("VmHWM:").unwrap_or(now_kb).max(now_kb);
     Some(Resident { now_mb: now_kb.div_ceil(1024), peak_mb: peak_kb.div_ceil(1024) })

@@ -34,15 +34,30 @@ pub struct RunLimits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromRun {
-    Epoch { metrics: EpochMetrics },
-    Log { level: LogLevel, message: String },
-    Resumed { epoch: u32 },
+    Epoch {
+        metrics: EpochMetrics,
+    },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    Resumed {
+        epoch: u32,
+    },
     /// Batches finished so far; sent at most about once a second.
-    Progress { batches: u64 },
-    Finished { model: TrainedModel },
-    Failed { error: TrainError },
+    Progress {
+        batches: u64,
+    },
+    Finished {
+        model: TrainedModel,
+    },
+    Failed {
+        error: TrainError,
+    },
     /// The trainer panicked; the message is the panic's.
-    Crashed { message: String },
+    Crashed {
+        message: String,
+    },
 }
 
 impl ToRun {

@@ -112,10 +112,7 @@ impl Trainer for ProcessTrainer {
         if let Err(e) = stdin.write_all(start.to_line().as_bytes()).and_then(|()| stdin.flush()) {
             return Err(TrainError::Io(format!("could not hand the job to the training process: {e}")));
         }
-        events.log(
-            LogLevel::Info,
-            format!("training process {pid} started (memory limit {})", human_mb(self.limits.memory_limit_mb)),
-        );
+        events.log(LogLevel::Info, format!("training process {pid} started (memory limit {})", human_mb(self.limits.memory_limit_mb)));
         let watch = Watch { pid, limits: self.limits, stop, stdin: Some(stdin) };
         let (result, killed, usage) = watch.run(&rx, child, events);
         let status = child.wait().map_err(|e| TrainError::Io(format!("could not wait for the training process: {e}")))?;
@@ -307,11 +304,9 @@ pub(crate) fn outcome(
     let last_words = said.tail.back().cloned();
     let message = match (killed, status.signal()) {
         (Some(Killed::Memory { at_mb }), _) => format!("out of memory: the run was killed at {} (limit {limit})", human_mb(at_mb)),
-        (Some(Killed::Stalled), _) => {
-            "the run made no progress (no batch finished) for longer than the stall timeout and was killed; \
+        (Some(Killed::Stalled), _) => "the run made no progress (no batch finished) for longer than the stall timeout and was killed; \
              raise --run-stall-timeout-secs if its batches are this slow"
-                .to_owned()
-        }
+            .to_owned(),
         (None, Some(6)) if said.allocation_failed => format!(
             "out of memory: the run could not allocate more memory at {} (limit {limit})",
             human_mb(usage.peak_memory_mb.max(usage.memory_mb))

@@ -120,10 +120,7 @@ fn lock_session(job: &TrainingJob, out: &Out) -> Result<File, TrainError> {
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            send(
-                out,
-                &FromRun::Log { level: LogLevel::Warning, message: "waiting for an earlier run of this session to exit".to_owned() },
-            );
+            send(out, &FromRun::Log { level: LogLevel::Warning, message: "waiting for an earlier run of this session to exit".to_owned() });
             file.lock().map_err(|e| TrainError::Io(format!("could not take the run lock: {e}")))?;
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(TrainError::Io(format!("could not take the run lock: {e}"))),

@@ -29,6 +29,7 @@ pub(crate) async fn redoc() -> HttpResponse {
 #[utoipa::path(get, path = "/api/v1/system/info", tag = "system", responses((status = 200, body = SystemInfo)))]
 pub(crate) async fn system_info(state: web::Data<AppState>) -> web::Json<SystemInfo> {
     let snapshot = state.monitor.snapshot();
-    let running = state.manager.running_ids().len();
-    web::Json(SystemInfo::of(&snapshot, running, state.manager.policy().max_concurrent))
+    let running = state.manager.running_usage();
+    let training_memory_mb = running.iter().filter_map(|(_, u)| u.map(|u| u.memory_mb)).sum();
+    web::Json(SystemInfo::of(&snapshot, running.len(), training_memory_mb, state.manager.policy().max_concurrent))
 }

@@ -74,7 +74,12 @@ fn mlp_and_lstm_parameter_counts_are_those_of_the_built_models() {
     );
     let varmap = VarMap::new();
     let opts = cfg.char_lstm.unwrap();
-    crate::lstm::CharLstm::new(crate::lstm::CharLstmConfig::from_options(opts, 40), VarBuilder::from_varmap(&varmap, DType::F32, &Backend::Cpu), 1).unwrap();
+    crate::lstm::CharLstm::new(
+        crate::lstm::CharLstmConfig::from_options(opts, 40),
+        VarBuilder::from_varmap(&varmap, DType::F32, &Backend::Cpu),
+        1,
+    )
+    .unwrap();
     assert_eq!(footprint(&cfg, &[text]).unwrap().parameters, trained_in(&varmap));
 }
 

@@ -163,11 +163,11 @@ pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord]) -> Res
             let lstm_cfg = lstm::CharLstmConfig::from_options(opts, vocab.max(2));
             let shapes = lstm::parameter_shapes(lstm_cfg);
             let (e, h, v) = (as_f64(lstm_cfg.embedding_dim), as_f64(lstm_cfg.hidden), as_f64(lstm_cfg.vocab));
-            // Per character: the embedding, per layer 32 numbers per unit (the four gates, cell
-            // and hidden states, their gradients and the fused layers' kept buffers: measured,
-            // 217 MB peak for the owner's model at batch 16), and the logits with their softmax
-            // and gradient.
-            let per_char = e + as_f64(lstm_cfg.num_layers) * 32.0 * h + 3.0 * v;
+            // Per character: the embedding, per layer 40 numbers per unit (the four gates, cell
+            // and hidden states, their gradients and the fused layers' kept buffers, and what the
+            // allocator keeps of them: measured, the owner's model at batch 16 settles at a peak
+            // of 274-282 MB after 650-1250 steps), and the logits with their softmax and gradient.
+            let per_char = e + as_f64(lstm_cfg.num_layers) * 40.0 * h + 3.0 * v;
             Ok(Footprint {
                 parameters: lstm::parameter_count(lstm_cfg),
                 largest: shapes.iter().map(|(_, s)| s.iter().product::<usize>()).max().unwrap_or(0),

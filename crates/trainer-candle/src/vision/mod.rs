@@ -38,6 +38,7 @@
 // `build` and `load` wait for the trainer's image path; once it calls them this goes.
 
 mod cnn;
+mod conv_cpu;
 mod layers;
 mod mobilenet;
 mod resnet;

@@ -7,8 +7,8 @@
 //!
 //! On the CPU (in `f32`), dense and depthwise convolutions are the kernels of `conv_cpu` (im2col
 //! and matrix products, or direct loops, with their own backward passes), because candle's own
-//! are several times slower there; batch norm in training runs as a custom operation with a
-//! backward pass written out from fast operations (`BatchNormGrad`), and max-pooling is a kernel that
+//! are several times slower there; batch norm in training is the kernel of `norm_cpu`, and
+//! max-pooling is a kernel that
 //! remembers where each maximum was (`MaxPoolCpu`); elsewhere they are the plain composed
 //! operations, which the tests hold them to.
 
@@ -18,10 +18,10 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, Var};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use super::{conv_cpu, Mode};
+use super::{clamp_cpu, conv_cpu, norm_cpu, Mode};
 use crate::rng::SplitMix64;
 
 /// Batch norm's `eps` (PyTorch's default).
@@ -312,63 +312,12 @@ fn fast_path(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-// CPU operations with hand-written backward passes.
-//
-// candle differentiates every operation it runs, but on the CPU some of those gradients are slow:
-// a convolution's input gradient is a direct `conv_transpose2d` loop several times slower than the
-// forward convolution, and reductions over several axes (batch norm's, and those that undo a
-// broadcast) take a slow strided path. Here the forward result is computed from detached inputs
-// and handed to a custom operation (as a copy: candle wants to own it) whose backward pass is
-// written out with fast operations (forward convolutions, matrix products, reductions over one
-// trailing axis at a time). Other devices (no `cpu_fwd` there) use the plain operations; the
-// tests hold the two to the same values and gradients.
-
-/// The result held in `slot` as CPU storage (a copy; it is handed over once).
-fn take_result(slot: &Mutex<Option<Tensor>>) -> Result<(CpuStorage, Shape)> {
-    let Some(y) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() else { bail!("a precomputed operation ran twice") };
-    Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), y.shape().clone()))
-}
-
-/// Batch norm in training over `[N, C, L]` with weight and bias `[C]`: the batch statistics
-/// (`[1, C, 1]`) are computed once, and the backward pass is the closed form
-/// `dx = weight / std / m * (m * g - sum(g) - x̂ * sum(g * x̂))`, `dweight = sum(g * x̂)`,
-/// `dbias = sum(g)` with sums over the `m = N * L` values of each channel.
-struct BatchNormGrad {
-    result: Mutex<Option<Tensor>>,
-    mean: Tensor,
-    inv_std: Tensor,
-}
-
-impl CustomOp3 for BatchNormGrad {
-    fn name(&self) -> &'static str {
-        "batch-norm-cpu"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        take_result(&self.result)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, l) = x.dims3()?;
-        let (x, grad) = (x.detach(), grad.detach().contiguous()?);
-        let sum = |t: &Tensor| t.sum_keepdim(2)?.sum_keepdim(0);
-        let normalised = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
-        let grad_bias = sum(&grad)?;
-        let grad_weight = sum(&(&grad * &normalised)?)?;
-        #[allow(clippy::cast_precision_loss)]
-        let m = (n * l) as f64;
-        let scale = (weight.detach().reshape((1, c, 1))?.broadcast_mul(&self.inv_std)? / m)?;
-        let grad_x = ((grad * m)?.broadcast_sub(&grad_bias)? - normalised.broadcast_mul(&grad_weight)?)?.broadcast_mul(&scale)?;
-        Ok((Some(grad_x), Some(grad_weight.flatten_all()?), Some(grad_bias.flatten_all()?)))
-    }
-}
+// On the CPU, candle differentiates some operations slowly: a convolution's input gradient is a
+// direct `conv_transpose2d` loop several times slower than the forward convolution, and
+// reductions over several axes (batch norm's, and those that undo a broadcast) take a slow
+// strided path. There the convolutions and batch norm are the kernels of `conv_cpu` and
+// `norm_cpu`, with their own backward passes. Other devices use the plain operations; the tests
+// hold the two to the same values and gradients.
 
 /// The shifted (and strided) views of a padded map that a `k x k` window with stride `s` and
 /// padding `p` reads: view `(i, j)` is `[N, C, H', W']`, element `(y, x)` being the map at
@@ -595,10 +544,24 @@ pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.flatten_from(2)?.mean(2)
 }
 
-/// `min(max(x, 0), 6)`, as `relu(x) - relu(x - 6)` (whose gradient candle computes without
-/// the slow comparisons against a broadcast constant that `minimum` takes).
+/// `max(x, 0)`: on the CPU (`f32`) the kernel of `clamp_cpu`, elsewhere candle's.
+pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) {
+        clamp_cpu::clamp(&x.contiguous()?, 0.0, f32::INFINITY)
+    } else {
+        x.relu()
+    }
+}
+
+/// `min(max(x, 0), 6)`: on the CPU (`f32`) the kernel of `clamp_cpu`, elsewhere
+/// `relu(x) - relu(x - 6)` (whose gradient candle computes without the slow comparisons
+/// against a broadcast constant that `minimum` takes).
 pub(crate) fn relu6(x: &Tensor) -> Result<Tensor> {
-    x.relu()? - x.affine(1.0, -6.0)?.relu()?
+    if fast_path(x) {
+        clamp_cpu::clamp(&x.contiguous()?, 0.0, 6.0)
+    } else {
+        x.relu()? - x.affine(1.0, -6.0)?.relu()?
+    }
 }
 
 /// Inverted dropout: each value is zeroed with probability `p` (by a mask drawn from `rng`)
@@ -685,15 +648,9 @@ impl BatchNorm2d {
         let count_f = count as f64;
         let sum = |t: &Tensor| t.sum_keepdim(2)?.sum_keepdim(0);
         let y = if fast {
-            let flat = flat.detach();
-            let mean = (sum(&flat)? / count_f)?;
-            let centred = flat.broadcast_sub(&mean)?;
-            let var = (sum(&centred.sqr()?)? / count_f)?;
-            let inv_std = (&var + BN_EPS)?.sqrt()?.recip()?;
-            let scale = per_channel(&self.weight.detach())?.broadcast_mul(&inv_std)?;
-            let y = centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias.detach())?)?;
+            let (y, mean, var) = norm_cpu::batch_norm_train(&flat.contiguous()?, &self.weight, &self.bias, BN_EPS)?;
             self.update_statistics(&mean, &var, count_f)?;
-            x.reshape((n, c, h * w))?.apply_op3(&self.weight, &self.bias, BatchNormGrad { result: Mutex::new(Some(y)), mean, inv_std })?
+            y
         } else {
             let mean = (sum(&flat)? / count_f)?;
             let centred = flat.broadcast_sub(&mean)?;

@@ -212,6 +212,8 @@ impl TrainingEvents for Probe {
 }
 
 fn main() -> Result<(), Error> {
+    // As the run process does (`trainyard run-session`).
+    trainyard_trainer_candle::configure_cpu_threads();
     let args = parse_args()?;
     let tmp = tempfile::tempdir()?;
     let (path, file_name) = match args.data.as_str() {

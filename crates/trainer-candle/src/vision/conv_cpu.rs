@@ -120,8 +120,14 @@ fn col2im(g: &Geometry, dcol: &[f32]) -> Vec<f32> {
                 for oy in oy_lo..oy_hi {
                     let dst = &mut map[(oy * g.s + ki - g.p) * g.w..][..g.w];
                     let src = &row[oy * g.ow..][..g.ow];
-                    for ox in ox_lo..ox_hi {
-                        dst[ox * g.s + kj - g.p] += src[ox];
+                    if g.s == 1 && ox_lo < ox_hi {
+                        for (d, v) in dst[ox_lo + kj - g.p..ox_hi + kj - g.p].iter_mut().zip(&src[ox_lo..ox_hi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for ox in ox_lo..ox_hi {
+                            dst[ox * g.s + kj - g.p] += src[ox];
+                        }
                     }
                 }
             }

@@ -8,6 +8,9 @@
 use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+/// The most values of one im2col matrix (32 MB): the scratch memory of a convolution.
+const COL_LIMIT: usize = 1 << 23;
+
 /// The sizes of one convolution: input `[n, c, h, w]`, weight `[o, c, k, k]` (or `[c, 1, k, k]`
 /// for a depthwise one), stride `s`, padding `p`, output `[n, o, oh, ow]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,19 @@ impl Geometry {
         self.oh * self.ow
     }
 
+    /// The same convolution of `n` images.
+    fn with_batch(self, n: usize) -> Self {
+        Self { n, ..self }
+    }
+
+    /// The groups of images (`start`, `count`) whose im2col matrix stays under `limit` values
+    /// (or of one image): a large batch (an evaluation chunk) is convolved a group at a time.
+    fn batches(&self, limit: usize) -> impl Iterator<Item = (usize, usize)> {
+        let per_group = (limit / (self.rows() * self.plane()).max(1)).max(1);
+        let n = self.n;
+        (0..n).step_by(per_group).map(move |start| (start, per_group.min(n - start)))
+    }
+
     /// Columns of the im2col matrix: `n * oh * ow`.
     fn cols(&self) -> usize {
         self.n * self.plane()
@@ -67,12 +83,12 @@ fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
 }
 
 /// `lhs x rhs`, `f32` data seen through 2-D layouts, by candle's matrix product (`gemm`).
-fn matmul(lhs: Vec<f32>, lhs_l: &Layout, rhs: Vec<f32>, rhs_l: &Layout) -> Result<Vec<f32>> {
+fn matmul(lhs: &CpuStorage, lhs_l: &Layout, rhs: &CpuStorage, rhs_l: &Layout) -> Result<Vec<f32>> {
     let ((m, k), (k2, n)) = (lhs_l.shape().dims2()?, rhs_l.shape().dims2()?);
-    if k != k2 || lhs.len() != m * k || rhs.len() != k * n {
+    if k != k2 || lhs.as_slice::<f32>()?.len() != m * k || rhs.as_slice::<f32>()?.len() != k * n {
         bail!("conv-cpu: matmul of {:?} and {:?}", lhs_l.dims(), rhs_l.dims())
     }
-    match CpuStorage::F32(lhs).matmul(&CpuStorage::F32(rhs), (1, m, n, k), lhs_l, rhs_l)? {
+    match lhs.matmul(rhs, (1, m, n, k), lhs_l, rhs_l)? {
         CpuStorage::F32(v) => Ok(v),
         _ => bail!("conv-cpu: matmul changed the dtype"),
     }
@@ -149,13 +165,13 @@ fn swap_outer(t: &[f32], a: usize, b: usize, l: usize) -> Vec<f32> {
 /// A dense convolution (`groups == 1`) of `x` `[N, C, H, W]` with `weight` `[O, C, k, k]`.
 /// Both must be contiguous `f32` CPU tensors.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.apply_op2(weight, Conv { stride, padding, depthwise: false })
+    x.apply_op2(weight, Conv { stride, padding, depthwise: false, col_limit: COL_LIMIT })
 }
 
 /// A depthwise convolution (`groups == channels`) of `x` `[N, C, H, W]` with `weight`
 /// `[C, 1, k, k]`. Both must be contiguous `f32` CPU tensors.
 pub(crate) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.apply_op2(weight, Conv { stride, padding, depthwise: true })
+    x.apply_op2(weight, Conv { stride, padding, depthwise: true, col_limit: COL_LIMIT })
 }
 
 /// The convolution, differentiated by [`InputGrad`] and [`WeightGrad`].
@@ -163,6 +179,8 @@ struct Conv {
     stride: usize,
     padding: usize,
     depthwise: bool,
+    /// The most values of one im2col matrix ([`COL_LIMIT`]; less in tests).
+    col_limit: usize,
 }
 
 impl Conv {
@@ -183,22 +201,28 @@ impl CustomOp2 for Conv {
         if self.depthwise {
             return Ok((CpuStorage::F32(depthwise_forward(&g, x, w)), shape));
         }
-        let col = im2col(&g, x);
-        let y = matmul(w.to_vec(), &Layout::contiguous((g.o, g.rows())), col, &Layout::contiguous((g.rows(), g.cols())))?;
-        Ok((CpuStorage::F32(swap_outer(&y, g.o, g.n, g.plane())), shape))
+        let (w, image) = (CpuStorage::F32(w.to_vec()), g.c * g.h * g.w);
+        let mut y = Vec::with_capacity(g.n * g.o * g.plane());
+        for (start, count) in g.batches(self.col_limit) {
+            let part = g.with_batch(count);
+            let col = CpuStorage::F32(im2col(&part, &x[start * image..][..count * image]));
+            let out = matmul(&w, &Layout::contiguous((g.o, g.rows())), &col, &Layout::contiguous((g.rows(), part.cols())))?;
+            y.extend(swap_outer(&out, g.o, count, g.plane()));
+        }
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // The input of a model's first convolution (the data) needs no gradient.
         let needs_grad = x.track_op();
         let (x, weight, grad) = (x.detach(), weight.detach(), grad.detach().contiguous()?);
-        let (stride, padding, depthwise) = (self.stride, self.padding, self.depthwise);
+        let (stride, padding, depthwise, col_limit) = (self.stride, self.padding, self.depthwise, self.col_limit);
         let grad_x = if needs_grad {
-            Some(grad.apply_op2(&weight, InputGrad { stride, padding, depthwise, input: x.shape().clone() })?)
+            Some(grad.apply_op2(&weight, InputGrad { stride, padding, depthwise, col_limit, input: x.shape().clone() })?)
         } else {
             None
         };
-        let grad_w = x.apply_op2(&grad, WeightGrad { stride, padding, depthwise, weight: weight.shape().clone() })?;
+        let grad_w = x.apply_op2(&grad, WeightGrad { stride, padding, depthwise, col_limit, weight: weight.shape().clone() })?;
         Ok((grad_x, Some(grad_w)))
     }
 }
@@ -208,6 +232,7 @@ struct InputGrad {
     stride: usize,
     padding: usize,
     depthwise: bool,
+    col_limit: usize,
     input: Shape,
 }
 
@@ -225,9 +250,15 @@ impl CustomOp2 for InputGrad {
         let dx = if self.depthwise {
             depthwise_input_grad(&g, grad, w)
         } else {
-            let grad = swap_outer(grad, g.n, g.o, g.plane());
-            let wt = Layout::contiguous((g.o, g.rows())).transpose(0, 1)?;
-            col2im(&g, &matmul(w.to_vec(), &wt, grad, &Layout::contiguous((g.o, g.cols())))?)
+            let (w, wt) = (CpuStorage::F32(w.to_vec()), Layout::contiguous((g.o, g.rows())).transpose(0, 1)?);
+            let (out, image) = (g.o * g.plane(), g.c * g.h * g.w);
+            let mut dx = Vec::with_capacity(g.n * image);
+            for (start, count) in g.batches(self.col_limit) {
+                let part = g.with_batch(count);
+                let grad = CpuStorage::F32(swap_outer(&grad[start * out..][..count * out], count, g.o, g.plane()));
+                dx.extend(col2im(&part, &matmul(&w, &wt, &grad, &Layout::contiguous((g.o, part.cols())))?));
+            }
+            dx
         };
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
@@ -238,6 +269,7 @@ struct WeightGrad {
     stride: usize,
     padding: usize,
     depthwise: bool,
+    col_limit: usize,
     weight: Shape,
 }
 
@@ -255,9 +287,17 @@ impl CustomOp2 for WeightGrad {
         let dw = if self.depthwise {
             depthwise_weight_grad(&g, x, grad)
         } else {
-            let grad = swap_outer(grad, g.n, g.o, g.plane());
-            let colt = Layout::contiguous((g.rows(), g.cols())).transpose(0, 1)?;
-            matmul(grad, &Layout::contiguous((g.o, g.cols())), im2col(&g, x), &colt)?
+            let (out, image) = (g.o * g.plane(), g.c * g.h * g.w);
+            let mut dw = vec![0f32; g.o * g.rows()];
+            for (start, count) in g.batches(self.col_limit) {
+                let part = g.with_batch(count);
+                let grad = CpuStorage::F32(swap_outer(&grad[start * out..][..count * out], count, g.o, g.plane()));
+                let col = CpuStorage::F32(im2col(&part, &x[start * image..][..count * image]));
+                let colt = Layout::contiguous((g.rows(), part.cols())).transpose(0, 1)?;
+                let sum = matmul(&grad, &Layout::contiguous((g.o, part.cols())), &col, &colt)?;
+                dw.iter_mut().zip(sum).for_each(|(d, v)| *d += v);
+            }
+            dw
         };
         Ok((CpuStorage::F32(dw), self.weight.clone()))
     }
@@ -359,6 +399,8 @@ mod tests {
         let x = Var::from_tensor(&uniform(&dims, 1)).unwrap();
         let w = Var::from_tensor(&uniform(&weight, 2)).unwrap();
         let ours = if groups == 1 { conv2d(&x, &w, s, p) } else { depthwise_conv2d(&x, &w, s, p) }.unwrap();
+        // Again with an im2col matrix of one image at a time.
+        let grouped = x.apply_op2(&w, Conv { stride: s, padding: p, depthwise: groups > 1, col_limit: 1 }).unwrap();
         // candle's own backward pass sizes the input gradient as if every window fitted
         // exactly: it sees the padded input cut to what the windows read.
         let (oh, ow) = (ours.dim(2).unwrap(), ours.dim(3).unwrap());
@@ -368,11 +410,13 @@ mod tests {
         let theirs = cut.conv2d(&w, 0, s, 1, groups).unwrap();
         let what = format!("{dims:?} {weight:?} stride {s} padding {p}");
         assert_close(&ours, &theirs, &what);
+        assert_close(&grouped, &theirs, &what);
         let g = uniform(ours.dims(), 3);
-        let ours = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let theirs = (theirs * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = |y: Tensor| (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ours, grouped, theirs) = (grads(ours), grads(grouped), grads(theirs));
         for v in [&x, &w] {
             assert_close(ours.get(v).unwrap(), theirs.get(v).unwrap(), &what);
+            assert_close(grouped.get(v).unwrap(), theirs.get(v).unwrap(), &what);
         }
     }
 

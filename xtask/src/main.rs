@@ -3,10 +3,12 @@
 //! the OpenAPI document to `docs/openapi.json`; `bench` measures char-LSTM training speed
 //! against PyTorch and the model registry's upload and download throughput against a file
 //! copy, each in the same run; `bench memory` (not part of plain `bench`: it trains for minutes)
-//! measures training memory per architecture against the memory estimate.
+//! measures training memory per architecture against the memory estimate; `bench vision` (not
+//! part of plain `bench` either) measures image-classifier training speed against PyTorch.
 
 mod bench_memory;
 mod bench_registry;
+mod bench_vision;
 
 use std::{
     path::{Path, PathBuf},
@@ -27,10 +29,11 @@ fn main() -> anyhow::Result<()> {
             Some("lstm") => bench(&root),
             Some("registry") => bench_registry::run(&root),
             Some("memory") => bench_memory::run(&root),
-            Some(other) => bail!("unknown benchmark {other:?}: expected lstm, registry or memory"),
+            Some("vision") => bench_vision::run(&root),
+            Some(other) => bail!("unknown benchmark {other:?}: expected lstm, registry, memory or vision"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry | memory]>");
+            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry | memory | vision]>");
             eprintln!("  ci       format check, tidy, clippy with warnings denied, and every test");
             eprintln!("  tidy     crate dependency rules and module docs");
             eprintln!("  openapi  write docs/openapi.json from the code");
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("    lstm      char-LSTM training speed: Trainyard, stock candle and PyTorch, as ratios");
             eprintln!("    registry  model upload/download MB/s over loopback vs a file copy, and the server's peak RSS");
             eprintln!("    memory    training peak RSS and growth per architecture vs the memory estimate (minutes; not in plain bench)");
+            eprintln!("    vision    image-classifier training samples/s vs PyTorch, as ratios (minutes; not in plain bench)");
             bail!("unknown task {task:?}")
         }
     }
@@ -207,17 +211,23 @@ fn openapi(root: &Path) -> anyhow::Result<()> {
 }
 
 /// The PyTorch interpreter for the reference: `TORCH_PYTHON`, else a virtual environment in
-/// `target/torchenv`, created (CPU PyTorch from the package registry, several GB) if missing.
+/// `torchenv` under the target directory (`CARGO_TARGET_DIR` or `target`), created (PyTorch and
+/// torchvision from the package registry, several GB; they run on the CPU) if missing, and
+/// given torchvision if an earlier version of this task made it without.
 fn torch_python(root: &Path) -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("TORCH_PYTHON") {
         return Ok(PathBuf::from(p));
     }
-    let venv = root.join("target/torchenv");
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let venv = target.join("torchenv");
     let python = venv.join("bin/python");
     if !python.exists() {
         eprintln!("installing PyTorch into {} for the reference (once; several GB)", venv.display());
         run(root, "python3", &["-m", "venv", &venv.to_string_lossy()])?;
-        run(root, &venv.join("bin/pip").to_string_lossy(), &["install", "--quiet", "torch", "numpy", "safetensors"])?;
+    }
+    let has_torchvision = Command::new(&python).args(["-c", "import torchvision"]).output().is_ok_and(|o| o.status.success());
+    if !has_torchvision {
+        run(root, &venv.join("bin/pip").to_string_lossy(), &["install", "--quiet", "torch", "torchvision", "numpy", "safetensors"])?;
     }
     Ok(python)
 }

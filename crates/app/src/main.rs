@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::RunSession) => {
+            trainyard_trainer_candle::configure_cpu_threads();
             // Standard error reaches the server's log; warnings and worse are enough there.
             let filter =
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

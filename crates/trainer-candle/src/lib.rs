@@ -44,3 +44,18 @@ pub use model_check::FileModelInspector;
 pub use optim::TrainOptimizer;
 pub use predict::CandlePredictor;
 pub use trainer::CandleTrainer;
+
+/// Sets up candle's CPU threads for a process that trains; call it first thing in `main`,
+/// before any other thread starts (it sets an environment variable).
+///
+/// candle runs large element-wise operations on a pool of its own whose calling thread spins
+/// until the pool's workers finish. Trainyard's kernels and the matrix products run on rayon's
+/// threads, one per core, so those workers share the cores with rayon's and the caller often
+/// spins while a worker waits for a core: image training ran up to twice as slowly with the
+/// pool on two cores. Unless `CANDLE_NUM_THREADS` is set already, this sets it to 1, so that
+/// element-wise operations run on the calling thread.
+pub fn configure_cpu_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}

@@ -78,6 +78,12 @@ impl TrainOptimizer {
     /// # Errors
     /// A candle error from the update.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step_with(grads, true)
+    }
+
+    /// [`Self::step`], Adam and AdamW on the CPU (`f32`) by the one-pass kernel [`adam_cpu`]
+    /// when `fused`, else by composed operations (its test oracle, and every other case).
+    fn step_with(&mut self, grads: &GradStore, fused: bool) -> Result<()> {
         self.steps += 1;
         #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
         let t = self.steps as i32;
@@ -92,6 +98,30 @@ impl TrainOptimizer {
             let first = if uses_first { Some(state_tensor(&mut slot.first, var)?) } else { None };
             let second = if uses_second { Some(state_tensor(&mut slot.second, var)?) } else { None };
             let len = theta.elem_count();
+            let cpu_f32 = var.device().is_cpu() && var.dtype() == DType::F32;
+            if fused && cpu_f32 && matches!(kind, OptimizerKind::Adam | OptimizerKind::AdamW) {
+                let (first, second) = (expect(first.as_ref())?, expect(second.as_ref())?);
+                // Written in place: copies would not be the state.
+                if ![first, second, &theta].iter().all(|t| t.is_contiguous()) {
+                    candle_core::bail!("adam-cpu: the state of {} is not contiguous", slot.name)
+                }
+                let g = g.contiguous()?;
+                let step = AdamStep {
+                    lr,
+                    decay: if kind == OptimizerKind::AdamW { 1.0 - lr * ADAMW_WEIGHT_DECAY } else { 1.0 },
+                    bias1: 1.0 - BETA1.powi(t),
+                    bias2: 1.0 - BETA2.powi(t),
+                };
+                for start in (0..len).step_by(UPDATE_CHUNK) {
+                    let n = UPDATE_CHUNK.min(len - start);
+                    let (m, v, th) = adam_cpu(&step, &g, first, second, &theta, start, n)?;
+                    let device = var.device();
+                    first.slice_set(&Tensor::from_vec(m, n, device)?, 0, start)?;
+                    second.slice_set(&Tensor::from_vec(v, n, device)?, 0, start)?;
+                    theta.slice_set(&Tensor::from_vec(th, n, device)?, 0, start)?;
+                }
+                continue;
+            }
             for start in (0..len).step_by(UPDATE_CHUNK) {
                 let n = UPDATE_CHUNK.min(len - start);
                 let part = |t: &Tensor| t.narrow(0, start, n);
@@ -189,6 +219,71 @@ impl TrainOptimizer {
     }
 }
 
+/// One Adam or AdamW update's constants.
+struct AdamStep {
+    lr: f64,
+    /// What the weights are multiplied by first (AdamW's decoupled decay; 1 for Adam).
+    decay: f64,
+    /// `1 - beta1^t` and `1 - beta2^t`.
+    bias1: f64,
+    bias2: f64,
+}
+
+/// The contiguous `f32` data of the CPU tensor `t`, `start..start + n`, handed to `f`.
+fn with_chunk<R>(t: &Tensor, start: usize, n: usize, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("adam-cpu: a tensor not on the CPU") };
+    let Some((lo, hi)) = layout.contiguous_offsets() else { candle_core::bail!("adam-cpu: a non-contiguous tensor") };
+    let Some(chunk) = cpu.as_slice::<f32>()?[lo..hi].get(start..start + n) else {
+        candle_core::bail!("adam-cpu: a chunk outside the tensor")
+    };
+    f(chunk)
+}
+
+/// Adam (or AdamW) on `n` values from `start` of the flat CPU `f32` tensors: the new first and
+/// second moments and weights, each value in one pass, split across cores in fixed blocks.
+/// The arithmetic is the composed update's, in `f32` with the same constants.
+fn adam_cpu(
+    step: &AdamStep,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    theta: &Tensor,
+    start: usize,
+    n: usize,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 1 << 14;
+    #[allow(clippy::cast_possible_truncation)]
+    let c = |x: f64| x as f32;
+    let (b1, one_b1, b2, one_b2) = (c(BETA1), c(1.0 - BETA1), c(BETA2), c(1.0 - BETA2));
+    let (bias1, bias2, eps, lr, decay) = (c(step.bias1), c(step.bias2), c(ADAM_EPS), c(step.lr), c(step.decay));
+    let (mut m_out, mut v_out, mut th_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    with_chunk(g, start, n, |g| {
+        with_chunk(m, start, n, |m| {
+            with_chunk(v, start, n, |v| {
+                with_chunk(theta, start, n, |th| {
+                    m_out.par_chunks_mut(BLOCK).zip(v_out.par_chunks_mut(BLOCK)).zip(th_out.par_chunks_mut(BLOCK)).enumerate().for_each(
+                        |(b, ((mo, vo), to))| {
+                            let at = b * BLOCK;
+                            for i in 0..mo.len() {
+                                let gi = g[at + i];
+                                let mi = m[at + i] * b1 + gi * one_b1;
+                                let vi = v[at + i] * b2 + gi * gi * one_b2;
+                                let update = (mi / bias1) / ((vi / bias2).sqrt() + eps);
+                                let decayed = if decay == 1.0 { th[at + i] } else { th[at + i] * decay };
+                                (mo[i], vo[i], to[i]) = (mi, vi, decayed - update * lr);
+                            }
+                        },
+                    );
+                    Ok(())
+                })
+            })
+        })
+    })?;
+    Ok((m_out, v_out, th_out))
+}
+
 /// The flat view of a slot's state tensor, created as zeros shaped `like` (PyTorch's start) on
 /// first use.
 /// The view shares the state's storage, so writing into it updates the state.
@@ -262,6 +357,31 @@ mod tests {
             }
             for (name, t) in opt.state().unwrap() {
                 assert!(!t.track_op(), "{kind}: {name} holds a graph");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_adam_matches_the_composed_update() {
+        for kind in [OptimizerKind::Adam, OptimizerKind::AdamW] {
+            let run = |fused: bool| {
+                let n = UPDATE_CHUNK + 7;
+                #[allow(clippy::cast_precision_loss)]
+                let start: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 25.0 - 2.0).collect();
+                let w = Var::from_vec(start, n, &Device::Cpu).unwrap();
+                let mut opt = TrainOptimizer::new(kind, vec![("w".into(), w.clone())], 0.01, 0.0);
+                for _ in 0..3 {
+                    let loss = (w.as_tensor().sqr().unwrap().sqr().unwrap().sum_all().unwrap() * 0.25).unwrap();
+                    opt.step_with(&loss.backward().unwrap(), fused).unwrap();
+                }
+                let state: Vec<Vec<f32>> = opt.state().unwrap().into_iter().skip(1).map(|(_, t)| t.to_vec1::<f32>().unwrap()).collect();
+                (w.as_tensor().to_vec1::<f32>().unwrap(), state)
+            };
+            let ((w1, s1), (w2, s2)) = (run(true), run(false));
+            for (a, b) in std::iter::once((&w1, &w2)).chain(s1.iter().zip(&s2)) {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{kind}: {x} vs {y} at {i}");
+                }
             }
         }
     }

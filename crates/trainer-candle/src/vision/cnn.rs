@@ -22,7 +22,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{
-    layers::{max_pool2d, pytorch_default, Conv2d, ConvSpec, Linear, Params},
+    layers::{max_pool2d, pytorch_default, relu, Conv2d, ConvSpec, Linear, Params},
     ImageClassifier, ImageShape, Mode,
 };
 
@@ -94,8 +94,8 @@ impl Cnn {
 impl ImageClassifier for Cnn {
     fn forward(&self, x: &Tensor, mut mode: Mode<'_>) -> Result<Tensor> {
         let pool = |x: Tensor, on: bool| if on { max_pool2d(&x, 2, 2, 0) } else { Ok(x) };
-        let x = pool(self.conv1.forward(x)?.relu()?, self.plan.pool1)?;
-        let x = pool(self.conv2.forward(&x)?.relu()?, self.plan.pool2)?;
+        let x = pool(relu(&self.conv1.forward(x)?)?, self.plan.pool1)?;
+        let x = pool(relu(&self.conv2.forward(&x)?)?, self.plan.pool2)?;
         let [fc1, fc2, fc3] = &self.fc;
         let x = mode.dropout(&fc1.forward(&x.flatten_from(1)?)?.relu()?, self.dropout)?;
         let x = mode.dropout(&fc2.forward(&x)?.relu()?, self.dropout)?;

@@ -5,9 +5,10 @@
 //! with masks from [`SplitMix64`]. [`Params`] creates, finds or merely lists the parameters and
 //! buffers of a model under their PyTorch names.
 //!
-//! On the CPU (in `f32`), convolutions and batch norm in training run as custom operations with
-//! backward passes written out from fast operations, because candle's own are several times
-//! slower there (see `conv2d_fast` and `BatchNormGrad`), and max-pooling is a kernel that
+//! On the CPU (in `f32`), dense and depthwise convolutions are the kernels of `conv_cpu` (im2col
+//! and matrix products, or direct loops, with their own backward passes), because candle's own
+//! are several times slower there; batch norm in training is the kernel of `norm_cpu`, and
+//! max-pooling is a kernel that
 //! remembers where each maximum was (`MaxPoolCpu`); elsewhere they are the plain composed
 //! operations, which the tests hold them to.
 
@@ -17,10 +18,10 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, Var};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use super::Mode;
+use super::{clamp_cpu, conv_cpu, norm_cpu, Mode};
 use crate::rng::SplitMix64;
 
 /// Batch norm's `eps` (PyTorch's default).
@@ -279,20 +280,25 @@ impl Conv2d {
         if h + 2 * p < k || w + 2 * p < k {
             bail!("a {k}x{k} convolution with padding {p} does not fit a {h}x{w} map")
         }
-        // The rows and columns no window reaches are cut off first (they get no gradient): the
-        // backward passes then see exactly `(out - 1) * stride + k - 2 * padding` of them, which
-        // candle's own needs (it sizes the input gradient from the height alone).
-        let reach = |size: usize| ((out_size(size, k, s, p) - 1) * s + k).saturating_sub(2 * p).clamp(1, size);
-        let (hh, ww) = (reach(h), reach(w));
-        let x = if hh < h || ww < w { x.narrow(2, 0, hh)?.narrow(3, 0, ww)? } else { x.clone() };
         let depthwise = self.groups > 1 && self.groups == c && self.weight.dims()[..2] == [c, 1];
-        let fast = fast && p < k;
-        let y = match (self.groups, depthwise, fast) {
-            (1, _, true) => conv2d_fast(&x, &self.weight, s, p, false)?,
-            (1, _, false) => x.conv2d(&self.weight, p, s, 1, 1)?,
-            (_, true, true) => conv2d_fast(&x, &self.weight, s, p, true)?,
-            (_, true, false) => depthwise_conv2d(&x, &self.weight, s, p)?,
-            _ => x.conv2d(&self.weight, p, s, 1, self.groups)?,
+        if fast && (self.groups == 1 || depthwise) {
+            let (x, weight) = (x.contiguous()?, self.weight.contiguous()?);
+            let y = if depthwise { conv_cpu::depthwise_conv2d(&x, &weight, s, p)? } else { conv_cpu::conv2d(&x, &weight, s, p)? };
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                None => Ok(y),
+            };
+        }
+        // The padding is explicit and the padded map is cut to the rows and columns the windows
+        // read: candle's own backward pass sizes the input gradient as if every window fitted
+        // exactly (`(out - 1) * stride + k` rows), so it must not see the rest.
+        let x = if p > 0 { x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)? } else { x.clone() };
+        let (hh, ww) = ((out_size(h, k, s, p) - 1) * s + k, (out_size(w, k, s, p) - 1) * s + k);
+        let x = if hh < h + 2 * p || ww < w + 2 * p { x.narrow(2, 0, hh)?.narrow(3, 0, ww)? } else { x };
+        let y = match (self.groups, depthwise) {
+            (1, _) => x.conv2d(&self.weight, 0, s, 1, 1)?,
+            (_, true) => depthwise_conv2d(&x, &self.weight, s, 0)?,
+            _ => x.conv2d(&self.weight, 0, s, 1, self.groups)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
@@ -306,155 +312,12 @@ fn fast_path(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-// CPU operations with hand-written backward passes.
-//
-// candle differentiates every operation it runs, but on the CPU some of those gradients are slow:
-// a convolution's input gradient is a direct `conv_transpose2d` loop several times slower than the
-// forward convolution, and reductions over several axes (batch norm's, and those that undo a
-// broadcast) take a slow strided path. Here the forward result is computed from detached inputs
-// and handed to a custom operation (as a copy: candle wants to own it) whose backward pass is
-// written out with fast operations (forward convolutions, matrix products, reductions over one
-// trailing axis at a time). Other devices (no `cpu_fwd` there) use the plain operations; the
-// tests hold the two to the same values and gradients.
-
-/// The result held in `slot` as CPU storage (a copy; it is handed over once).
-fn take_result(slot: &Mutex<Option<Tensor>>) -> Result<(CpuStorage, Shape)> {
-    let Some(y) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() else { bail!("a precomputed operation ran twice") };
-    Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), y.shape().clone()))
-}
-
-/// A convolution (dense, or depthwise with a `[C, 1, k, k]` weight) of `x`, cut to the rows
-/// and columns its windows reach, differentiated by [`ConvGrad`].
-fn conv2d_fast(x: &Tensor, weight: &Tensor, stride: usize, padding: usize, depthwise: bool) -> Result<Tensor> {
-    let (xd, wd) = (x.detach(), weight.detach());
-    let y = if depthwise { depthwise_conv2d(&xd, &wd, stride, padding)? } else { xd.conv2d(&wd, padding, stride, 1, 1)? };
-    if !x.track_op() && !weight.track_op() {
-        return Ok(y);
-    }
-    x.apply_op2(weight, ConvGrad { result: Mutex::new(Some(y)), stride, padding, depthwise })
-}
-
-/// The backward pass of [`conv2d_fast`]: the input gradient convolves the output gradient,
-/// spread out by the stride, with the flipped kernel (transposed, for a dense one) and padding
-/// `k - 1 - p`. A dense weight gradient is candle's own (the input convolved with the output
-/// gradient), or one matrix product for 1x1 kernels; a depthwise one sums, per kernel position,
-/// the output gradient times the shifted input.
-struct ConvGrad {
-    /// The forward result, until candle takes it.
-    result: Mutex<Option<Tensor>>,
-    stride: usize,
-    padding: usize,
-    depthwise: bool,
-}
-
-/// `t` (`[N, C, H, W]`) with `s - 1` zeros between neighbouring rows and columns:
-/// `[N, C, (H - 1) * s + 1, (W - 1) * s + 1]`.
-fn spread(t: &Tensor, s: usize) -> Result<Tensor> {
-    if s == 1 {
-        return Ok(t.clone());
-    }
-    let (n, c, h, w) = t.dims4()?;
-    let zeros = Tensor::zeros((n, c, h, w, s - 1), t.dtype(), t.device())?;
-    let t = Tensor::cat(&[&t.unsqueeze(4)?, &zeros], 4)?.reshape((n, c, h, w * s))?;
-    let zeros = Tensor::zeros((n, c, h, s - 1, w * s), t.dtype(), t.device())?;
-    let t = Tensor::cat(&[&t.unsqueeze(3)?, &zeros], 3)?.reshape((n, c, h * s, w * s))?;
-    t.narrow(2, 0, (h - 1) * s + 1)?.narrow(3, 0, (w - 1) * s + 1)
-}
-
-/// `weight` (`[O, C, k, k]`) turned by 180 degrees in its last two axes.
-fn flip(weight: &Tensor) -> Result<Tensor> {
-    let k = weight.dim(3)?;
-    #[allow(clippy::cast_possible_truncation)]
-    let reversed = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, weight.device())?;
-    weight.contiguous()?.index_select(&reversed, 3)?.index_select(&reversed, 2)
-}
-
-impl ConvGrad {
-    fn gradients(&self, x: &Tensor, weight: &Tensor, grad: &Tensor, x_needed: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (s, p) = (self.stride, self.padding);
-        let (n, o, oh, ow) = grad.dims4()?;
-        let (c, k) = (x.dim(1)?, weight.dim(3)?);
-        let grad_x = match (x_needed, self.depthwise, k == 1 && p == 0) {
-            (false, _, _) => None,
-            (true, true, _) => Some(depthwise_conv2d(&spread(grad, s)?, &flip(weight)?, 1, k - 1 - p)?),
-            (true, false, true) => Some(spread(&grad.conv2d(&weight.transpose(0, 1)?.contiguous()?, 0, 1, 1, 1)?, s)?),
-            (true, false, false) => Some(spread(grad, s)?.conv2d(&flip(weight)?.transpose(0, 1)?.contiguous()?, k - 1 - p, 1, 1, 1)?),
-        };
-        let grad_w = if self.depthwise {
-            let mut taps = Taps::new(x, k, s, p, 0.0)?;
-            let per_position =
-                (0..k * k).map(|t| taps.view(t / k, t % k)?.mul(grad)?.flatten_from(2)?.sum(2)?.sum(0)).collect::<Result<Vec<_>>>()?;
-            Tensor::stack(&per_position, 1)?.reshape((c, 1, k, k))?
-        } else if k == 1 && p == 0 {
-            let x = if s == 1 { x.clone() } else { Taps::new(x, 1, s, 0, 0.0)?.view(0, 0)? };
-            let g = grad.transpose(0, 1)?.reshape((o, n * oh * ow))?;
-            g.matmul(&x.transpose(0, 1)?.reshape((c, n * oh * ow))?.t()?)?.reshape((o, c, 1, 1))?
-        } else {
-            let g = x.transpose(0, 1)?.conv2d(&grad.transpose(0, 1)?, p, 1, s, 1)?.transpose(0, 1)?;
-            g.narrow(2, 0, k)?.narrow(3, 0, k)?
-        };
-        Ok((grad_x, Some(grad_w)))
-    }
-}
-
-impl CustomOp2 for ConvGrad {
-    fn name(&self) -> &'static str {
-        "conv2d-cpu"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        take_result(&self.result)
-    }
-
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_w) = self.gradients(&x.detach(), &weight.detach(), &grad.detach().contiguous()?, x.track_op())?;
-        if grad_x.as_ref().is_some_and(|g| g.dims() != x.dims()) {
-            bail!("conv2d-cpu: an input gradient of the wrong shape for {:?}", x.dims())
-        }
-        Ok((grad_x, grad_w))
-    }
-}
-
-/// Batch norm in training over `[N, C, L]` with weight and bias `[C]`: the batch statistics
-/// (`[1, C, 1]`) are computed once, and the backward pass is the closed form
-/// `dx = weight / std / m * (m * g - sum(g) - x̂ * sum(g * x̂))`, `dweight = sum(g * x̂)`,
-/// `dbias = sum(g)` with sums over the `m = N * L` values of each channel.
-struct BatchNormGrad {
-    result: Mutex<Option<Tensor>>,
-    mean: Tensor,
-    inv_std: Tensor,
-}
-
-impl CustomOp3 for BatchNormGrad {
-    fn name(&self) -> &'static str {
-        "batch-norm-cpu"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        take_result(&self.result)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, l) = x.dims3()?;
-        let (x, grad) = (x.detach(), grad.detach().contiguous()?);
-        let sum = |t: &Tensor| t.sum_keepdim(2)?.sum_keepdim(0);
-        let normalised = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
-        let grad_bias = sum(&grad)?;
-        let grad_weight = sum(&(&grad * &normalised)?)?;
-        #[allow(clippy::cast_precision_loss)]
-        let m = (n * l) as f64;
-        let scale = (weight.detach().reshape((1, c, 1))?.broadcast_mul(&self.inv_std)? / m)?;
-        let grad_x = ((grad * m)?.broadcast_sub(&grad_bias)? - normalised.broadcast_mul(&grad_weight)?)?.broadcast_mul(&scale)?;
-        Ok((Some(grad_x), Some(grad_weight.flatten_all()?), Some(grad_bias.flatten_all()?)))
-    }
-}
+// On the CPU, candle differentiates some operations slowly: a convolution's input gradient is a
+// direct `conv_transpose2d` loop several times slower than the forward convolution, and
+// reductions over several axes (batch norm's, and those that undo a broadcast) take a slow
+// strided path. There the convolutions and batch norm are the kernels of `conv_cpu` and
+// `norm_cpu`, with their own backward passes. Other devices use the plain operations; the tests
+// hold the two to the same values and gradients.
 
 /// The shifted (and strided) views of a padded map that a `k x k` window with stride `s` and
 /// padding `p` reads: view `(i, j)` is `[N, C, H', W']`, element `(y, x)` being the map at
@@ -681,10 +544,24 @@ pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.flatten_from(2)?.mean(2)
 }
 
-/// `min(max(x, 0), 6)`, as `relu(x) - relu(x - 6)` (whose gradient candle computes without
-/// the slow comparisons against a broadcast constant that `minimum` takes).
+/// `max(x, 0)`: on the CPU (`f32`) the kernel of `clamp_cpu`, elsewhere candle's.
+pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) {
+        clamp_cpu::clamp(&x.contiguous()?, 0.0, f32::INFINITY)
+    } else {
+        x.relu()
+    }
+}
+
+/// `min(max(x, 0), 6)`: on the CPU (`f32`) the kernel of `clamp_cpu`, elsewhere
+/// `relu(x) - relu(x - 6)` (whose gradient candle computes without the slow comparisons
+/// against a broadcast constant that `minimum` takes).
 pub(crate) fn relu6(x: &Tensor) -> Result<Tensor> {
-    x.relu()? - x.affine(1.0, -6.0)?.relu()?
+    if fast_path(x) {
+        clamp_cpu::clamp(&x.contiguous()?, 0.0, 6.0)
+    } else {
+        x.relu()? - x.affine(1.0, -6.0)?.relu()?
+    }
 }
 
 /// Inverted dropout: each value is zeroed with probability `p` (by a mask drawn from `rng`)
@@ -771,15 +648,9 @@ impl BatchNorm2d {
         let count_f = count as f64;
         let sum = |t: &Tensor| t.sum_keepdim(2)?.sum_keepdim(0);
         let y = if fast {
-            let flat = flat.detach();
-            let mean = (sum(&flat)? / count_f)?;
-            let centred = flat.broadcast_sub(&mean)?;
-            let var = (sum(&centred.sqr()?)? / count_f)?;
-            let inv_std = (&var + BN_EPS)?.sqrt()?.recip()?;
-            let scale = per_channel(&self.weight.detach())?.broadcast_mul(&inv_std)?;
-            let y = centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias.detach())?)?;
+            let (y, mean, var) = norm_cpu::batch_norm_train(&flat.contiguous()?, &self.weight, &self.bias, BN_EPS)?;
             self.update_statistics(&mean, &var, count_f)?;
-            x.reshape((n, c, h * w))?.apply_op3(&self.weight, &self.bias, BatchNormGrad { result: Mutex::new(Some(y)), mean, inv_std })?
+            y
         } else {
             let mean = (sum(&flat)? / count_f)?;
             let centred = flat.broadcast_sub(&mean)?;

@@ -37,9 +37,12 @@
 
 // `build` and `load` wait for the trainer's image path; once it calls them this goes.
 
+mod clamp_cpu;
 mod cnn;
+mod conv_cpu;
 mod layers;
 mod mobilenet;
+mod norm_cpu;
 mod resnet;
 #[cfg(test)]
 mod tests;

@@ -24,7 +24,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{
-    layers::{global_avg_pool, max_pool2d, out_size, pytorch_default, ConvBn, ConvSpec, Linear, Params},
+    layers::{global_avg_pool, max_pool2d, out_size, pytorch_default, relu, ConvBn, ConvSpec, Linear, Params},
     ImageClassifier, ImageShape, Mode,
 };
 
@@ -109,14 +109,14 @@ impl Block {
         for (i, unit) in self.convs.iter().enumerate() {
             out = unit.forward(&out, mode)?;
             if i + 1 < self.convs.len() {
-                out = out.relu()?;
+                out = relu(&out)?;
             }
         }
         let shortcut = match &self.downsample {
             Some(d) => d.forward(x, mode)?,
             None => x.clone(),
         };
-        (out + shortcut)?.relu()
+        relu(&(out + shortcut)?)
     }
 }
 
@@ -151,7 +151,7 @@ impl ResNet {
 
 impl ImageClassifier for ResNet {
     fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
-        let mut x = self.stem.forward(x, &mode)?.relu()?;
+        let mut x = relu(&self.stem.forward(x, &mode)?)?;
         if self.max_pool {
             x = max_pool2d(&x, 3, 2, 1)?;
         }

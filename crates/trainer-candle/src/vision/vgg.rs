@@ -29,7 +29,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{
-    layers::{adaptive_avg_pool2d, max_pool2d, Conv2d, ConvSpec, Init, Linear, Params},
+    layers::{adaptive_avg_pool2d, max_pool2d, relu, Conv2d, ConvSpec, Init, Linear, Params},
     ImageClassifier, ImageShape, Mode,
 };
 
@@ -112,7 +112,7 @@ impl ImageClassifier for Vgg16 {
         let mut x = x.clone();
         for feature in &self.features {
             x = match feature {
-                Feature::Conv(conv) => conv.forward(&x)?.relu()?,
+                Feature::Conv(conv) => relu(&conv.forward(&x)?)?,
                 Feature::Pool => {
                     let (_, _, h, w) = x.dims4()?;
                     if h.min(w) >= 2 {

@@ -1,0 +1,192 @@
+//! Batch norm in training on the CPU in `f32` as one kernel per pass: the batch statistics per
+//! channel, the normalised output, and the closed-form backward pass, each a loop over the data
+//! split across cores by channel or by map in a fixed order (sums in `f64`), instead of the
+//! dozen element-wise operations and reductions of the composed form, which is the test oracle.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// The contiguous `f32` data of a CPU tensor.
+fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else { bail!("batch-norm-cpu: a non-contiguous input") };
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// Calls `f` with the contiguous `f32` data of the CPU tensor `t`.
+fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { bail!("batch-norm-cpu: a tensor not on the CPU") };
+    f(data(cpu, layout)?)
+}
+
+/// Per channel of `x` (`[n, c, l]` data), `(mean, biased variance)`, the variance of the
+/// values less their mean.
+fn statistics(x: &[f32], n: usize, c: usize, l: usize) -> (Vec<f32>, Vec<f32>) {
+    #[allow(clippy::cast_precision_loss)]
+    let count = (n * l) as f64;
+    let per_channel: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let maps = || (0..n).map(|ni| &x[(ni * c + ci) * l..][..l]);
+            let sum: f64 = maps().map(|m| m.iter().map(|&v| f64::from(v)).sum::<f64>()).sum();
+            let mean = sum / count;
+            let squares: f64 = maps().map(|m| m.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>()).sum();
+            #[allow(clippy::cast_possible_truncation)]
+            (mean as f32, (squares / count) as f32)
+        })
+        .collect();
+    per_channel.into_iter().unzip()
+}
+
+/// Batch norm in training of `x` (`[N, C, L]`, contiguous, `f32`, on the CPU) with `weight` and
+/// `bias` (`[C]`): the output, and the batch's mean and biased variance (`[C]`) for the running
+/// statistics. The output's gradient is the closed form
+/// `dx = weight / std / m * (m * g - sum(g) - x̂ * sum(g * x̂))`, `dweight = sum(g * x̂)`,
+/// `dbias = sum(g)`, with sums over the `m = N * L` values of each channel.
+pub(crate) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, c, l) = x.dims3()?;
+    let (mean, var) = with_data(x, |d| Ok(statistics(d, n, c, l)))?;
+    #[allow(clippy::cast_possible_truncation)]
+    let inv_std: Vec<f32> = var.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect();
+    let device = x.device();
+    let (mean_t, var_t) = (Tensor::from_vec(mean.clone(), c, device)?, Tensor::from_vec(var, c, device)?);
+    let y = x.apply_op3(weight, bias, BatchNorm { mean, inv_std })?;
+    Ok((y, mean_t, var_t))
+}
+
+/// The normalisation with the batch's statistics, and its backward pass.
+struct BatchNorm {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+impl CustomOp3 for BatchNorm {
+    fn name(&self) -> &'static str {
+        "batch-norm-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, l) = xl.shape().dims3()?;
+        let (x, w, b) = (data(xs, xl)?, data(ws, wl)?, data(bs, bl)?);
+        if w.len() != c || b.len() != c || self.mean.len() != c {
+            bail!("batch-norm-cpu: {c} channels but weight {:?}, bias {:?}", wl.dims(), bl.dims())
+        }
+        let mut y = vec![0f32; n * c * l];
+        y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| {
+            let ci = i % c;
+            let (mean, scale, shift) = (self.mean[ci], w[ci] * self.inv_std[ci], b[ci]);
+            for (o, &v) in out.iter_mut().zip(map) {
+                *o = (v - mean) * scale + shift;
+            }
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, l) = x.dims3()?;
+        let w = with_data(&weight.contiguous()?, |w| Ok(w.to_vec()))?;
+        let grad = grad.contiguous()?;
+        let (dx, dw, db) = with_data(x, |x| {
+            with_data(&grad, |g| {
+                let normalised = |ci: usize, v: f32| f64::from((v - self.mean[ci]) * self.inv_std[ci]);
+                let sums: Vec<(f64, f64)> = (0..c)
+                    .into_par_iter()
+                    .map(|ci| {
+                        let (mut sg, mut sgx) = (0f64, 0f64);
+                        for ni in 0..n {
+                            let at = (ni * c + ci) * l;
+                            for (&gv, &xv) in g[at..at + l].iter().zip(&x[at..at + l]) {
+                                sg += f64::from(gv);
+                                sgx += f64::from(gv) * normalised(ci, xv);
+                            }
+                        }
+                        (sg, sgx)
+                    })
+                    .collect();
+                #[allow(clippy::cast_precision_loss)]
+                let m = (n * l) as f64;
+                let mut dx = vec![0f32; n * c * l];
+                dx.par_chunks_mut(l.max(1)).enumerate().for_each(|(i, out)| {
+                    let ci = i % c;
+                    let (sg, sgx) = sums[ci];
+                    let scale = f64::from(w[ci]) * f64::from(self.inv_std[ci]) / m;
+                    let at = i * l;
+                    for ((o, &gv), &xv) in out.iter_mut().zip(&g[at..at + l]).zip(&x[at..at + l]) {
+                        #[allow(clippy::cast_possible_truncation)]
+                        let value = (scale * (m * f64::from(gv) - sg - normalised(ci, xv) * sgx)) as f32;
+                        *o = value;
+                    }
+                });
+                #[allow(clippy::cast_possible_truncation)]
+                let (dw, db) = sums.iter().map(|&(sg, sgx)| (sgx as f32, sg as f32)).unzip::<f32, f32, Vec<f32>, Vec<f32>>();
+                Ok((dx, dw, db))
+            })
+        })?;
+        let device = x.device();
+        Ok((Some(Tensor::from_vec(dx, (n, c, l), device)?), Some(Tensor::from_vec(dw, c, device)?), Some(Tensor::from_vec(db, c, device)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn uniform(dims: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let n = dims.iter().product();
+        Tensor::from_vec((0..n).map(|_| rng.uniform_f32(-1.0, 1.0)).collect::<Vec<_>>(), dims, &Device::Cpu).unwrap()
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}");
+        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y} at {i}");
+        }
+    }
+
+    #[test]
+    fn batch_norm_and_its_gradients_match_the_composed_operations() {
+        for dims in [[2, 3, 5], [4, 2, 1], [1, 4, 9], [3, 1, 16]] {
+            let c = dims[1];
+            let x = Var::from_tensor(&(uniform(&dims, 1) * 3.0).unwrap().affine(1.0, 0.5).unwrap()).unwrap();
+            let (w, b) = (Var::from_tensor(&uniform(&[c], 2)).unwrap(), Var::from_tensor(&uniform(&[c], 3)).unwrap());
+            let (ours, mean, var) = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
+            #[allow(clippy::cast_precision_loss)]
+            let count = (dims[0] * dims[2]) as f64;
+            let sum = |t: &Tensor| t.sum_keepdim(2).unwrap().sum_keepdim(0).unwrap();
+            let their_mean = (sum(&x) / count).unwrap();
+            let centred = x.broadcast_sub(&their_mean).unwrap();
+            let their_var = (sum(&centred.sqr().unwrap()) / count).unwrap();
+            let scale = w.reshape((1, c, 1)).unwrap().broadcast_div(&(&their_var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+            let theirs = centred.broadcast_mul(&scale).unwrap().broadcast_add(&b.reshape((1, c, 1)).unwrap()).unwrap();
+            let what = format!("{dims:?}");
+            assert_close(&ours, &theirs, &what);
+            assert_close(&mean, &their_mean.flatten_all().unwrap(), &what);
+            assert_close(&var, &their_var.flatten_all().unwrap(), &what);
+            let g = uniform(&dims, 4);
+            let ours = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let theirs = (theirs * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &w, &b] {
+                assert_close(ours.get(v).unwrap(), theirs.get(v).unwrap(), &what);
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `cargo xtask bench vision`: image-classifier training speed against PyTorch in the same run.
+//!
+//! Each row trains one architecture with Adam on random images (the `memory_probe` example with
+//! `--speed`, built in release: a generated CIFAR-10 batch at 32x32x3, or an `.npz` at 224x224x3)
+//! and PyTorch's torchvision model with the same small-input adaptations
+//! (`../shared/bench/torch_vision.py`), and prints both in samples per second with their ratio.
+//! `TRAINYARD_BENCH_STEPS` (default 10) sets the timed steps of each side after its warm-up.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context};
+
+use super::{field, json_lines, torch_python};
+
+/// Architecture, image side and batch size of each row.
+const ROWS: [(&str, usize, usize); 6] =
+    [("cnn", 32, 16), ("resnet18", 32, 16), ("resnet50", 32, 16), ("vgg16", 32, 16), ("mobilenet_v2", 32, 16), ("resnet18", 224, 8)];
+
+pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let steps: usize = match std::env::var("TRAINYARD_BENCH_STEPS") {
+        Ok(s) => s.parse().with_context(|| format!("TRAINYARD_BENCH_STEPS={s:?} is not a number"))?,
+        Err(_) => 10,
+    };
+    super::run(root, &cargo, &["build", "--quiet", "--release", "-p", "trainyard-trainer-candle", "--example", "memory_probe"])?;
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), Into::into);
+    let probe = target.join("release/examples/memory_probe");
+    let python = torch_python(root)?;
+    let script = root.join("../shared/bench/torch_vision.py");
+    println!("image classifier training (10 classes, Adam, train mode), CPU, samples/s, {steps} timed steps each, this run:");
+    println!("{:<14} {:<10} {:>5} {:>11} {:>11} {:>11}", "architecture", "input", "batch", "Trainyard", "PyTorch", "ratio");
+    for (arch, size, batch) in ROWS {
+        // The cnn trains in milliseconds a step: more steps make its time measurable.
+        let ours_steps = if arch == "cnn" { steps * 20 } else { steps };
+        let (data, samples) = if size == 32 { ("cifar", 2000) } else { ("images", 200) };
+        let args = [
+            "--arch",
+            arch,
+            "--data",
+            data,
+            "--size",
+            &size.to_string(),
+            "--samples",
+            &samples.to_string(),
+            "--batch",
+            &batch.to_string(),
+            "--warmup",
+            "2",
+            "--steps",
+            &ours_steps.to_string(),
+            "--speed",
+        ];
+        eprintln!("$ {} {}", probe.display(), args.join(" "));
+        let out = Command::new(&probe).args(args).current_dir(root).output().context("running memory_probe")?;
+        if !out.status.success() {
+            bail!("memory_probe {arch} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let line = json_lines(&out.stdout).pop().context("no result from memory_probe")?;
+        let ours = field(&line, "samples_per_s").with_context(|| format!("no samples_per_s in {line}"))?;
+        let torch_args = [
+            script.to_string_lossy().into_owned(),
+            "--batch".into(),
+            batch.to_string(),
+            "--size".into(),
+            size.to_string(),
+            "--steps".into(),
+            ours_steps.to_string(),
+            arch.into(),
+        ];
+        eprintln!("$ {} {}", python.display(), torch_args.join(" "));
+        let reference = Command::new(&python).args(&torch_args).current_dir(root).output().context("running the PyTorch reference")?;
+        if !reference.status.success() {
+            bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&reference.stderr));
+        }
+        let torch = json_lines(&reference.stdout).pop().context("no result from the PyTorch reference")?;
+        let theirs = field(&torch, "samples_per_s").with_context(|| format!("no samples_per_s in {torch}"))?;
+        let input = format!("{size}x{size}x3");
+        println!("{arch:<14} {input:<10} {batch:>5} {ours:>11.1} {theirs:>11.1} {:>10.2}x", ours / theirs.max(f64::MIN_POSITIVE));
+    }
+    println!("(ratio: Trainyard's samples/s over PyTorch's; above 1 means faster than PyTorch)");
+    Ok(())
+}

@@ -144,23 +144,10 @@ impl CustomOp3 for BatchNorm {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     use super::*;
-
-    fn uniform(dims: &[usize], seed: u64) -> Tensor {
-        let mut rng = crate::rng::SplitMix64::new(seed);
-        let n = dims.iter().product();
-        Tensor::from_vec((0..n).map(|_| rng.uniform_f32(-1.0, 1.0)).collect::<Vec<_>>(), dims, &Device::Cpu).unwrap()
-    }
-
-    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
-        assert_eq!(a.dims(), b.dims(), "{what}");
-        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: {x} vs {y} at {i}");
-        }
-    }
+    use crate::vision::tests::{assert_tensors_close as assert_close, uniform};
 
     #[test]
     fn batch_norm_and_its_gradients_match_the_composed_operations() {

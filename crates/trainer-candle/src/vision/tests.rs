@@ -33,21 +33,27 @@ fn distinct(dims: &[usize], seed: u64) -> Tensor {
 }
 
 /// Values uniform in `[-1, 1)`.
-fn uniform(dims: &[usize], seed: u64) -> Tensor {
+pub(super) fn uniform(dims: &[usize], seed: u64) -> Tensor {
     let mut rng = SplitMix64::new(seed);
     let n: usize = dims.iter().product();
     Tensor::from_vec((0..n).map(|_| rng.uniform_f32(-1.0, 1.0)).collect::<Vec<_>>(), dims, &Device::Cpu).unwrap()
 }
 
-fn values(t: &Tensor) -> Vec<f32> {
+pub(super) fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+pub(super) fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
     }
+}
+
+/// Two tensors of the same shape, equal within 1e-4 relative.
+pub(super) fn assert_tensors_close(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}");
+    assert_close(&values(a), &values(b), 1e-4, what);
 }
 
 fn shape_of<'a>(shapes: &'a [(String, Vec<usize>)], name: &str) -> &'a [usize] {

@@ -28,14 +28,8 @@ const ROWS: [(&str, &str, u32); 9] = [
 ];
 
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let steps: u32 = match std::env::var("TRAINYARD_BENCH_STEPS") {
-        Ok(s) => s.parse().with_context(|| format!("TRAINYARD_BENCH_STEPS={s:?} is not a number"))?,
-        Err(_) => 300,
-    };
-    super::run(root, &cargo, &["build", "--quiet", "--release", "-p", "trainyard-trainer-candle", "--example", "memory_probe"])?;
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), Into::into);
-    let probe = target.join("release/examples/memory_probe");
+    let steps = super::bench_steps(300)?;
+    let probe = super::build_probe(root)?;
     println!("training memory on the CPU, {steps} steps after warm-up, one fresh process per row:");
     println!(
         "{:<16} {:<8} {:>5} {:>6} {:>9} {:>9} {:>12} {:>9}",

@@ -17,14 +17,8 @@ const ROWS: [(&str, usize, usize); 6] =
     [("cnn", 32, 16), ("resnet18", 32, 16), ("resnet50", 32, 16), ("vgg16", 32, 16), ("mobilenet_v2", 32, 16), ("resnet18", 224, 8)];
 
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let steps: usize = match std::env::var("TRAINYARD_BENCH_STEPS") {
-        Ok(s) => s.parse().with_context(|| format!("TRAINYARD_BENCH_STEPS={s:?} is not a number"))?,
-        Err(_) => 10,
-    };
-    super::run(root, &cargo, &["build", "--quiet", "--release", "-p", "trainyard-trainer-candle", "--example", "memory_probe"])?;
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), Into::into);
-    let probe = target.join("release/examples/memory_probe");
+    let steps = super::bench_steps(10)?;
+    let probe = super::build_probe(root)?;
     let python = torch_python(root)?;
     let script = root.join("../shared/bench/torch_vision.py");
     println!("image classifier training (10 classes, Adam, train mode), CPU, samples/s, {steps} timed steps each, this run:");

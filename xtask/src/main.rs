@@ -47,6 +47,22 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Timed steps of a training benchmark: `TRAINYARD_BENCH_STEPS`, else `default`.
+fn bench_steps(default: usize) -> anyhow::Result<usize> {
+    match std::env::var("TRAINYARD_BENCH_STEPS") {
+        Ok(s) => s.parse().with_context(|| format!("TRAINYARD_BENCH_STEPS={s:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Builds the `memory_probe` example in release and returns its path.
+fn build_probe(root: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(root, &cargo, &["build", "--quiet", "--release", "-p", "trainyard-trainer-candle", "--example", "memory_probe"])?;
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    Ok(target.join("release/examples/memory_probe"))
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }

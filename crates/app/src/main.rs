@@ -95,7 +95,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         model_inspector: model_inspector.clone(),
         scratch: Arc::new(LocalScratch::new(args.scratch_dir())),
         trainer: Arc::new(ProcessTrainer::new(
-            RunCommand { program: std::env::current_exe().context("finding the trainyard binary")?, args: vec!["run-session".to_owned()] },
+            RunCommand {
+                program: std::env::current_exe().context("finding the trainyard binary")?,
+                args: vec!["run-session".to_owned()],
+                env: trainyard_trainer_candle::run_process_env(),
+            },
             SupervisionLimits {
                 memory_limit_mb: run_memory_limit_mb,
                 stall_timeout: StdDuration::from_secs(args.run_stall_timeout_secs.max(1)),

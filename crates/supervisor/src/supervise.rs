@@ -24,12 +24,13 @@ use crate::{
     protocol::{FromRun, RunLimits, ToRun},
 };
 
-/// How the run process is started: a program and its arguments (the server's own binary and
-/// its internal `run-session` command).
+/// How the run process is started: a program, its arguments (the server's own binary and its
+/// internal `run-session` command) and the environment variables it gets beside the server's.
 #[derive(Debug, Clone)]
 pub struct RunCommand {
     pub program: PathBuf,
     pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 /// What the supervisor enforces on every run.
@@ -96,6 +97,7 @@ impl Trainer for ProcessTrainer {
         let limits = RunLimits { memory_limit_mb: on_cpu.then_some(self.limits.memory_limit_mb) };
         let mut child = Command::new(&self.command.program)
             .args(&self.command.args)
+            .envs(self.command.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -212,7 +212,13 @@ impl TrainingEvents for Probe {
 }
 
 fn main() -> Result<(), Error> {
-    // As the run process does (`trainyard run-session`).
+    // As the run process does (`trainyard run-session`): the allocator's settings are read at
+    // process start, so the probe starts itself again with them when it was not given them.
+    let env = trainyard_trainer_candle::run_process_env();
+    if env.iter().any(|(k, v)| std::env::var(k).ok().as_ref() != Some(v)) {
+        let status = std::process::Command::new(std::env::current_exe()?).args(std::env::args_os().skip(1)).envs(env).status()?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
     trainyard_trainer_candle::configure_cpu_threads();
     let args = parse_args()?;
     let tmp = tempfile::tempdir()?;

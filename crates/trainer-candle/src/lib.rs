@@ -59,3 +59,25 @@ pub fn configure_cpu_threads() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
+
+/// glibc's allocator settings for a training process: blocks of up to 32 MB come from the heap
+/// and freed memory stays there (up to 1 GB at its top) for the next step's tensors.
+///
+/// A training step allocates and frees the same large tensors every time. With glibc's
+/// defaults most of them are fresh mappings that the kernel zero-fills page by page on first
+/// write: mobilenet_v2 took 550,000 page faults and a fifth of its time in them in ten steps.
+/// The tunables only take effect at process start, so they are given to the run process in
+/// its environment; any `GLIBC_TUNABLES` of the server's own come after them and win.
+pub const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824";
+
+/// The environment variables a training process starts with, beside the server's: see
+/// [`MALLOC_TUNABLES`].
+#[must_use]
+pub fn run_process_env() -> Vec<(String, String)> {
+    let tunables = match std::env::var("GLIBC_TUNABLES") {
+        Ok(own) if own.contains(MALLOC_TUNABLES) => own,
+        Ok(own) if !own.is_empty() => format!("{MALLOC_TUNABLES}:{own}"),
+        _ => MALLOC_TUNABLES.to_owned(),
+    };
+    vec![("GLIBC_TUNABLES".to_owned(), tunables)]
+}

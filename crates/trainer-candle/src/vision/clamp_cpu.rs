@@ -65,7 +65,8 @@ impl CustomOp2 for ClampGrad {
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(out, (x, g))| {
             for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
-                *o = if v >= self.lo && v < self.hi { gv } else { 0.0 };
+                // `&`, not `&&`: both comparisons on every lane, no branch, so the loop vectorises.
+                *o = if (v >= self.lo) & (v < self.hi) { gv } else { 0.0 };
             }
         });
         Ok((CpuStorage::F32(dx), xl.shape().clone()))

@@ -8,6 +8,8 @@
 use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::lanes;
+
 /// The most values of one im2col matrix (32 MB): the scratch memory of a convolution.
 const COL_LIMIT: usize = 1 << 23;
 
@@ -162,6 +164,21 @@ fn swap_outer(t: &[f32], a: usize, b: usize, l: usize) -> Vec<f32> {
     out
 }
 
+/// A dense convolution's output `[n, o, oh, ow]`: per group of images one im2col matrix and one
+/// matrix product.
+fn dense_forward(g: &Geometry, x: &[f32], w: &[f32], col_limit: usize) -> Result<Vec<f32>> {
+    let (w, image) = (CpuStorage::F32(w.to_vec()), g.c * g.h * g.w);
+    let w_layout = Layout::contiguous((g.o, g.rows()));
+    let mut y = Vec::with_capacity(g.n * g.o * g.plane());
+    for (start, count) in g.batches(col_limit) {
+        let part = g.with_batch(count);
+        let col = CpuStorage::F32(im2col(&part, &x[start * image..][..count * image]));
+        let out = matmul(&w, &w_layout, &col, &Layout::contiguous((g.rows(), part.cols())))?;
+        y.extend(swap_outer(&out, g.o, count, g.plane()));
+    }
+    Ok(y)
+}
+
 /// A dense convolution (`groups == 1`) of `x` `[N, C, H, W]` with `weight` `[O, C, k, k]`.
 /// Both must be contiguous `f32` CPU tensors.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
@@ -201,15 +218,7 @@ impl CustomOp2 for Conv {
         if self.depthwise {
             return Ok((CpuStorage::F32(depthwise_forward(&g, x, w)), shape));
         }
-        let (w, image) = (CpuStorage::F32(w.to_vec()), g.c * g.h * g.w);
-        let mut y = Vec::with_capacity(g.n * g.o * g.plane());
-        for (start, count) in g.batches(self.col_limit) {
-            let part = g.with_batch(count);
-            let col = CpuStorage::F32(im2col(&part, &x[start * image..][..count * image]));
-            let out = matmul(&w, &Layout::contiguous((g.o, g.rows())), &col, &Layout::contiguous((g.rows(), part.cols())))?;
-            y.extend(swap_outer(&out, g.o, count, g.plane()));
-        }
-        Ok((CpuStorage::F32(y), shape))
+        Ok((CpuStorage::F32(dense_forward(&g, x, w, self.col_limit)?), shape))
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -317,6 +326,28 @@ fn for_each_tap(g: &Geometry, mut f: impl FnMut(usize, usize, usize, usize, usiz
     }
 }
 
+/// `dst[i] += weight * src[i * s]` for every `i` in `dst`: contiguous (and vectorised) at stride 1.
+fn axpy_strided(dst: &mut [f32], weight: f32, src: &[f32], s: usize) {
+    if s == 1 {
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d += weight * v;
+        }
+    } else {
+        for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+            *d += weight * v;
+        }
+    }
+}
+
+/// `Σ a[i] * b[i * s]` over `a`, in lanes at stride 1 (see `lanes`).
+fn dot_strided(a: &[f32], b: &[f32], s: usize) -> f32 {
+    if s == 1 {
+        lanes::dot(a, b)
+    } else {
+        a.iter().zip(b.iter().step_by(s)).map(|(x, y)| x * y).sum()
+    }
+}
+
 /// A depthwise convolution's output, one map at a time.
 fn depthwise_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
@@ -324,11 +355,8 @@ fn depthwise_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     y.par_chunks_mut(plane).enumerate().for_each(|(m, out)| {
         let (map, taps) = (&x[m * hw..][..hw], &w[(m % g.c) * kk..][..kk]);
         for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
-            let weight = taps[ki * g.k + kj];
             let (src, dst) = (&map[iy * g.w..][..g.w], &mut out[oy * g.ow..][..g.ow]);
-            for ox in lo..hi {
-                dst[ox] += weight * src[ox * g.s + kj - g.p];
-            }
+            axpy_strided(&mut dst[lo..hi], taps[ki * g.k + kj], &src[lo * g.s + kj - g.p..], g.s);
         });
     });
     y
@@ -343,8 +371,13 @@ fn depthwise_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
         for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
             let weight = taps[ki * g.k + kj];
             let (src, dst) = (&gm[oy * g.ow..][..g.ow], &mut map[iy * g.w..][..g.w]);
-            for ox in lo..hi {
-                dst[ox * g.s + kj - g.p] += weight * src[ox];
+            let dst = &mut dst[lo * g.s + kj - g.p..];
+            if g.s == 1 {
+                axpy_strided(&mut dst[..hi - lo], weight, &src[lo..hi], 1);
+            } else {
+                for (d, v) in dst.iter_mut().step_by(g.s).zip(&src[lo..hi]) {
+                    *d += weight * v;
+                }
             }
         });
     });
@@ -362,11 +395,7 @@ fn depthwise_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
             let (map, gm) = (&x[m * hw..][..hw], &grad[m * plane..][..plane]);
             for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
                 let (src, gr) = (&map[iy * g.w..][..g.w], &gm[oy * g.ow..][..g.ow]);
-                let mut sum = 0f32;
-                for ox in lo..hi {
-                    sum += gr[ox] * src[ox * g.s + kj - g.p];
-                }
-                taps[ki * g.k + kj] += sum;
+                taps[ki * g.k + kj] += dot_strided(&gr[lo..hi], &src[lo * g.s + kj - g.p..], g.s);
             });
         }
     });
@@ -426,9 +455,16 @@ mod tests {
 
     #[test]
     fn depthwise_convolution_and_its_gradients_match_candles() {
-        for (dims, k, s, p) in
-            [([2, 4, 7, 6], 3, 1, 1), ([2, 4, 7, 6], 3, 2, 1), ([2, 3, 1, 1], 3, 2, 1), ([1, 3, 9, 8], 5, 2, 2), ([2, 2, 5, 9], 3, 1, 0)]
-        {
+        for (dims, k, s, p) in [
+            ([2, 4, 7, 6], 3, 1, 1),
+            ([2, 4, 7, 6], 3, 2, 1),
+            ([2, 3, 1, 1], 3, 2, 1),
+            ([1, 3, 9, 8], 5, 2, 2),
+            ([2, 2, 5, 9], 3, 1, 0),
+            // Rows long enough for the eight-lane sums, with and without a tail.
+            ([2, 3, 12, 21], 3, 1, 1),
+            ([1, 2, 10, 35], 3, 2, 1),
+        ] {
             check(dims, [dims[1], 1, k, k], s, p, dims[1]);
         }
     }

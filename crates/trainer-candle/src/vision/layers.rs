@@ -21,7 +21,7 @@ use std::{
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use super::{clamp_cpu, conv_cpu, norm_cpu, Mode};
+use super::{bias_cpu, clamp_cpu, conv_cpu, norm_cpu, Mode};
 use crate::rng::SplitMix64;
 
 /// Batch norm's `eps` (PyTorch's default).
@@ -285,7 +285,7 @@ impl Conv2d {
             let (x, weight) = (x.contiguous()?, self.weight.contiguous()?);
             let y = if depthwise { conv_cpu::depthwise_conv2d(&x, &weight, s, p)? } else { conv_cpu::conv2d(&x, &weight, s, p)? };
             return match &self.bias {
-                Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                Some(b) => bias_cpu::add_channel_bias(&y, b),
                 None => Ok(y),
             };
         }

@@ -37,9 +37,11 @@
 
 // `build` and `load` wait for the trainer's image path; once it calls them this goes.
 
+mod bias_cpu;
 mod clamp_cpu;
 mod cnn;
 mod conv_cpu;
+mod lanes;
 mod layers;
 mod mobilenet;
 mod norm_cpu;

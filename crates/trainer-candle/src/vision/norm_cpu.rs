@@ -1,10 +1,13 @@
 //! Batch norm in training on the CPU in `f32` as one kernel per pass: the batch statistics per
 //! channel, the normalised output, and the closed-form backward pass, each a loop over the data
-//! split across cores by channel or by map in a fixed order (sums in `f64`), instead of the
-//! dozen element-wise operations and reductions of the composed form, which is the test oracle.
+//! split across cores by channel or by map in a fixed order (each map's sums in `f32` lanes,
+//! see `lanes`, and the maps' sums added in `f64`), instead of the dozen element-wise
+//! operations and reductions of the composed form, which is the test oracle.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+
+use super::lanes;
 
 /// The contiguous `f32` data of a CPU tensor.
 fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
@@ -28,11 +31,12 @@ fn statistics(x: &[f32], n: usize, c: usize, l: usize) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|ci| {
             let maps = || (0..n).map(|ni| &x[(ni * c + ci) * l..][..l]);
-            let sum: f64 = maps().map(|m| m.iter().map(|&v| f64::from(v)).sum::<f64>()).sum();
-            let mean = sum / count;
-            let squares: f64 = maps().map(|m| m.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>()).sum();
+            let sum: f64 = maps().map(|m| f64::from(lanes::sum(m))).sum();
             #[allow(clippy::cast_possible_truncation)]
-            (mean as f32, (squares / count) as f32)
+            let mean = (sum / count) as f32;
+            let squares: f64 = maps().map(|m| f64::from(lanes::sum_pairs(m, m, |v, _| (v - mean) * (v - mean)))).sum();
+            #[allow(clippy::cast_possible_truncation)]
+            (mean, (squares / count) as f32)
         })
         .collect();
     per_channel.into_iter().unzip()
@@ -103,37 +107,44 @@ impl CustomOp3 for BatchNorm {
         let grad = grad.contiguous()?;
         let (dx, dw, db) = with_data(x, |x| {
             with_data(&grad, |g| {
-                let normalised = |ci: usize, v: f32| f64::from((v - self.mean[ci]) * self.inv_std[ci]);
+                // Per channel, `Σ g` and `Σ g * (x - mean)`.
                 let sums: Vec<(f64, f64)> = (0..c)
                     .into_par_iter()
                     .map(|ci| {
-                        let (mut sg, mut sgx) = (0f64, 0f64);
-                        for ni in 0..n {
+                        let mean = self.mean[ci];
+                        (0..n).fold((0f64, 0f64), |(sg, sgc), ni| {
                             let at = (ni * c + ci) * l;
-                            for (&gv, &xv) in g[at..at + l].iter().zip(&x[at..at + l]) {
-                                sg += f64::from(gv);
-                                sgx += f64::from(gv) * normalised(ci, xv);
-                            }
-                        }
-                        (sg, sgx)
+                            let (gm, xm) = (&g[at..at + l], &x[at..at + l]);
+                            (sg + f64::from(lanes::sum(gm)), sgc + f64::from(lanes::sum_pairs(gm, xm, |gv, xv| gv * (xv - mean))))
+                        })
                     })
                     .collect();
                 #[allow(clippy::cast_precision_loss)]
                 let m = (n * l) as f64;
+                // `dx = ka * g + kb * (x - mean) + kc` per channel, from the closed form.
+                #[allow(clippy::cast_possible_truncation)]
+                let coefficients: Vec<[f32; 3]> = (0..c)
+                    .map(|ci| {
+                        let (sg, sgc) = sums[ci];
+                        let inv_std = f64::from(self.inv_std[ci]);
+                        let scale = f64::from(w[ci]) * inv_std / m;
+                        [(scale * m) as f32, (-scale * sgc * inv_std * inv_std) as f32, (-scale * sg) as f32]
+                    })
+                    .collect();
                 let mut dx = vec![0f32; n * c * l];
                 dx.par_chunks_mut(l.max(1)).enumerate().for_each(|(i, out)| {
                     let ci = i % c;
-                    let (sg, sgx) = sums[ci];
-                    let scale = f64::from(w[ci]) * f64::from(self.inv_std[ci]) / m;
-                    let at = i * l;
+                    let ([ka, kb, kc], mean, at) = (coefficients[ci], self.mean[ci], i * l);
                     for ((o, &gv), &xv) in out.iter_mut().zip(&g[at..at + l]).zip(&x[at..at + l]) {
-                        #[allow(clippy::cast_possible_truncation)]
-                        let value = (scale * (m * f64::from(gv) - sg - normalised(ci, xv) * sgx)) as f32;
-                        *o = value;
+                        *o = ka * gv + kb * (xv - mean) + kc;
                     }
                 });
                 #[allow(clippy::cast_possible_truncation)]
-                let (dw, db) = sums.iter().map(|&(sg, sgx)| (sgx as f32, sg as f32)).unzip::<f32, f32, Vec<f32>, Vec<f32>>();
+                let (dw, db) = sums
+                    .iter()
+                    .zip(&self.inv_std)
+                    .map(|(&(sg, sgc), &inv_std)| ((sgc * f64::from(inv_std)) as f32, sg as f32))
+                    .unzip::<f32, f32, Vec<f32>, Vec<f32>>();
                 Ok((dx, dw, db))
             })
         })?;

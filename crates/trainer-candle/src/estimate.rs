@@ -130,8 +130,8 @@ fn as_f64(n: usize) -> f64 {
     n as f64
 }
 
-/// The footprint of `cfg` on `datasets`.
-pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord]) -> Result<Footprint, String> {
+/// The footprint of `cfg` on `datasets` when it trains on `device` (`auto` already resolved).
+pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord], device: Device) -> Result<Footprint, String> {
     let first = datasets.first().ok_or("no dataset to estimate for")?;
     let describe = |d: &DatasetRecord| {
         d.info
@@ -204,7 +204,7 @@ pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord]) -> Res
             Ok(Footprint {
                 parameters: trained.clone().sum(),
                 largest: trained.max().unwrap_or(0),
-                activations_per_sample: as_f64(vision::activation_floats(arch, input, classes)),
+                activations_per_sample: as_f64(vision::activation_floats(arch, input, classes, !matches!(device, Device::Cuda(_)))),
                 batch,
                 eval_samples,
                 data_bytes: as_f64(count) * as_f64(input.channels * input.height * input.width) * F32,
@@ -216,7 +216,7 @@ pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord]) -> Res
 
 /// The session's expected peak memory on `device` (`auto` already resolved).
 pub(crate) fn estimate(cfg: &TrainingConfig, datasets: &[DatasetRecord], device: Device) -> Result<MemoryEstimate, String> {
-    let f = footprint(cfg, datasets)?;
+    let f = footprint(cfg, datasets, device)?;
     let p = as_f64(f.parameters) * F32;
     let state = as_f64(state_tensors(cfg.optimizer, cfg.momentum));
     let model = (2.0 + state) * p + 2.0 * as_f64(f.largest) * F32;

@@ -50,7 +50,7 @@ fn image_parameter_counts_are_those_of_the_built_models() {
         let cfg = config(arch, TrainingRequest::default());
         let varmap = VarMap::new();
         vision::build(cfg.model_architecture, &varmap, input, 10, 0.0, &mut SplitMix64::new(1), &Backend::Cpu).unwrap();
-        let f = footprint(&cfg, &[digits()]).unwrap();
+        let f = footprint(&cfg, &[digits()], Device::Cpu).unwrap();
         assert_eq!(f.parameters, trained_in(&varmap), "{arch}");
         let largest = named_vars(&varmap).iter().map(|(_, v)| v.elem_count()).max().unwrap();
         assert_eq!(f.largest, largest, "{arch}");
@@ -64,7 +64,7 @@ fn mlp_and_lstm_parameter_counts_are_those_of_the_built_models() {
     let varmap = VarMap::new();
     let shape = MlpShape { inputs: 4, hidden: vec![16, 8], classes: 3, dropout: false };
     crate::mlp::Mlp::new(&varmap, &shape, 0.0, &mut SplitMix64::new(1), &Backend::Cpu).unwrap();
-    assert_eq!(footprint(&cfg, &[table]).unwrap().parameters, trained_in(&varmap));
+    assert_eq!(footprint(&cfg, &[table], Device::Cpu).unwrap().parameters, trained_in(&varmap));
     assert_eq!(trained_in(&varmap), 4 * 16 + 16 + 16 * 8 + 8 + 8 * 3 + 3);
 
     let text = record(DatasetFormat::Text, 5000, "vocab=40", json!({ "vocabulary_size": 40 }));
@@ -80,7 +80,7 @@ fn mlp_and_lstm_parameter_counts_are_those_of_the_built_models() {
         1,
     )
     .unwrap();
-    assert_eq!(footprint(&cfg, &[text]).unwrap().parameters, trained_in(&varmap));
+    assert_eq!(footprint(&cfg, &[text], Device::Cpu).unwrap().parameters, trained_in(&varmap));
 }
 
 #[test]

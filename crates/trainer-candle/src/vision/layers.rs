@@ -131,6 +131,15 @@ impl<'a> Params<'a> {
         Self { source: Source::Load { vars, device }, shapes: Vec::new() }
     }
 
+    /// Whether the model runs on the CPU (its fused kernels); a shapes-only listing counts as
+    /// the CPU.
+    pub(crate) fn on_cpu(&self) -> bool {
+        match self.source {
+            Source::Shapes => true,
+            Source::Init { device, .. } | Source::Load { device, .. } => device.is_cpu(),
+        }
+    }
+
     /// The names and shapes handed out so far.
     pub(crate) fn into_shapes(self) -> Vec<(String, Vec<usize>)> {
         self.shapes

@@ -153,14 +153,17 @@ impl ImageClassifier for MobileNetV2 {
 
 /// Numbers one sample keeps alive for the backward pass in training (see
 /// [`super::activation_floats`]): the input; per convolution its output and batch norm's, and
-/// the four tensors of a ReLU6 where one follows; the residual sums; the pooled features,
-/// dropout (mask and product) and the linear layer's product and bias.
-pub(crate) fn activations(input: ImageShape, classes: usize) -> usize {
+/// where a ReLU6 follows its output (the one pass of `clamp_cpu` on the CPU) or the four tensors
+/// of the composed form (elsewhere); the residual sums; the pooled features, dropout (mask and
+/// product) and the linear layer's product and bias.
+pub(crate) fn activations(input: ImageShape, classes: usize, on_cpu: bool) -> usize {
+    // Per unit of convolution, batch norm and ReLU6.
+    let unit = if on_cpu { 3 } else { 6 };
     let standard = standard(input);
     let stride = |s: usize, h: usize| out_size(h, 3, s, 1);
     let s0 = if standard { 2 } else { 1 };
     let (mut h, mut w) = (stride(s0, input.height), stride(s0, input.width));
-    let mut total = input.channels * input.height * input.width + 6 * STEM * h * w;
+    let mut total = input.channels * input.height * input.width + unit * STEM * h * w;
     let mut channels = STEM;
     for (setting, &(t, c, n, s)) in SETTINGS.iter().enumerate() {
         for i in 0..n {
@@ -170,15 +173,15 @@ pub(crate) fn activations(input: ImageShape, classes: usize) -> usize {
             };
             let hidden = channels * t;
             if t != 1 {
-                total += 6 * hidden * h * w;
+                total += unit * hidden * h * w;
             }
             (h, w) = (stride(s, h), stride(s, w));
-            total += 6 * hidden * h * w + 2 * c * h * w;
+            total += unit * hidden * h * w + 2 * c * h * w;
             if s == 1 && channels == c {
                 total += c * h * w;
             }
             channels = c;
         }
     }
-    total + 6 * LAST * h * w + 3 * LAST + 2 * classes
+    total + unit * LAST * h * w + 3 * LAST + 2 * classes
 }

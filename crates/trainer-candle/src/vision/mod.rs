@@ -136,7 +136,7 @@ fn construct(
         Architecture::MobilenetV2 => Box::new(mobilenet::MobileNetV2::new(params, input, classes, dropout)?),
         Architecture::Mlp | Architecture::CharLstm => bail!("{arch:?} is not an image architecture"),
     };
-    let per_sample = activation_floats(arch, input, classes).max(1) * std::mem::size_of::<f32>();
+    let per_sample = activation_floats(arch, input, classes, params.on_cpu()).max(1) * std::mem::size_of::<f32>();
     Ok(Box::new(Chunked { model, chunk: (EVAL_BYTES / per_sample).max(1) }))
 }
 
@@ -172,15 +172,16 @@ impl ImageClassifier for Chunked {
 /// Numbers (`f32`) one sample keeps alive for the backward pass of a training step: every
 /// intermediate result candle's graph holds from the input to the logits, walked layer by layer
 /// in each model's file (`activations` there). Transient buffers (a convolution's input copy, the
-/// gradients flowing back) come on top; the memory estimate accounts for them.
+/// gradients flowing back) come on top; the memory estimate accounts for them. `on_cpu`: the
+/// CPU's fused kernels keep fewer tensors than the composed operations other devices run.
 #[must_use]
-pub(crate) fn activation_floats(arch: Architecture, input: ImageShape, classes: usize) -> usize {
+pub(crate) fn activation_floats(arch: Architecture, input: ImageShape, classes: usize, on_cpu: bool) -> usize {
     match arch {
         Architecture::Cnn => cnn::activations(input, classes),
         Architecture::Resnet18 => resnet::activations(resnet::Depth::Resnet18, input, classes),
         Architecture::Resnet50 => resnet::activations(resnet::Depth::Resnet50, input, classes),
         Architecture::Vgg16 => vgg::activations(input, classes),
-        Architecture::MobilenetV2 => mobilenet::activations(input, classes),
+        Architecture::MobilenetV2 => mobilenet::activations(input, classes, on_cpu),
         Architecture::Mlp | Architecture::CharLstm => 0,
     }
 }

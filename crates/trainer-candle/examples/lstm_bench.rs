@@ -9,13 +9,19 @@
 //! ```
 //!
 //! Without a text file it trains on generated text. A step is forward, cross-entropy, backward
-//! and an Adam update (`candle_nn::AdamW` with weight decay 0, learning rate 1e-3).
+//! and an Adam update with learning rate 1e-3 (Trainyard's `TrainOptimizer`, as a training run
+//! uses it). Like a run process (`trainyard run-session`) the benchmark sets up candle's CPU
+//! threads and starts with the run's allocator settings.
 
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{loss::cross_entropy, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use trainyard_trainer_candle::lstm::{CharLstm, CharLstmConfig, LstmImpl};
+use candle_nn::{loss::cross_entropy, VarBuilder, VarMap};
+use trainyard_domain::config::Optimizer;
+use trainyard_trainer_candle::{
+    lstm::{CharLstm, CharLstmConfig, LstmImpl},
+    TrainOptimizer,
+};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -86,7 +92,13 @@ fn run(imp: LstmImpl, data: &[u32], vocab: usize, args: &Args, warmup: usize, st
     let cfg = CharLstmConfig::with_vocab(vocab);
     let varmap = VarMap::new();
     let model = CharLstm::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device), 0)?;
-    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..ParamsAdamW::default() })?;
+    let vars = {
+        let data = varmap.data().lock().map_err(|_| "the variables' lock is poisoned")?;
+        let mut vars: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    };
+    let mut opt = TrainOptimizer::new(Optimizer::Adam, vars, 1e-3, 0.0);
     let mut rng = Rng(0x5EED);
     let (b, t) = (args.batch, args.seq);
     let mut losses = Vec::new();
@@ -124,6 +136,8 @@ fn run(imp: LstmImpl, data: &[u32], vocab: usize, args: &Args, warmup: usize, st
 }
 
 fn main() -> Result<(), Error> {
+    // As the run process does (`trainyard run-session`).
+    trainyard_trainer_candle::train_like_a_run_process()?;
     let args = parse_args()?;
     let text = match &args.text {
         Some(path) => std::fs::read_to_string(path)?,

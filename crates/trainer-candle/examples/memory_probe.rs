@@ -212,14 +212,8 @@ impl TrainingEvents for Probe {
 }
 
 fn main() -> Result<(), Error> {
-    // As the run process does (`trainyard run-session`): the allocator's settings are read at
-    // process start, so the probe starts itself again with them when it was not given them.
-    let env = trainyard_trainer_candle::run_process_env();
-    if env.iter().any(|(k, v)| std::env::var(k).ok().as_ref() != Some(v)) {
-        let status = std::process::Command::new(std::env::current_exe()?).args(std::env::args_os().skip(1)).envs(env).status()?;
-        std::process::exit(status.code().unwrap_or(1));
-    }
-    trainyard_trainer_candle::configure_cpu_threads();
+    // As the run process does (`trainyard run-session`).
+    trainyard_trainer_candle::train_like_a_run_process()?;
     let args = parse_args()?;
     let tmp = tempfile::tempdir()?;
     let (path, file_name) = match args.data.as_str() {

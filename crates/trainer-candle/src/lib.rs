@@ -81,3 +81,20 @@ pub fn run_process_env() -> Vec<(String, String)> {
     };
     vec![("GLIBC_TUNABLES".to_owned(), tunables)]
 }
+
+/// Makes the calling program train like a run process: unless it already has the environment of
+/// [`run_process_env`], starts it again with it (same arguments) and exits with its status; then
+/// [`configure_cpu_threads`]. For benchmarks and tools that measure what a run would; call it
+/// first thing in `main`.
+///
+/// # Errors
+/// The program could not be started again.
+pub fn train_like_a_run_process() -> std::io::Result<()> {
+    let env = run_process_env();
+    if env.iter().any(|(k, v)| std::env::var(k).ok().as_ref() != Some(v)) {
+        let status = std::process::Command::new(std::env::current_exe()?).args(std::env::args_os().skip(1)).envs(env).status()?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    configure_cpu_threads();
+    Ok(())
+}

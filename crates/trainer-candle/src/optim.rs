@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 use trainyard_domain::Optimizer as OptimizerKind;
 
 const BETA1: f64 = 0.9;
@@ -72,8 +73,10 @@ impl TrainOptimizer {
     /// The gradients are detached first: candle leaves the gradient of a variable attached to
     /// the forward graph (a linear layer's weight gradient is `grad^T x` over the layer's tracked
     /// input), so state blended from it would keep every step's activations alive. The state and
-    /// the weights are then updated in place, [`UPDATE_CHUNK`] values at a time, so that an update
-    /// needs a few chunks of scratch memory instead of several copies of the largest parameter.
+    /// the weights are then updated in place: Adam on the CPU in three passes that write into the
+    /// moments and the weights themselves (candle's in-place operations), everything else in
+    /// composed operations [`UPDATE_CHUNK`] values at a time, so that an update needs a few chunks
+    /// of scratch memory instead of several copies of the largest parameter.
     ///
     /// # Errors
     /// A candle error from the update.
@@ -112,14 +115,9 @@ impl TrainOptimizer {
                     bias1: 1.0 - BETA1.powi(t),
                     bias2: 1.0 - BETA2.powi(t),
                 };
-                for start in (0..len).step_by(UPDATE_CHUNK) {
-                    let n = UPDATE_CHUNK.min(len - start);
-                    let (m, v, th) = adam_cpu(&step, &g, first, second, &theta, start, n)?;
-                    let device = var.device();
-                    first.slice_set(&Tensor::from_vec(m, n, device)?, 0, start)?;
-                    second.slice_set(&Tensor::from_vec(v, n, device)?, 0, start)?;
-                    theta.slice_set(&Tensor::from_vec(th, n, device)?, 0, start)?;
-                }
+                first.inplace_op2(&g, &Moment { beta: BETA1, squared: false })?;
+                second.inplace_op2(&g, &Moment { beta: BETA2, squared: true })?;
+                theta.inplace_op3(first, second, &step)?;
                 continue;
             }
             for start in (0..len).step_by(UPDATE_CHUNK) {
@@ -229,59 +227,80 @@ struct AdamStep {
     bias2: f64,
 }
 
-/// The contiguous `f32` data of the CPU tensor `t`, `start..start + n`, handed to `f`.
-fn with_chunk<R>(t: &Tensor, start: usize, n: usize, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("adam-cpu: a tensor not on the CPU") };
-    let Some((lo, hi)) = layout.contiguous_offsets() else { candle_core::bail!("adam-cpu: a non-contiguous tensor") };
-    let Some(chunk) = cpu.as_slice::<f32>()?[lo..hi].get(start..start + n) else {
-        candle_core::bail!("adam-cpu: a chunk outside the tensor")
-    };
-    f(chunk)
+/// Values per parallel task of the in-place updates.
+const BLOCK: usize = 1 << 14;
+
+#[allow(clippy::cast_possible_truncation)]
+fn f32_of(x: f64) -> f32 {
+    x as f32
 }
 
-/// Adam (or AdamW) on `n` values from `start` of the flat CPU `f32` tensors: the new first and
-/// second moments and weights, each value in one pass, split across cores in fixed blocks.
-/// The arithmetic is the composed update's, in `f32` with the same constants.
-fn adam_cpu(
-    step: &AdamStep,
-    g: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    theta: &Tensor,
-    start: usize,
-    n: usize,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    use rayon::prelude::*;
-    const BLOCK: usize = 1 << 14;
-    #[allow(clippy::cast_possible_truncation)]
-    let c = |x: f64| x as f32;
-    let (b1, one_b1, b2, one_b2) = (c(BETA1), c(1.0 - BETA1), c(BETA2), c(1.0 - BETA2));
-    let (bias1, bias2, eps, lr, decay) = (c(step.bias1), c(step.bias2), c(ADAM_EPS), c(step.lr), c(step.decay));
-    let (mut m_out, mut v_out, mut th_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    with_chunk(g, start, n, |g| {
-        with_chunk(m, start, n, |m| {
-            with_chunk(v, start, n, |v| {
-                with_chunk(theta, start, n, |th| {
-                    m_out.par_chunks_mut(BLOCK).zip(v_out.par_chunks_mut(BLOCK)).zip(th_out.par_chunks_mut(BLOCK)).enumerate().for_each(
-                        |(b, ((mo, vo), to))| {
-                            let at = b * BLOCK;
-                            for i in 0..mo.len() {
-                                let gi = g[at + i];
-                                let mi = m[at + i] * b1 + gi * one_b1;
-                                let vi = v[at + i] * b2 + gi * gi * one_b2;
-                                let update = (mi / bias1) / ((vi / bias2).sqrt() + eps);
-                                let decayed = if decay == 1.0 { th[at + i] } else { th[at + i] * decay };
-                                (mo[i], vo[i], to[i]) = (mi, vi, decayed - update * lr);
-                            }
-                        },
-                    );
-                    Ok(())
-                })
-            })
-        })
-    })?;
-    Ok((m_out, v_out, th_out))
+/// The contiguous `f32` values of a CPU storage seen through `layout`.
+fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let Some((lo, hi)) = layout.contiguous_offsets() else { candle_core::bail!("adam-cpu: a non-contiguous tensor") };
+    Ok(&storage.as_slice::<f32>()?[lo..hi])
+}
+
+/// The same, to write in place.
+fn values_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
+    let Some((lo, hi)) = layout.contiguous_offsets() else { candle_core::bail!("adam-cpu: a non-contiguous tensor") };
+    match storage {
+        CpuStorage::F32(v) => v.get_mut(lo..hi).ok_or_else(|| candle_core::Error::Msg("adam-cpu: a layout outside its storage".into())),
+        _ => candle_core::bail!("adam-cpu: a tensor that is not f32"),
+    }
+}
+
+/// One of Adam's moments updated in place from the gradient: `m = beta m + (1 - beta) g` (or
+/// `g²` for the second moment), each value once, split across cores in fixed blocks.
+struct Moment {
+    beta: f64,
+    squared: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adam-cpu-moment"
+    }
+
+    fn cpu_fwd(&self, state: &mut CpuStorage, sl: &Layout, grad: &CpuStorage, gl: &Layout) -> Result<()> {
+        let (beta, one_beta) = (f32_of(self.beta), f32_of(1.0 - self.beta));
+        let (state, grad) = (values_mut(state, sl)?, values(grad, gl)?);
+        if state.len() != grad.len() {
+            candle_core::bail!("adam-cpu: a gradient of {} values for {}", grad.len(), state.len())
+        }
+        let squared = self.squared;
+        state.par_chunks_mut(BLOCK).zip(grad.par_chunks(BLOCK)).for_each(|(s, g)| {
+            for (s, &g) in s.iter_mut().zip(g) {
+                *s = *s * beta + if squared { g * g } else { g } * one_beta;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The weights updated in place from the new moments: `θ = decay θ - lr m̂ / (√v̂ + eps)`, with
+/// the composed update's arithmetic in `f32`.
+impl InplaceOp3 for AdamStep {
+    fn name(&self) -> &'static str {
+        "adam-cpu-update"
+    }
+
+    fn cpu_fwd(&self, theta: &mut CpuStorage, tl: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> Result<()> {
+        let (bias1, bias2, eps, lr, decay) =
+            (f32_of(self.bias1), f32_of(self.bias2), f32_of(ADAM_EPS), f32_of(self.lr), f32_of(self.decay));
+        let (theta, m, v) = (values_mut(theta, tl)?, values(m, ml)?, values(v, vl)?);
+        if theta.len() != m.len() || theta.len() != v.len() {
+            candle_core::bail!("adam-cpu: moments of {} and {} values for {} weights", m.len(), v.len(), theta.len())
+        }
+        theta.par_chunks_mut(BLOCK).zip(m.par_chunks(BLOCK).zip(v.par_chunks(BLOCK))).for_each(|(th, (m, v))| {
+            for ((th, &mi), &vi) in th.iter_mut().zip(m).zip(v) {
+                let update = (mi / bias1) / ((vi / bias2).sqrt() + eps);
+                let decayed = if decay == 1.0 { *th } else { *th * decay };
+                *th = decayed - update * lr;
+            }
+        });
+        Ok(())
+    }
 }
 
 /// The flat view of a slot's state tensor, created as zeros shaped `like` (PyTorch's start) on

@@ -164,6 +164,20 @@ fn swap_outer(t: &[f32], a: usize, b: usize, l: usize) -> Vec<f32> {
     out
 }
 
+/// `dst[i][j] += src[j][i]` for `dst` `[a, b]` and `src` `[b, a]`, by blocks of rows of `dst`
+/// so that each row of `src` is read once per block, contiguously.
+fn add_transposed(dst: &mut [f32], src: &[f32], b: usize, a: usize) {
+    const ROWS: usize = 32;
+    dst.par_chunks_mut(ROWS * b).enumerate().for_each(|(block, rows)| {
+        let first = block * ROWS;
+        for (j, src_row) in src.chunks_exact(a).enumerate() {
+            for (i, row) in rows.chunks_exact_mut(b).enumerate() {
+                row[j] += src_row[first + i];
+            }
+        }
+    });
+}
+
 /// A dense convolution's output `[n, o, oh, ow]`: per group of images one im2col matrix and one
 /// matrix product.
 fn dense_forward(g: &Geometry, x: &[f32], w: &[f32], col_limit: usize) -> Result<Vec<f32>> {
@@ -307,11 +321,7 @@ impl CustomOp2 for WeightGrad {
                 // first layers, where few channels meet long maps, and never slower).
                 let gradt = Layout::contiguous((g.o, part.cols())).transpose(0, 1)?;
                 let sum = matmul(&col, &Layout::contiguous((g.rows(), part.cols())), &grad, &gradt)?;
-                dw.par_chunks_mut(g.rows()).enumerate().for_each(|(oi, row)| {
-                    for (ri, d) in row.iter_mut().enumerate() {
-                        *d += sum[ri * g.o + oi];
-                    }
-                });
+                add_transposed(&mut dw, &sum, g.rows(), g.o);
             }
             dw
         };
@@ -455,6 +465,8 @@ mod tests {
             ([2, 2, 5, 5], 3, 3, 2, 1),
             ([2, 1, 2, 3], 2, 3, 1, 2),
             ([2, 1, 1, 1], 3, 5, 1, 2),
+            // More output channels than one block of the weight gradient's transposition.
+            ([2, 3, 5, 5], 70, 3, 1, 1),
         ] {
             check(dims, [o, dims[1], k, k], s, p, 1);
         }

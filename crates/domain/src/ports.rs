@@ -241,8 +241,9 @@ pub struct TrainingJob {
     pub scratch_dir: PathBuf,
 }
 
-/// What the trainer reports while it runs.
-pub trait TrainingEvents {
+/// What the trainer reports while it runs. `Send`, so that a trainer may run the session on a
+/// thread of its own (the candle trainer runs it on a worker of its thread pool).
+pub trait TrainingEvents: Send {
     /// An epoch finished with these metrics.
     fn epoch_finished(&mut self, metrics: EpochMetrics);
     /// A line for the session's log.

@@ -152,7 +152,8 @@ fn main() -> Result<(), Error> {
         if steps == 0 {
             continue;
         }
-        let (ms, first, last, [fwd, bwd, opt]) = run(imp, &data, vocab, &args, warmup, steps)?;
+        // On a worker of rayon's pool, as `CandleTrainer::train` runs a session.
+        let (ms, first, last, [fwd, bwd, opt]) = rayon::scope(|_| run(imp, &data, vocab, &args, warmup, steps).map_err(|e| e.to_string()))?;
         #[allow(clippy::cast_precision_loss)]
         let per_s = args.batch as f64 * 1e3 / ms;
         println!(

@@ -40,7 +40,7 @@
 mod clamp_cpu;
 mod cnn;
 mod conv_cpu;
-mod layers;
+pub(crate) mod layers;
 mod mobilenet;
 mod norm_cpu;
 mod resnet;

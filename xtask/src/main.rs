@@ -257,7 +257,8 @@ fn torch_python(root: &Path) -> anyhow::Result<PathBuf> {
 fn venv_with(root: &Path, venv: &Path, packages: &[&str], ready: impl Fn(&Path) -> bool) -> anyhow::Result<PathBuf> {
     let python = venv.join("bin/python");
     if !python.exists() {
-        run(root, "python3", &["-m", "venv", &venv.to_string_lossy()])?;
+        run(root, "python3", &["-m", "venv", &venv.to_string_lossy()])
+            .context("creating a Python virtual environment needs Python 3 with venv (Debian: apt-get install python3-venv)")?;
     }
     if !ready(&python) {
         let mut args = vec!["install", "--quiet"];

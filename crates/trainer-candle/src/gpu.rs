@@ -141,8 +141,13 @@ fn probe() -> Cuda {
             Cuda::Usable(gpus)
         }
     });
-    // The only panic in there is cudarc's "Unable to dynamically load the "cuda" shared library".
-    asked.unwrap_or(Cuda::NoDriver)
+    // cudarc panics when it cannot load the library ("Unable to dynamically load the "cuda"
+    // shared library") or a function in it (a driver older than this build's CUDA).
+    match asked {
+        Ok(cuda) => cuda,
+        Err(why) if why.contains("Unable to dynamically load") => Cuda::NoDriver,
+        Err(why) => Cuda::DriverFailed(why),
+    }
 }
 
 /// Runs `f`, turning a panic into its message without printing it: cudarc reports a library it

@@ -144,11 +144,15 @@ impl CudaEnv {
         let patch = format!("patch.crates-io.candle-core.path={:?}", self.candle_core.to_string_lossy());
         let lock = root.join("Cargo.lock");
         let saved = std::fs::read(&lock).context("reading Cargo.lock")?;
-        eprintln!("$ CUDA_HOME={} CUDA_COMPUTE_CAP={cap} {cargo} {} --config '{patch}'", self.cuda_home.display(), args.join(" "));
+        let (command, rest) = args.split_first().context("no cargo command")?;
+        eprintln!(
+            "$ CUDA_HOME={} CUDA_COMPUTE_CAP={cap} {cargo} {command} --config '{patch}' {}",
+            self.cuda_home.display(),
+            rest.join(" ")
+        );
         let started = Instant::now();
         // The patch goes after the subcommand with any other `--config`: cargo keeps only the
         // subcommand's `--config` values when both places have some.
-        let (command, rest) = args.split_first().context("no cargo command")?;
         let status = Command::new(&cargo)
             .arg(command)
             .args(["--config", &patch])

@@ -169,7 +169,7 @@ impl CudaEnv {
             .status();
         std::fs::write(&lock, saved).context("putting Cargo.lock back")?;
         let status = status.with_context(|| format!("running {cargo}"))?;
-        eprintln!("cuda: `cargo {}` took {:.1} min", args[0], started.elapsed().as_secs_f64() / 60.0);
+        eprintln!("cuda: `cargo {command}` took {:.0} s", started.elapsed().as_secs_f64());
         if !status.success() {
             bail!("`cargo {}` with the cuda feature failed: {status}", args.join(" "));
         }

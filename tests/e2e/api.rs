@@ -163,3 +163,14 @@ fn architectures_are_listed() {
     assert_eq!(mlp["data_kinds"], json!(["tabular"]));
     assert!(mlp["optimizers"].as_array().unwrap().contains(&Value::from("rmsprop")));
 }
+
+#[test]
+fn a_gpu_this_machine_lacks_is_a_400_saying_what_there_is() {
+    let s = Server::start();
+    let (code, v) =
+        s.post_json("/api/v1/training/start", &json!({"model_architecture": "mlp", "dataset_name": "iris", "device": "cuda:3"}));
+    assert_eq!((code, envelope_code(&v).as_str()), (400, "INVALID_CONFIG"));
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("device cuda:3 is not available: "), "{v}");
+    assert!(detail.contains("usable GPU") || detail.contains("this server trains on the CPU"), "{v}");
+}

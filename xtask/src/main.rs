@@ -4,11 +4,13 @@
 //! against PyTorch and the model registry's upload and download throughput against a file
 //! copy, each in the same run; `bench memory` (not part of plain `bench`: it trains for minutes)
 //! measures training memory per architecture against the memory estimate; `bench vision` (not
-//! part of plain `bench` either) measures image-classifier training speed against PyTorch.
+//! part of plain `bench` either) measures image-classifier training speed against PyTorch;
+//! `cuda build | check | test` builds, checks and tests the `cuda` feature (see [`cuda`]).
 
 mod bench_memory;
 mod bench_registry;
 mod bench_vision;
+mod cuda;
 
 use std::{
     path::{Path, PathBuf},
@@ -32,9 +34,10 @@ fn main() -> anyhow::Result<()> {
             Some("vision") => bench_vision::run(&root),
             Some(other) => bail!("unknown benchmark {other:?}: expected lstm, registry, memory or vision"),
         },
+        "cuda" => cuda::run(&root, std::env::args().nth(2).as_deref(), &std::env::args().skip(3).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry | memory | vision]>");
-            eprintln!("  ci       format check, tidy, clippy with warnings denied, and every test");
+            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry | memory | vision] | cuda <build | check | test>>");
+            eprintln!("  ci       format check, tidy, clippy with warnings denied, every test, and cuda check");
             eprintln!("  tidy     crate dependency rules and module docs");
             eprintln!("  openapi  write docs/openapi.json from the code");
             eprintln!("  bench    the lstm and registry benchmarks below, each printing its table");
@@ -42,6 +45,10 @@ fn main() -> anyhow::Result<()> {
             eprintln!("    registry  model upload/download MB/s over loopback vs a file copy, and the server's peak RSS");
             eprintln!("    memory    training peak RSS and growth per architecture vs the memory estimate (minutes; not in plain bench)");
             eprintln!("    vision    image-classifier training samples/s vs PyTorch, as ratios (minutes; not in plain bench)");
+            eprintln!("  cuda     the `cuda` feature, with NVIDIA's wheels from PyPI (no GPU or toolkit needed):");
+            eprintln!("    build     the release binary, stripped and zstd-compressed, in target/cuda/");
+            eprintln!("    check     cargo check --features cuda (what CI runs)");
+            eprintln!("    test      the trainer's tests on cuda:0 against the CPU (TRAINYARD_TEST_CUDA=1; a GPU machine)");
             bail!("unknown task {task:?}")
         }
     }
@@ -81,7 +88,8 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     run(root, &cargo, &["fmt", "--all", "--", "--check"])?;
     tidy(root)?;
     run(root, &cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
-    test_with_total(root, &cargo)
+    test_with_total(root, &cargo)?;
+    cuda::check(root)
 }
 
 /// Runs every test, passing the output through, and closes with one plain total line
@@ -236,14 +244,26 @@ fn torch_python(root: &Path) -> anyhow::Result<PathBuf> {
     }
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
     let venv = target.join("torchenv");
+    if !venv.join("bin/python").exists() {
+        eprintln!("installing PyTorch into {} for the reference (once; several GB)", venv.display());
+    }
+    venv_with(root, &venv, &["torch", "torchvision", "numpy", "safetensors"], |python| {
+        Command::new(python).args(["-c", "import torchvision"]).output().is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The Python of a virtual environment at `venv`, created if missing, with `packages` installed
+/// from the package registry unless `ready` (given that Python) says they are there.
+fn venv_with(root: &Path, venv: &Path, packages: &[&str], ready: impl Fn(&Path) -> bool) -> anyhow::Result<PathBuf> {
     let python = venv.join("bin/python");
     if !python.exists() {
-        eprintln!("installing PyTorch into {} for the reference (once; several GB)", venv.display());
-        run(root, "python3", &["-m", "venv", &venv.to_string_lossy()])?;
+        run(root, "python3", &["-m", "venv", &venv.to_string_lossy()])
+            .context("creating a Python virtual environment needs Python 3 with venv (Debian: apt-get install python3-venv)")?;
     }
-    let has_torchvision = Command::new(&python).args(["-c", "import torchvision"]).output().is_ok_and(|o| o.status.success());
-    if !has_torchvision {
-        run(root, &venv.join("bin/pip").to_string_lossy(), &["install", "--quiet", "torch", "torchvision", "numpy", "safetensors"])?;
+    if !ready(&python) {
+        let mut args = vec!["install", "--quiet"];
+        args.extend_from_slice(packages);
+        run(root, &venv.join("bin/pip").to_string_lossy(), &args)?;
     }
     Ok(python)
 }

@@ -25,7 +25,7 @@ use trainyard_http::{AppState, UploadLimits};
 use trainyard_monitor::CachedMonitor;
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
 use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};
-use trainyard_trainer_candle::{CandleGenerator, CandlePredictor, CandleTrainer, FileInspector, FileModelInspector};
+use trainyard_trainer_candle::{gpu, CandleGenerator, CandlePredictor, CandleTrainer, FileInspector, FileModelInspector};
 
 use crate::cli::{Cli, Command, LogFormat, ServeArgs};
 
@@ -86,6 +86,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let clock = Arc::new(SystemClock);
     let run_memory_limit_mb = args.run_memory_limit_mb.unwrap_or_else(|| default_run_memory_limit_mb(monitor.snapshot().memory_total_mb));
     let model_inspector = Arc::new(FileModelInspector::new());
+    tracing::info!(cuda = %gpu::cuda(), "devices");
     let ports = Ports {
         sessions: store.clone(),
         metrics: store.clone(),
@@ -104,7 +105,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 memory_limit_mb: run_memory_limit_mb,
                 stall_timeout: StdDuration::from_secs(args.run_stall_timeout_secs.max(1)),
                 sample_every: RUN_SAMPLE_INTERVAL,
-                cuda_capable: cfg!(feature = "cuda"),
+                gpu_usable: !gpu::cuda().gpus().is_empty(),
             },
             Arc::new(CandleTrainer::new()),
         )),

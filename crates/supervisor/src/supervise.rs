@@ -43,9 +43,9 @@ pub struct SupervisionLimits {
     pub stall_timeout: Duration,
     /// How often the run's memory is measured.
     pub sample_every: Duration,
-    /// This build can train on CUDA, so `auto` may mean a GPU. GPU runs get the memory watch
-    /// but no data-segment rlimit, which would break the driver's large mappings.
-    pub cuda_capable: bool,
+    /// A GPU is usable here, so `auto` means a GPU. GPU runs get the memory watch but no
+    /// data-segment rlimit, which would break the driver's large mappings.
+    pub gpu_usable: bool,
 }
 
 /// Lines of a run's standard error kept to explain how it died.
@@ -91,7 +91,7 @@ impl Trainer for ProcessTrainer {
     fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError> {
         let on_cpu = match job.config.device {
             Device::Cpu => true,
-            Device::Auto => !self.limits.cuda_capable,
+            Device::Auto => !self.limits.gpu_usable,
             Device::Cuda(_) => false,
         };
         let limits = RunLimits { memory_limit_mb: on_cpu.then_some(self.limits.memory_limit_mb) };

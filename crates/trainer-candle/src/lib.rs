@@ -17,6 +17,7 @@ mod data;
 mod epoch_loop;
 mod estimate;
 mod generate;
+pub mod gpu;
 mod images;
 mod inspect;
 mod loss;
@@ -36,6 +37,9 @@ pub mod text;
 mod trainer;
 pub mod vision;
 mod weights;
+
+#[cfg(test)]
+mod cuda_tests;
 
 pub use epoch_loop::MODEL_FILE_NAME;
 pub use generate::CandleGenerator;

@@ -17,7 +17,7 @@ use crate::{
     data,
     data::{Prepared, Split},
     epoch_loop::{backend, count_correct, device_name, named_vars, Faults, Session, Step, Task},
-    images, loss,
+    gpu, images, loss,
     mlp::MlpShape,
     model_meta::{ImageModel, Model, ModelMeta, Normalisation, TableModel},
     net::{Net, NetSpec},
@@ -57,8 +57,7 @@ impl Default for CandleTrainer {
 }
 
 impl CandleTrainer {
-    /// A trainer on the best device: the first CUDA GPU when built with the `cuda` feature and
-    /// one is present, else the CPU.
+    /// A trainer on the best device: the first usable CUDA GPU ([`gpu::cuda`]), else the CPU.
     #[must_use]
     pub fn new() -> Self {
         Self {
@@ -78,28 +77,26 @@ impl CandleTrainer {
         trainer
     }
 
-    /// Where a session's `device` setting trains: `auto` resolved to the GPU or the CPU.
+    /// Where a session's `device` setting trains: `auto` resolved to the first usable GPU
+    /// ([`gpu::cuda`]) or the CPU.
     fn resolve_device(&self, wanted: config::Device) -> config::Device {
         match wanted {
-            config::Device::Auto if self.cpu_only || !cfg!(feature = "cuda") => config::Device::Cpu,
-            config::Device::Auto => match Device::cuda_if_available(0) {
-                Ok(d) if d.is_cuda() => config::Device::Cuda(0),
-                _ => config::Device::Cpu,
-            },
+            config::Device::Auto if self.cpu_only => config::Device::Cpu,
+            config::Device::Auto => gpu::cuda().auto(),
             other => other,
         }
     }
 
-    /// The candle device for a session's `device` setting.
-    fn device(&self, wanted: config::Device) -> Result<Device, TrainError> {
-        match wanted {
-            config::Device::Cpu => Ok(Device::Cpu),
-            config::Device::Auto if self.cpu_only || !cfg!(feature = "cuda") => Ok(Device::Cpu),
-            config::Device::Auto => Device::cuda_if_available(0).map_err(backend),
-            config::Device::Cuda(n) => {
-                self.check_device(wanted).map_err(TrainError::Data)?;
-                Device::new_cuda(n as usize).map_err(backend)
-            }
+    /// The candle device for a session's `device` setting. `auto` falls back to the CPU, with a
+    /// warning, when its GPU cannot be opened (a CUDA library missing); `cuda:N` fails.
+    fn device(&self, wanted: config::Device, events: &mut dyn TrainingEvents) -> Result<Device, TrainError> {
+        match (wanted, self.resolve_device(wanted)) {
+            (_, config::Device::Cpu | config::Device::Auto) => Ok(Device::Cpu),
+            (config::Device::Auto, config::Device::Cuda(n)) => Ok(gpu::open(n).unwrap_or_else(|why| {
+                events.log(LogLevel::Warning, format!("{why}; training on the CPU instead"));
+                Device::Cpu
+            })),
+            (_, config::Device::Cuda(n)) => gpu::open(n).map_err(TrainError::Data),
         }
     }
 
@@ -129,7 +126,7 @@ impl CandleTrainer {
                     cfg.model_architecture, ds.name, ds.info.format
                 )));
             }
-            let device = self.device(cfg.device)?;
+            let device = self.device(cfg.device, events)?;
             return self
                 .session(job, &device, events, stop)
                 .train(|checkpoint, events| crate::char_run::build(job, &device, checkpoint, events));
@@ -162,7 +159,7 @@ impl CandleTrainer {
             _ => data::prepare_images(images::load_images(path, format).map_err(in_dataset)?, cfg.validation_split, cfg.seed),
         }
         .map_err(in_dataset)?;
-        let device = self.device(cfg.device)?;
+        let device = self.device(cfg.device, events)?;
         self.session(job, &device, events, stop).train(|_, events| Classifier::build(job, &prepared, &device, events))
     }
 }
@@ -192,13 +189,7 @@ impl Trainer for CandleTrainer {
     }
 
     fn check_device(&self, device: config::Device) -> Result<(), String> {
-        match device {
-            config::Device::Cuda(n) if !cfg!(feature = "cuda") => Err(format!(
-                "device cuda:{n} needs a build with the `cuda` feature (cargo build --release --features cuda); this build trains on the CPU"
-            )),
-            config::Device::Cuda(n) => Device::new_cuda(n as usize).map(|_| ()).map_err(|e| format!("device cuda:{n} is not usable: {e}")),
-            config::Device::Auto | config::Device::Cpu => Ok(()),
-        }
+        gpu::cuda().check(device)
     }
 }
 

@@ -547,3 +547,46 @@ fn a_checkpoint_of_another_model_is_ignored_and_the_run_starts_over() {
     assert_eq!((events.resumed_from, model.epochs_completed), (None, 1));
     assert!(events.logs.iter().any(|(level, m)| *level == LogLevel::Warning && m.contains("another model shape")), "{:?}", events.logs);
 }
+
+const DIGITS_PNG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/datasets/digits_png.zip");
+
+/// The digits CNN for `epochs` on `device`.
+fn digits_on(device: &str, epochs: i64) -> (Result<TrainedModel, TrainError>, Recorded) {
+    let req = TrainingRequest {
+        model_architecture: Some("cnn".into()),
+        dataset_name: Some("data".into()),
+        epochs: Some(epochs),
+        batch_size: Some(32),
+        learning_rate: Some(0.001),
+        device: Some(device.into()),
+        ..TrainingRequest::default()
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let mut events = Recorded::default();
+    let job = job(Path::new(DIGITS_PNG), DatasetFormat::Images, TrainingConfig::validate(&req).unwrap(), scratch.path());
+    (CandleTrainer::new().train(&job, &mut events, &StopSignal::default()), events)
+}
+
+#[test]
+fn a_short_image_run_on_cuda_learns_as_on_the_cpu() {
+    if crate::cuda_tests::gpu("a short image run on cuda:0").is_none() {
+        return;
+    }
+    let (gpu, gpu_events) = digits_on("cuda:0", 3);
+    let gpu = gpu.unwrap();
+    assert!(gpu.metadata.to_string().contains("cuda:0"), "the model records its device: {}", gpu.metadata);
+    let (cpu, cpu_events) = digits_on("cpu", 3);
+    cpu.unwrap();
+    let accuracy = |e: &Recorded| e.metrics.last().and_then(|m| m.val_accuracy).unwrap();
+    let (on_gpu, on_cpu) = (accuracy(&gpu_events), accuracy(&cpu_events));
+    println!("digits CNN, 3 epochs: val_accuracy {on_gpu:.3} on cuda:0, {on_cpu:.3} on the CPU");
+    assert!(on_gpu >= 0.8 && (on_gpu - on_cpu).abs() < 0.05, "{on_gpu} on cuda:0 vs {on_cpu} on the CPU");
+}
+
+#[test]
+fn a_device_this_machine_lacks_is_refused_saying_what_it_has() {
+    let why = CandleTrainer::new().check_device(config::Device::Cuda(3)).unwrap_err();
+    assert!(why.starts_with("device cuda:3 is not available: "), "{why}");
+    assert!(why.contains("usable GPU") || why.ends_with("this server trains on the CPU"), "{why}");
+    assert_eq!(CandleTrainer::new().check_device(config::Device::Auto), Ok(()));
+}

@@ -42,7 +42,7 @@ mod clamp_cpu;
 mod cnn;
 mod conv_cpu;
 mod lanes;
-mod layers;
+pub(crate) mod layers;
 mod mobilenet;
 mod norm_cpu;
 mod resnet;

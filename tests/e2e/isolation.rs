@@ -81,34 +81,34 @@ fn a_run_killed_alone_fails_and_the_next_queued_session_starts() {
     assert_healthy(&s);
 }
 
-#[test]
-fn a_panicking_run_fails_with_the_panic_message() {
-    let s = server_with_failpoint("panic", &[]);
+/// A server with the failpoint `action` (and `extra_args`), once a run of the failpoint's
+/// dataset on it has failed, and that run's `error_message`.
+fn failed_run(action: &str, extra_args: &[&str]) -> (Server, String) {
+    let s = server_with_failpoint(action, extra_args);
     let id = start(&s, &long_run("doomed"));
     let ended = s.wait_ended(&id);
-    assert_eq!(ended["state"], "failed");
-    assert_eq!(ended["error_message"], "the training process crashed: failpoint: injected panic", "{ended}");
+    assert_eq!(ended["state"], "failed", "{ended}");
+    let message = ended["error_message"].as_str().unwrap().to_owned();
+    (s, message)
+}
+
+#[test]
+fn a_panicking_run_fails_with_the_panic_message() {
+    let (s, message) = failed_run("panic", &[]);
+    assert_eq!(message, "the training process crashed: failpoint: injected panic");
     assert_healthy(&s);
 }
 
 #[test]
 fn an_aborting_run_is_described_by_its_signal() {
-    let s = server_with_failpoint("abort", &[]);
-    let id = start(&s, &long_run("doomed"));
-    let ended = s.wait_ended(&id);
-    assert_eq!(ended["state"], "failed");
-    let message = ended["error_message"].as_str().unwrap();
+    let (s, message) = failed_run("abort", &[]);
     assert!(message.starts_with("the training process crashed (signal 6, aborted)"), "{message}");
     assert_healthy(&s);
 }
 
 #[test]
 fn a_run_that_makes_no_progress_is_killed_after_the_stall_timeout() {
-    let s = server_with_failpoint("stall", &["--run-stall-timeout-secs", "2"]);
-    let id = start(&s, &long_run("doomed"));
-    let ended = s.wait_ended(&id);
-    assert_eq!(ended["state"], "failed");
-    let message = ended["error_message"].as_str().unwrap();
+    let (_, message) = failed_run("stall", &["--run-stall-timeout-secs", "2"]);
     assert!(message.starts_with("the run made no progress"), "{message}");
     assert!(message.contains("--run-stall-timeout-secs"), "{message}");
 }

@@ -13,6 +13,7 @@
 mod archive;
 mod char_run;
 mod checkpoint;
+mod cpu_data;
 mod data;
 mod epoch_loop;
 mod estimate;

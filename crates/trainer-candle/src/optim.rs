@@ -8,6 +8,8 @@ use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3
 use rayon::prelude::*;
 use trainyard_domain::Optimizer as OptimizerKind;
 
+use crate::cpu_data::{values, values_mut};
+
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
@@ -227,27 +229,15 @@ struct AdamStep {
     bias2: f64,
 }
 
+/// The in-place updates' name in errors.
+const ADAM: &str = "adam-cpu";
+
 /// Values per parallel task of the in-place updates.
 const BLOCK: usize = 1 << 14;
 
 #[allow(clippy::cast_possible_truncation)]
 fn f32_of(x: f64) -> f32 {
     x as f32
-}
-
-/// The contiguous `f32` values of a CPU storage seen through `layout`.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((lo, hi)) = layout.contiguous_offsets() else { candle_core::bail!("adam-cpu: a non-contiguous tensor") };
-    Ok(&storage.as_slice::<f32>()?[lo..hi])
-}
-
-/// The same, to write in place.
-fn values_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
-    let Some((lo, hi)) = layout.contiguous_offsets() else { candle_core::bail!("adam-cpu: a non-contiguous tensor") };
-    match storage {
-        CpuStorage::F32(v) => v.get_mut(lo..hi).ok_or_else(|| candle_core::Error::Msg("adam-cpu: a layout outside its storage".into())),
-        _ => candle_core::bail!("adam-cpu: a tensor that is not f32"),
-    }
 }
 
 /// One of Adam's moments updated in place from the gradient: `m = beta m + (1 - beta) g` (or
@@ -264,7 +254,7 @@ impl InplaceOp2 for Moment {
 
     fn cpu_fwd(&self, state: &mut CpuStorage, sl: &Layout, grad: &CpuStorage, gl: &Layout) -> Result<()> {
         let (beta, one_beta) = (f32_of(self.beta), f32_of(1.0 - self.beta));
-        let (state, grad) = (values_mut(state, sl)?, values(grad, gl)?);
+        let (state, grad) = (values_mut(ADAM, state, sl)?, values(ADAM, grad, gl)?);
         if state.len() != grad.len() {
             candle_core::bail!("adam-cpu: a gradient of {} values for {}", grad.len(), state.len())
         }
@@ -288,7 +278,7 @@ impl InplaceOp3 for AdamStep {
     fn cpu_fwd(&self, theta: &mut CpuStorage, tl: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> Result<()> {
         let (bias1, bias2, eps, lr, decay) =
             (f32_of(self.bias1), f32_of(self.bias2), f32_of(ADAM_EPS), f32_of(self.lr), f32_of(self.decay));
-        let (theta, m, v) = (values_mut(theta, tl)?, values(m, ml)?, values(v, vl)?);
+        let (theta, m, v) = (values_mut(ADAM, theta, tl)?, values(ADAM, m, ml)?, values(ADAM, v, vl)?);
         if theta.len() != m.len() || theta.len() != v.len() {
             candle_core::bail!("adam-cpu: moments of {} and {} values for {} weights", m.len(), v.len(), theta.len())
         }

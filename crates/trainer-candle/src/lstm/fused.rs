@@ -108,8 +108,7 @@ struct BlockGrads {
 
 /// The contiguous `f32` data of a CPU tensor.
 fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else { bail!("fused LSTM: non-contiguous input") };
-    Ok(&storage.as_slice::<f32>()?[start..end])
+    crate::cpu_data::values("fused LSTM", storage, layout)
 }
 
 /// `lhs x rhs` for `f32` CPU storages seen through 2-D layouts, row-major `[m, n]`, by candle's

@@ -3,15 +3,15 @@
 //! see `lanes`, maps added in `f64`), where candle's broadcast addition sums over the batch and
 //! map axes in a slow strided reduction. The broadcast addition is the test oracle.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::lanes;
+use crate::cpu_data;
 
 /// The contiguous `f32` data of a CPU tensor.
 fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else { bail!("bias-cpu: a non-contiguous input") };
-    Ok(&storage.as_slice::<f32>()?[start..end])
+    cpu_data::values("bias-cpu", storage, layout)
 }
 
 /// `x` (`[N, C, ...]`, contiguous `f32` on the CPU) plus `bias[c]` on channel `c`, differentiable.
@@ -54,16 +54,13 @@ impl CustomOp2 for ChannelBias {
     fn bwd(&self, x: &Tensor, bias: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (n, c, l) = geometry(grad.layout())?;
-        let sums: Vec<f32> = {
-            let (storage, layout) = grad.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else { bail!("bias-cpu: a gradient not on the CPU") };
-            let g = data(cpu, layout)?;
+        let sums: Vec<f32> = cpu_data::with_values("bias-cpu", &grad, |g| {
             #[allow(clippy::cast_possible_truncation)]
-            (0..c)
+            Ok((0..c)
                 .into_par_iter()
                 .map(|ci| (0..n).map(|ni| f64::from(lanes::sum(&g[(ni * c + ci) * l..][..l]))).sum::<f64>() as f32)
-                .collect()
-        };
+                .collect())
+        })?;
         if x.dims() != grad.dims() {
             bail!("bias-cpu: a gradient of shape {:?} for {:?}", grad.dims(), x.dims())
         }

@@ -6,13 +6,14 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_data;
+
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
 /// The contiguous `f32` data of a CPU tensor.
 fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else { bail!("clamp-cpu: a non-contiguous input") };
-    Ok(&storage.as_slice::<f32>()?[start..end])
+    cpu_data::values("clamp-cpu", storage, layout)
 }
 
 /// `x` clamped to `[lo, hi]` (`x` a contiguous `f32` CPU tensor), differentiable.

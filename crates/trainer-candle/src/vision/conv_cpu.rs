@@ -9,6 +9,7 @@ use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp2, Layout, 
 use rayon::prelude::*;
 
 use super::lanes;
+use crate::cpu_data;
 
 /// The most values of one im2col matrix (32 MB): the scratch memory of a convolution.
 const COL_LIMIT: usize = 1 << 23;
@@ -80,8 +81,7 @@ impl Geometry {
 
 /// The contiguous `f32` data of a CPU tensor.
 fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else { bail!("conv-cpu: a non-contiguous input") };
-    Ok(&storage.as_slice::<f32>()?[start..end])
+    cpu_data::values("conv-cpu", storage, layout)
 }
 
 /// `lhs x rhs`, `f32` data seen through 2-D layouts, by candle's matrix product (`gemm`).
@@ -205,7 +205,8 @@ pub(crate) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, paddi
     x.apply_op2(weight, Conv { stride, padding, depthwise: true, col_limit: COL_LIMIT })
 }
 
-/// The convolution, differentiated by [`InputGrad`] and [`WeightGrad`].
+/// The convolution, differentiated by [`InputGrad`] and [`WeightGrad`], which carry it.
+#[derive(Debug, Clone, Copy)]
 struct Conv {
     stride: usize,
     padding: usize,
@@ -215,8 +216,9 @@ struct Conv {
 }
 
 impl Conv {
-    fn geometry(&self, x: &Layout, weight: &Layout) -> Result<Geometry> {
-        Geometry::new(x.dims(), weight.dims(), self.stride, self.padding, self.depthwise)
+    /// The sizes of this convolution of an input `x` with a weight `weight` (dimensions).
+    fn geometry(&self, x: &[usize], weight: &[usize]) -> Result<Geometry> {
+        Geometry::new(x, weight, self.stride, self.padding, self.depthwise)
     }
 }
 
@@ -226,7 +228,7 @@ impl CustomOp2 for Conv {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry(xl, wl)?;
+        let g = self.geometry(xl.dims(), wl.dims())?;
         let (x, w) = (data(xs, xl)?, data(ws, wl)?);
         let shape = Shape::from((g.n, g.o, g.oh, g.ow));
         if self.depthwise {
@@ -239,23 +241,15 @@ impl CustomOp2 for Conv {
         // The input of a model's first convolution (the data) needs no gradient.
         let needs_grad = x.track_op();
         let (x, weight, grad) = (x.detach(), weight.detach(), grad.detach().contiguous()?);
-        let (stride, padding, depthwise, col_limit) = (self.stride, self.padding, self.depthwise, self.col_limit);
-        let grad_x = if needs_grad {
-            Some(grad.apply_op2(&weight, InputGrad { stride, padding, depthwise, col_limit, input: x.shape().clone() })?)
-        } else {
-            None
-        };
-        let grad_w = x.apply_op2(&grad, WeightGrad { stride, padding, depthwise, col_limit, weight: weight.shape().clone() })?;
+        let grad_x = if needs_grad { Some(grad.apply_op2(&weight, InputGrad { conv: *self, input: x.shape().clone() })?) } else { None };
+        let grad_w = x.apply_op2(&grad, WeightGrad { conv: *self, weight: weight.shape().clone() })?;
         Ok((grad_x, Some(grad_w)))
     }
 }
 
 /// The input gradient of [`Conv`], from the output gradient and the weight.
 struct InputGrad {
-    stride: usize,
-    padding: usize,
-    depthwise: bool,
-    col_limit: usize,
+    conv: Conv,
     input: Shape,
 }
 
@@ -265,18 +259,18 @@ impl CustomOp2 for InputGrad {
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(self.input.dims(), wl.dims(), self.stride, self.padding, self.depthwise)?;
+        let (g, conv) = (self.conv.geometry(self.input.dims(), wl.dims())?, self.conv);
         let (grad, w) = (data(gs, gl)?, data(ws, wl)?);
         if gl.dims() != [g.n, g.o, g.oh, g.ow] {
             bail!("conv2d-cpu: an output gradient of shape {:?} for {g:?}", gl.dims())
         }
-        let dx = if self.depthwise {
+        let dx = if conv.depthwise {
             depthwise_input_grad(&g, grad, w)
         } else {
             let (w, wt) = (CpuStorage::F32(w.to_vec()), Layout::contiguous((g.o, g.rows())).transpose(0, 1)?);
             let (out, image) = (g.o * g.plane(), g.c * g.h * g.w);
             let mut dx = Vec::with_capacity(g.n * image);
-            for (start, count) in g.batches(self.col_limit) {
+            for (start, count) in g.batches(conv.col_limit) {
                 let part = g.with_batch(count);
                 let grad = CpuStorage::F32(swap_outer(&grad[start * out..][..count * out], count, g.o, g.plane()));
                 dx.extend(col2im(&part, &matmul(&w, &wt, &grad, &Layout::contiguous((g.o, part.cols())))?));
@@ -289,10 +283,7 @@ impl CustomOp2 for InputGrad {
 
 /// The weight gradient of [`Conv`], from the input and the output gradient.
 struct WeightGrad {
-    stride: usize,
-    padding: usize,
-    depthwise: bool,
-    col_limit: usize,
+    conv: Conv,
     weight: Shape,
 }
 
@@ -302,17 +293,17 @@ impl CustomOp2 for WeightGrad {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(xl.dims(), self.weight.dims(), self.stride, self.padding, self.depthwise)?;
+        let (g, conv) = (self.conv.geometry(xl.dims(), self.weight.dims())?, self.conv);
         let (x, grad) = (data(xs, xl)?, data(gs, gl)?);
         if gl.dims() != [g.n, g.o, g.oh, g.ow] {
             bail!("conv2d-cpu: an output gradient of shape {:?} for {g:?}", gl.dims())
         }
-        let dw = if self.depthwise {
+        let dw = if conv.depthwise {
             depthwise_weight_grad(&g, x, grad)
         } else {
             let (out, image) = (g.o * g.plane(), g.c * g.h * g.w);
             let mut dw = vec![0f32; g.o * g.rows()];
-            for (start, count) in g.batches(self.col_limit) {
+            for (start, count) in g.batches(conv.col_limit) {
                 let part = g.with_batch(count);
                 let grad = CpuStorage::F32(swap_outer(&grad[start * out..][..count * out], count, g.o, g.plane()));
                 let col = CpuStorage::F32(im2col(&part, &x[start * image..][..count * image]));

@@ -4,22 +4,20 @@
 //! see `lanes`, and the maps' sums added in `f64`), instead of the dozen element-wise
 //! operations and reductions of the composed form, which is the test oracle.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::lanes;
+use crate::cpu_data;
 
 /// The contiguous `f32` data of a CPU tensor.
 fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else { bail!("batch-norm-cpu: a non-contiguous input") };
-    Ok(&storage.as_slice::<f32>()?[start..end])
+    cpu_data::values("batch-norm-cpu", storage, layout)
 }
 
 /// Calls `f` with the contiguous `f32` data of the CPU tensor `t`.
 fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { bail!("batch-norm-cpu: a tensor not on the CPU") };
-    f(data(cpu, layout)?)
+    cpu_data::with_values("batch-norm-cpu", t, f)
 }
 
 /// Per channel of `x` (`[n, c, l]` data), `(mean, biased variance)`, the variance of the

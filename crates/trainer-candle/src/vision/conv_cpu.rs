@@ -1,18 +1,29 @@
-//! Convolutions on the CPU in `f32`, forward and backward, as candle custom operations: a dense
-//! convolution is one matrix product over an im2col matrix of the whole batch, and its two
-//! gradients are one matrix product each (the input's then folded back by col2im); a depthwise
-//! convolution is a direct loop over each map. The loops that are not matrix products split the
-//! work across cores by map or by row, in a fixed order, so results do not depend on the number
-//! of threads. The composed candle operations are their test oracle.
+//! Convolutions on the CPU in `f32`, forward and backward, as candle custom operations. A dense
+//! convolution is, per group of images, one matrix product of the weight with the group's im2col
+//! matrix (the image itself for a pointwise one); its input gradient is one product per group
+//! folded back by col2im, and its weight gradient a sum of products over the groups. A group is
+//! one image unless its maps are small ([`MIN_COLUMNS`]). The groups are shared between the
+//! cores, each product running on one core with its im2col matrix in that core's cache (or, with
+//! fewer groups than cores, each product on all of them). A depthwise convolution is a direct
+//! loop over each map. Sums run in a fixed order, so results do not depend on the number of
+//! threads. The composed candle operations are their test oracle.
 
-use candle_core::{backend::BackendStorage, bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::lanes;
 use crate::cpu_data;
 
-/// The most values of one im2col matrix (32 MB): the scratch memory of a convolution.
-const COL_LIMIT: usize = 1 << 23;
+/// The fewest columns (images times outputs per map) one matrix product of a convolution has,
+/// where the batch allows: with smaller maps, a product per image would spend its time packing
+/// the weight.
+const MIN_COLUMNS: usize = 256;
+
+/// The weight gradient is summed over at most this many groups of images at once (one partial
+/// sum each, added in order): a fixed number, so that the sum's order does not depend on the
+/// number of threads.
+const WEIGHT_GRAD_PARTS: usize = 4;
 
 /// The sizes of one convolution: input `[n, c, h, w]`, weight `[o, c, k, k]` (or `[c, 1, k, k]`
 /// for a depthwise one), stride `s`, padding `p`, output `[n, o, oh, ow]`.
@@ -52,22 +63,43 @@ impl Geometry {
         self.oh * self.ow
     }
 
-    /// The same convolution of `n` images.
-    fn with_batch(self, n: usize) -> Self {
-        Self { n, ..self }
+    /// Values of one input image: `c * h * w`.
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
     }
 
-    /// The groups of images (`start`, `count`) whose im2col matrix stays under `limit` values
-    /// (or of one image): a large batch (an evaluation chunk) is convolved a group at a time.
-    fn batches(&self, limit: usize) -> impl Iterator<Item = (usize, usize)> {
-        let per_group = (limit / (self.rows() * self.plane()).max(1)).max(1);
-        let n = self.n;
-        (0..n).step_by(per_group).map(move |start| (start, per_group.min(n - start)))
+    /// Values of one output image: `o * oh * ow`.
+    fn output(&self) -> usize {
+        self.o * self.plane()
     }
 
-    /// Columns of the im2col matrix: `n * oh * ow`.
-    fn cols(&self) -> usize {
-        self.n * self.plane()
+    /// A 1x1 convolution at stride 1 without padding: an image is its own im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.s == 1 && self.p == 0
+    }
+
+    /// Images per matrix product: at least [`MIN_COLUMNS`] columns where the batch allows, in
+    /// groups of even size.
+    fn group(&self) -> usize {
+        let n = self.n.max(1);
+        let groups = n.div_ceil(MIN_COLUMNS.div_ceil(self.plane().max(1)).min(n));
+        n.div_ceil(groups)
+    }
+
+    /// The im2col matrix `[c * k * k, count * oh * ow]` of `count` images `x` (`[count, c, h,
+    /// w]`), image `i` in columns `i * oh * ow..`: one pointwise image itself, else written into
+    /// `buf`.
+    fn columns<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> MatRef<'a, f32> {
+        let count = x.len() / self.image();
+        let ld = count * self.plane();
+        if self.pointwise() && count == 1 {
+            return MatRef::from_row_major_slice(x, self.rows(), ld);
+        }
+        buf.resize(self.rows() * ld, 0.0);
+        for (i, x) in x.chunks_exact(self.image()).enumerate() {
+            im2col(self, x, buf, ld, i * self.plane());
+        }
+        MatRef::from_row_major_slice(buf, self.rows(), ld)
     }
 
     /// The outputs `lo..hi` of a row (or column) whose kernel offset is `kj` that read inside a
@@ -84,57 +116,59 @@ fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     cpu_data::values("conv-cpu", storage, layout)
 }
 
-/// `lhs x rhs`, `f32` data seen through 2-D layouts, by candle's matrix product (`gemm`).
-fn matmul(lhs: &CpuStorage, lhs_l: &Layout, rhs: &CpuStorage, rhs_l: &Layout) -> Result<Vec<f32>> {
-    let ((m, k), (k2, n)) = (lhs_l.shape().dims2()?, rhs_l.shape().dims2()?);
-    if k != k2 || lhs.as_slice::<f32>()?.len() != m * k || rhs.as_slice::<f32>()?.len() != k * n {
-        bail!("conv-cpu: matmul of {:?} and {:?}", lhs_l.dims(), rhs_l.dims())
-    }
-    match lhs.matmul(rhs, (1, m, n, k), lhs_l, rhs_l)? {
-        CpuStorage::F32(v) => Ok(v),
-        _ => bail!("conv-cpu: matmul changed the dtype"),
+/// How one matrix product of `tasks` running side by side uses the cores: one each when there
+/// are enough tasks to go round, else all of them.
+fn product_par(tasks: usize) -> Par {
+    let threads = rayon::current_num_threads();
+    if tasks >= threads {
+        Par::Seq
+    } else {
+        Par::rayon(threads)
     }
 }
 
-/// The im2col matrix `[c * k * k, n * oh * ow]` of `x` (`[n, c, h, w]`): row `(ci, ki, kj)`,
-/// column `(ni, oy, ox)` holds `x[ni, ci, oy * s + ki - p, ox * s + kj - p]`, or 0 outside.
-fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
-    let (k, plane) = (g.k, g.plane());
-    let mut col = vec![0f32; g.rows() * g.cols()];
-    col.par_chunks_mut(g.cols()).enumerate().for_each(|(r, row)| {
+/// The im2col matrix of one image `x` (`[c, h, w]`) into the columns `at..at + oh * ow` of `col`
+/// (rows of `ld` values): row `(ci, ki, kj)`, column `at + (oy, ox)` gets `x[ci, oy * s + ki - p,
+/// ox * s + kj - p]`, or 0 outside. Every value of those columns is written.
+fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
+    let (k, hw) = (g.k, g.h * g.w);
+    for (r, row) in col.chunks_exact_mut(ld).enumerate() {
+        let row = &mut row[at..][..g.plane()];
         let (ci, ki, kj) = (r / (k * k), r / k % k, r % k);
         let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
         let (ox_lo, ox_hi) = g.span(kj, g.w, g.ow);
-        for (ni, out) in row.chunks_exact_mut(plane).enumerate() {
-            let map = &x[(ni * g.c + ci) * g.h * g.w..][..g.h * g.w];
-            for oy in oy_lo..oy_hi {
-                let src = &map[(oy * g.s + ki - g.p) * g.w..][..g.w];
-                let dst = &mut out[oy * g.ow..][..g.ow];
-                if g.s == 1 && ox_lo < ox_hi {
-                    dst[ox_lo..ox_hi].copy_from_slice(&src[ox_lo + kj - g.p..ox_hi + kj - g.p]);
-                } else {
-                    for ox in ox_lo..ox_hi {
-                        dst[ox] = src[ox * g.s + kj - g.p];
-                    }
+        let map = &x[ci * hw..][..hw];
+        for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
+            if !(oy_lo..oy_hi).contains(&oy) || ox_lo == ox_hi {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &map[(oy * g.s + ki - g.p) * g.w..][..g.w];
+            dst[..ox_lo].fill(0.0);
+            dst[ox_hi..].fill(0.0);
+            if g.s == 1 {
+                dst[ox_lo..ox_hi].copy_from_slice(&src[ox_lo + kj - g.p..ox_hi + kj - g.p]);
+            } else {
+                for (ox, d) in (ox_lo..ox_hi).zip(&mut dst[ox_lo..ox_hi]) {
+                    *d = src[ox * g.s + kj - g.p];
                 }
             }
         }
-    });
-    col
+    }
 }
 
-/// The input gradient `[n, c, h, w]` from the im2col matrix's gradient (the sum, for every
-/// input, of the matrix entries that read it).
-fn col2im(g: &Geometry, dcol: &[f32]) -> Vec<f32> {
-    let (k, plane, cols) = (g.k, g.plane(), g.cols());
-    let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
-    dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(m, map)| {
-        let (ni, ci) = (m / g.c, m % g.c);
+/// One image's input gradient `dx` (`[c, h, w]`) from the columns `at..at + oh * ow` of the
+/// im2col matrix's gradient `dcol` (rows of `ld` values): the sum, for every input, of the
+/// matrix entries that read it.
+fn col2im(g: &Geometry, dcol: &[f32], ld: usize, at: usize, dx: &mut [f32]) {
+    let (k, plane, hw) = (g.k, g.plane(), g.h * g.w);
+    dx.fill(0.0);
+    for (ci, map) in dx.chunks_exact_mut(hw).enumerate() {
         for ki in 0..k {
             let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
             for kj in 0..k {
                 let (ox_lo, ox_hi) = g.span(kj, g.w, g.ow);
-                let row = &dcol[((ci * k + ki) * k + kj) * cols + ni * plane..][..plane];
+                let row = &dcol[((ci * k + ki) * k + kj) * ld + at..][..plane];
                 for oy in oy_lo..oy_hi {
                     let dst = &mut map[(oy * g.s + ki - g.p) * g.w..][..g.w];
                     let src = &row[oy * g.ow..][..g.ow];
@@ -150,59 +184,116 @@ fn col2im(g: &Geometry, dcol: &[f32]) -> Vec<f32> {
                 }
             }
         }
+    }
+}
+
+/// `[count, o, plane]` as `[o, count * plane]`: `src` itself for one image, else gathered into
+/// `buf`.
+fn gather<'a>(src: &'a [f32], o: usize, plane: usize, buf: &'a mut Vec<f32>) -> MatRef<'a, f32> {
+    let ld = src.len() / o;
+    if ld == plane {
+        return MatRef::from_row_major_slice(src, o, ld);
+    }
+    buf.resize(src.len(), 0.0);
+    for (i, image) in src.chunks_exact(o * plane).enumerate() {
+        for (row, map) in buf.chunks_exact_mut(ld).zip(image.chunks_exact(plane)) {
+            row[i * plane..][..plane].copy_from_slice(map);
+        }
+    }
+    MatRef::from_row_major_slice(buf, o, ld)
+}
+
+/// A dense convolution's output `[n, o, oh, ow]`: per group `W · col`.
+fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (group, plane) = (g.group(), g.plane());
+    let (w, par) = (MatRef::from_row_major_slice(w, g.o, g.rows()), product_par(g.n.div_ceil(group)));
+    let mut y = vec![0f32; g.n * g.output()];
+    let work = y.par_chunks_mut(group * g.output()).zip(x.par_chunks(group * g.image()));
+    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(col, out), (y, x)| {
+        let col = g.columns(x, col);
+        if y.len() == g.output() {
+            matmul(MatMut::from_row_major_slice_mut(y, g.o, plane), Accum::Replace, w, col, 1.0, par);
+            return;
+        }
+        // `[o, count * plane]`, scattered to `[count, o, plane]`.
+        let ld = col.ncols();
+        out.resize(g.o * ld, 0.0);
+        matmul(MatMut::from_row_major_slice_mut(out, g.o, ld), Accum::Replace, w, col, 1.0, par);
+        for (i, image) in y.chunks_exact_mut(g.output()).enumerate() {
+            for (map, row) in image.chunks_exact_mut(plane).zip(out.chunks_exact(ld)) {
+                map.copy_from_slice(&row[i * plane..][..plane]);
+            }
+        }
+    });
+    y
+}
+
+/// A dense convolution's input gradient `[n, c, h, w]`: per group `Wᵀ · grad`, folded back.
+fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
+    let (group, plane) = (g.group(), g.plane());
+    let wt = MatRef::from_row_major_slice(w, g.o, g.rows()).transpose();
+    let par = product_par(g.n.div_ceil(group));
+    let mut dx = vec![0f32; g.n * g.image()];
+    let work = dx.par_chunks_mut(group * g.image()).zip(grad.par_chunks(group * g.output()));
+    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(dcol, gathered), (dx, grad)| {
+        let grad = gather(grad, g.o, plane, gathered);
+        let ld = grad.ncols();
+        if g.pointwise() && ld == plane {
+            matmul(MatMut::from_row_major_slice_mut(dx, g.c, plane), Accum::Replace, wt, grad, 1.0, par);
+            return;
+        }
+        dcol.resize(g.rows() * ld, 0.0);
+        matmul(MatMut::from_row_major_slice_mut(dcol, g.rows(), ld), Accum::Replace, wt, grad, 1.0, par);
+        for (i, dx) in dx.chunks_exact_mut(g.image()).enumerate() {
+            col2im(g, dcol, ld, i * plane, dx);
+        }
     });
     dx
 }
 
-/// `[a, b, l]` to `[b, a, l]`.
-fn swap_outer(t: &[f32], a: usize, b: usize, l: usize) -> Vec<f32> {
-    let mut out = vec![0f32; t.len()];
-    out.par_chunks_mut(l).enumerate().for_each(|(i, dst)| {
-        let (bi, ai) = (i / a, i % a);
-        dst.copy_from_slice(&t[(ai * b + bi) * l..][..l]);
-    });
-    out
-}
-
-/// `dst[i][j] += src[j][i]` for `dst` `[a, b]` and `src` `[b, a]`, by blocks of rows of `dst`
-/// so that each row of `src` is read once per block, contiguously.
-fn add_transposed(dst: &mut [f32], src: &[f32], b: usize, a: usize) {
-    const ROWS: usize = 32;
-    dst.par_chunks_mut(ROWS * b).enumerate().for_each(|(block, rows)| {
-        let first = block * ROWS;
-        for (j, src_row) in src.chunks_exact(a).enumerate() {
-            for (i, row) in rows.chunks_exact_mut(b).enumerate() {
-                row[j] += src_row[first + i];
+/// A dense convolution's weight gradient `[o, c, k, k]`: `Σ grad · colᵀ` over the groups, in
+/// up to [`WEIGHT_GRAD_PARTS`] partial sums (each over consecutive groups, in order), added in
+/// order.
+fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let group = g.group();
+    let groups = g.n.div_ceil(group);
+    let per_part = group * groups.div_ceil(WEIGHT_GRAD_PARTS.min(groups).max(1));
+    let par = product_par(g.n.div_ceil(per_part));
+    let mut partials: Vec<Vec<f32>> = x
+        .par_chunks(per_part * g.image())
+        .zip(grad.par_chunks(per_part * g.output()))
+        .map(|(xs, grads)| {
+            let (mut dw, mut col, mut gathered) = (vec![0f32; g.o * g.rows()], Vec::new(), Vec::new());
+            for (x, grad) in xs.chunks(group * g.image()).zip(grads.chunks(group * g.output())) {
+                let dst = MatMut::from_row_major_slice_mut(&mut dw, g.o, g.rows());
+                let grad = gather(grad, g.o, g.plane(), &mut gathered);
+                matmul(dst, Accum::Add, grad, g.columns(x, &mut col).transpose(), 1.0, par);
+            }
+            dw
+        })
+        .collect();
+    let Some((dw, rest)) = partials.split_first_mut() else { return vec![0f32; g.o * g.rows()] };
+    const CHUNK: usize = 1 << 14;
+    dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, sum)| {
+        for part in rest.iter() {
+            for (d, v) in sum.iter_mut().zip(&part[i * CHUNK..]) {
+                *d += v;
             }
         }
     });
-}
-
-/// A dense convolution's output `[n, o, oh, ow]`: per group of images one im2col matrix and one
-/// matrix product.
-fn dense_forward(g: &Geometry, x: &[f32], w: &[f32], col_limit: usize) -> Result<Vec<f32>> {
-    let (w, image) = (CpuStorage::F32(w.to_vec()), g.c * g.h * g.w);
-    let w_layout = Layout::contiguous((g.o, g.rows()));
-    let mut y = Vec::with_capacity(g.n * g.o * g.plane());
-    for (start, count) in g.batches(col_limit) {
-        let part = g.with_batch(count);
-        let col = CpuStorage::F32(im2col(&part, &x[start * image..][..count * image]));
-        let out = matmul(&w, &w_layout, &col, &Layout::contiguous((g.rows(), part.cols())))?;
-        y.extend(swap_outer(&out, g.o, count, g.plane()));
-    }
-    Ok(y)
+    partials.swap_remove(0)
 }
 
 /// A dense convolution (`groups == 1`) of `x` `[N, C, H, W]` with `weight` `[O, C, k, k]`.
 /// Both must be contiguous `f32` CPU tensors.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.apply_op2(weight, Conv { stride, padding, depthwise: false, col_limit: COL_LIMIT })
+    x.apply_op2(weight, Conv { stride, padding, depthwise: false })
 }
 
 /// A depthwise convolution (`groups == channels`) of `x` `[N, C, H, W]` with `weight`
 /// `[C, 1, k, k]`. Both must be contiguous `f32` CPU tensors.
 pub(crate) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.apply_op2(weight, Conv { stride, padding, depthwise: true, col_limit: COL_LIMIT })
+    x.apply_op2(weight, Conv { stride, padding, depthwise: true })
 }
 
 /// The convolution, differentiated by [`InputGrad`] and [`WeightGrad`], which carry it.
@@ -211,8 +302,6 @@ struct Conv {
     stride: usize,
     padding: usize,
     depthwise: bool,
-    /// The most values of one im2col matrix ([`COL_LIMIT`]; less in tests).
-    col_limit: usize,
 }
 
 impl Conv {
@@ -230,11 +319,8 @@ impl CustomOp2 for Conv {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(xl.dims(), wl.dims())?;
         let (x, w) = (data(xs, xl)?, data(ws, wl)?);
-        let shape = Shape::from((g.n, g.o, g.oh, g.ow));
-        if self.depthwise {
-            return Ok((CpuStorage::F32(depthwise_forward(&g, x, w)), shape));
-        }
-        Ok((CpuStorage::F32(dense_forward(&g, x, w, self.col_limit)?), shape))
+        let y = if self.depthwise { depthwise_forward(&g, x, w) } else { dense_forward(&g, x, w) };
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -259,24 +345,12 @@ impl CustomOp2 for InputGrad {
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (g, conv) = (self.conv.geometry(self.input.dims(), wl.dims())?, self.conv);
+        let g = self.conv.geometry(self.input.dims(), wl.dims())?;
         let (grad, w) = (data(gs, gl)?, data(ws, wl)?);
         if gl.dims() != [g.n, g.o, g.oh, g.ow] {
             bail!("conv2d-cpu: an output gradient of shape {:?} for {g:?}", gl.dims())
         }
-        let dx = if conv.depthwise {
-            depthwise_input_grad(&g, grad, w)
-        } else {
-            let (w, wt) = (CpuStorage::F32(w.to_vec()), Layout::contiguous((g.o, g.rows())).transpose(0, 1)?);
-            let (out, image) = (g.o * g.plane(), g.c * g.h * g.w);
-            let mut dx = Vec::with_capacity(g.n * image);
-            for (start, count) in g.batches(conv.col_limit) {
-                let part = g.with_batch(count);
-                let grad = CpuStorage::F32(swap_outer(&grad[start * out..][..count * out], count, g.o, g.plane()));
-                dx.extend(col2im(&part, &matmul(&w, &wt, &grad, &Layout::contiguous((g.o, part.cols())))?));
-            }
-            dx
-        };
+        let dx = if self.conv.depthwise { depthwise_input_grad(&g, grad, w) } else { dense_input_grad(&g, grad, w) };
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
@@ -293,29 +367,12 @@ impl CustomOp2 for WeightGrad {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (g, conv) = (self.conv.geometry(xl.dims(), self.weight.dims())?, self.conv);
+        let g = self.conv.geometry(xl.dims(), self.weight.dims())?;
         let (x, grad) = (data(xs, xl)?, data(gs, gl)?);
         if gl.dims() != [g.n, g.o, g.oh, g.ow] {
             bail!("conv2d-cpu: an output gradient of shape {:?} for {g:?}", gl.dims())
         }
-        let dw = if conv.depthwise {
-            depthwise_weight_grad(&g, x, grad)
-        } else {
-            let (out, image) = (g.o * g.plane(), g.c * g.h * g.w);
-            let mut dw = vec![0f32; g.o * g.rows()];
-            for (start, count) in g.batches(conv.col_limit) {
-                let part = g.with_batch(count);
-                let grad = CpuStorage::F32(swap_outer(&grad[start * out..][..count * out], count, g.o, g.plane()));
-                let col = CpuStorage::F32(im2col(&part, &x[start * image..][..count * image]));
-                // `dWᵀ = col · gradᵀ`: the matrix product packs the small transposed gradient
-                // instead of the whole transposed im2col matrix (up to 2.6x faster for the
-                // first layers, where few channels meet long maps, and never slower).
-                let gradt = Layout::contiguous((g.o, part.cols())).transpose(0, 1)?;
-                let sum = matmul(&col, &Layout::contiguous((g.rows(), part.cols())), &grad, &gradt)?;
-                add_transposed(&mut dw, &sum, g.rows(), g.o);
-            }
-            dw
-        };
+        let dw = if self.conv.depthwise { depthwise_weight_grad(&g, x, grad) } else { dense_weight_grad(&g, x, grad) };
         Ok((CpuStorage::F32(dw), self.weight.clone()))
     }
 }
@@ -417,31 +474,41 @@ mod tests {
     use super::*;
     use crate::vision::tests::{assert_tensors_close as assert_close, uniform};
 
-    /// The output and both gradients of `ours` and of candle's own convolution (`groups`), for
-    /// the output gradient `g`.
+    /// The output and both gradients (for the output gradient `g`) of `ours`, computed on
+    /// `threads` threads.
+    fn ours(x: &Var, w: &Var, s: usize, p: usize, groups: usize, threads: usize) -> (Tensor, Tensor, Tensor) {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let y = if groups == 1 { conv2d(x, w, s, p) } else { depthwise_conv2d(x, w, s, p) }.unwrap();
+            let grads = (&y * uniform(y.dims(), 3)).unwrap().sum_all().unwrap().backward().unwrap();
+            let (dx, dw) = (grads.get(x).unwrap().clone(), grads.get(w).unwrap().clone());
+            (y, dx, dw)
+        })
+    }
+
+    /// The output and both gradients of ours and of candle's own convolution (`groups`), and
+    /// ours on one thread and on three bit for bit.
     fn check(dims: [usize; 4], weight: [usize; 4], s: usize, p: usize, groups: usize) {
         let x = Var::from_tensor(&uniform(&dims, 1)).unwrap();
         let w = Var::from_tensor(&uniform(&weight, 2)).unwrap();
-        let ours = if groups == 1 { conv2d(&x, &w, s, p) } else { depthwise_conv2d(&x, &w, s, p) }.unwrap();
-        // Again with an im2col matrix of one image at a time.
-        let grouped = x.apply_op2(&w, Conv { stride: s, padding: p, depthwise: groups > 1, col_limit: 1 }).unwrap();
+        let what = format!("{dims:?} {weight:?} stride {s} padding {p}");
+        let (y, dx, dw) = ours(&x, &w, s, p, groups, 1);
+        let threaded = ours(&x, &w, s, p, groups, 3);
+        for (one, three) in [(&y, &threaded.0), (&dx, &threaded.1), (&dw, &threaded.2)] {
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(one), bits(three), "{what}: one thread and three differ");
+        }
         // candle's own backward pass sizes the input gradient as if every window fitted
         // exactly: it sees the padded input cut to what the windows read.
-        let (oh, ow) = (ours.dim(2).unwrap(), ours.dim(3).unwrap());
+        let (oh, ow) = (y.dim(2).unwrap(), y.dim(3).unwrap());
         let k = weight[3];
         let padded = x.pad_with_zeros(2, p, p).unwrap().pad_with_zeros(3, p, p).unwrap();
         let cut = padded.narrow(2, 0, (oh - 1) * s + k).unwrap().narrow(3, 0, (ow - 1) * s + k).unwrap();
         let theirs = cut.conv2d(&w, 0, s, 1, groups).unwrap();
-        let what = format!("{dims:?} {weight:?} stride {s} padding {p}");
-        assert_close(&ours, &theirs, &what);
-        assert_close(&grouped, &theirs, &what);
-        let g = uniform(ours.dims(), 3);
-        let grads = |y: Tensor| (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let (ours, grouped, theirs) = (grads(ours), grads(grouped), grads(theirs));
-        for v in [&x, &w] {
-            assert_close(ours.get(v).unwrap(), theirs.get(v).unwrap(), &what);
-            assert_close(grouped.get(v).unwrap(), theirs.get(v).unwrap(), &what);
-        }
+        assert_close(&y, &theirs, &what);
+        let grads = (&theirs * uniform(theirs.dims(), 3)).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(&dx, grads.get(&x).unwrap(), &what);
+        assert_close(&dw, grads.get(&w).unwrap(), &what);
     }
 
     #[test]
@@ -456,8 +523,15 @@ mod tests {
             ([2, 2, 5, 5], 3, 3, 2, 1),
             ([2, 1, 2, 3], 2, 3, 1, 2),
             ([2, 1, 1, 1], 3, 5, 1, 2),
-            // More output channels than one block of the weight gradient's transposition.
             ([2, 3, 5, 5], 70, 3, 1, 1),
+            // More images than the weight gradient's partial sums, unevenly shared.
+            ([7, 3, 6, 5], 5, 3, 1, 1),
+            ([6, 4, 5, 5], 3, 1, 1, 0),
+            // Maps small enough for several images per matrix product, pointwise or not, and
+            // more groups than partial sums.
+            ([40, 3, 4, 4], 5, 3, 1, 1),
+            ([9, 4, 3, 3], 6, 1, 1, 0),
+            ([70, 2, 3, 2], 3, 3, 2, 1),
         ] {
             check(dims, [o, dims[1], k, k], s, p, 1);
         }

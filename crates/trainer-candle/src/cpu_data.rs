@@ -25,3 +25,12 @@ pub(crate) fn with_values<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Res
     let Storage::Cpu(cpu) = &*storage else { bail!("{op}: a tensor not on the CPU") };
     f(values(op, cpu, layout)?)
 }
+
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, AVX2 with FMA,
+/// NEON), chosen at run time by pulp: the loops inlined into it vectorise to that width instead
+/// of the build target's baseline (SSE2 on x86-64). The arithmetic is the same on every
+/// machine: no sum is reordered and no multiply-add fused that the baseline would not.
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}

@@ -209,7 +209,7 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (w, par) = (MatRef::from_row_major_slice(w, g.o, g.rows()), product_par(g.n.div_ceil(group)));
     let mut y = vec![0f32; g.n * g.output()];
     let work = y.par_chunks_mut(group * g.output()).zip(x.par_chunks(group * g.image()));
-    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(col, out), (y, x)| {
+    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(col, out), (y, x)| cpu_data::wide(|| {
         let col = g.columns(x, col);
         if y.len() == g.output() {
             matmul(MatMut::from_row_major_slice_mut(y, g.o, plane), Accum::Replace, w, col, 1.0, par);
@@ -224,7 +224,7 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                 map.copy_from_slice(&row[i * plane..][..plane]);
             }
         }
-    });
+    }));
     y
 }
 
@@ -235,7 +235,7 @@ fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
     let par = product_par(g.n.div_ceil(group));
     let mut dx = vec![0f32; g.n * g.image()];
     let work = dx.par_chunks_mut(group * g.image()).zip(grad.par_chunks(group * g.output()));
-    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(dcol, gathered), (dx, grad)| {
+    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(dcol, gathered), (dx, grad)| cpu_data::wide(|| {
         let grad = gather(grad, g.o, plane, gathered);
         let ld = grad.ncols();
         if g.pointwise() && ld == plane {
@@ -247,7 +247,7 @@ fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
         for (i, dx) in dx.chunks_exact_mut(g.image()).enumerate() {
             col2im(g, dcol, ld, i * plane, dx);
         }
-    });
+    }));
     dx
 }
 
@@ -274,13 +274,13 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
         .collect();
     let Some((dw, rest)) = partials.split_first_mut() else { return vec![0f32; g.o * g.rows()] };
     const CHUNK: usize = 1 << 14;
-    dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, sum)| {
+    dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, sum)| cpu_data::wide(|| {
         for part in rest.iter() {
             for (d, v) in sum.iter_mut().zip(&part[i * CHUNK..]) {
                 *d += v;
             }
         }
-    });
+    }));
     partials.swap_remove(0)
 }
 
@@ -413,26 +413,68 @@ fn dot_strided(a: &[f32], b: &[f32], s: usize) -> f32 {
     }
 }
 
+/// A map `[h, w]` with `pad` zeros on every side, flat in rows of `w + 2 * pad` values, and
+/// `k - 1` more zeros at the end, into `buf`; returns the row length. A tap `(ki, kj)` of a
+/// stride-1 window then reads, for every output of every row, the `oh * (w + 2 * pad)` values
+/// from `ki * (w + 2 * pad) + kj` on: one contiguous span per tap (the outputs past `ow` in each
+/// row are computed and dropped).
+fn padded(map: &[f32], h: usize, w: usize, pad: usize, k: usize, buf: &mut Vec<f32>) -> usize {
+    let pitch = w + 2 * pad;
+    buf.clear();
+    buf.resize((h + 2 * pad) * pitch + k - 1, 0.0);
+    for (row, src) in buf[pad * pitch..].chunks_exact_mut(pitch).zip(map.chunks_exact(w)) {
+        row[pad..][..w].copy_from_slice(src);
+    }
+    pitch
+}
+
+/// The stride-1 correlation `out[y, x] = Σ taps[ki, kj] * map[y + ki - pad, x + kj - pad]` of a
+/// map `[h, w]` (zero outside) with `k x k` taps, `out` being `[h + 2 * pad - k + 1, w + 2 * pad
+/// - k + 1]`: one multiply-add over a contiguous span per tap.
+fn correlate(map: &[f32], (h, w): (usize, usize), taps: &[f32], k: usize, pad: usize, out: &mut [f32], bufs: &mut (Vec<f32>, Vec<f32>)) {
+    let (src, acc) = bufs;
+    let pitch = padded(map, h, w, pad, k, src);
+    let (oh, ow) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+    acc.clear();
+    acc.resize(oh * pitch, 0.0);
+    for (t, &weight) in taps.iter().enumerate() {
+        axpy_strided(acc, weight, &src[t / k * pitch + t % k..], 1);
+    }
+    for (dst, row) in out.chunks_exact_mut(ow).zip(acc.chunks_exact(pitch)) {
+        dst.copy_from_slice(&row[..ow]);
+    }
+}
+
 /// A depthwise convolution's output, one map at a time.
 fn depthwise_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
     let mut y = vec![0f32; g.n * g.c * plane];
-    y.par_chunks_mut(plane).enumerate().for_each(|(m, out)| {
+    y.par_chunks_mut(plane).enumerate().for_each_init(<(Vec<f32>, Vec<f32>)>::default, |bufs, (m, out)| cpu_data::wide(|| {
         let (map, taps) = (&x[m * hw..][..hw], &w[(m % g.c) * kk..][..kk]);
+        if g.s == 1 {
+            return correlate(map, (g.h, g.w), taps, g.k, g.p, out, bufs);
+        }
         for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
             let (src, dst) = (&map[iy * g.w..][..g.w], &mut out[oy * g.ow..][..g.ow]);
             axpy_strided(&mut dst[lo..hi], taps[ki * g.k + kj], &src[lo * g.s + kj - g.p..], g.s);
         });
-    });
+    }));
     y
 }
 
-/// A depthwise convolution's input gradient, one map at a time.
+/// A depthwise convolution's input gradient, one map at a time: at stride 1 (with `p < k`) the
+/// output gradient correlated with the flipped taps.
 fn depthwise_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
     let mut dx = vec![0f32; g.n * g.c * hw];
-    dx.par_chunks_mut(hw).enumerate().for_each(|(m, map)| {
+    let work = dx.par_chunks_mut(hw).enumerate();
+    work.for_each_init(<((Vec<f32>, Vec<f32>), Vec<f32>)>::default, |(bufs, flipped), (m, map)| cpu_data::wide(|| {
         let (gm, taps) = (&grad[m * plane..][..plane], &w[(m % g.c) * kk..][..kk]);
+        if g.s == 1 && g.p < g.k {
+            flipped.clear();
+            flipped.extend(taps.iter().rev());
+            return correlate(gm, (g.oh, g.ow), flipped, g.k, g.k - 1 - g.p, map, bufs);
+        }
         for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
             let weight = taps[ki * g.k + kj];
             let (src, dst) = (&gm[oy * g.ow..][..g.ow], &mut map[iy * g.w..][..g.w]);
@@ -445,25 +487,38 @@ fn depthwise_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
                 }
             }
         });
-    });
+    }));
     dx
 }
 
 /// A depthwise convolution's weight gradient, one channel at a time (summed over the batch in
-/// order).
+/// order): at stride 1, per tap one dot product of the output gradient (in rows as long as the
+/// padded input's) with a span of the padded input.
 fn depthwise_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
     let mut dw = vec![0f32; g.c * kk];
-    dw.par_chunks_mut(kk).enumerate().for_each(|(ci, taps)| {
+    dw.par_chunks_mut(kk).enumerate().for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(src, spread), (ci, taps)| cpu_data::wide(|| {
         for ni in 0..g.n {
             let m = ni * g.c + ci;
             let (map, gm) = (&x[m * hw..][..hw], &grad[m * plane..][..plane]);
+            if g.s == 1 {
+                let pitch = padded(map, g.h, g.w, g.p, g.k, src);
+                spread.clear();
+                spread.resize(g.oh * pitch, 0.0);
+                for (row, gr) in spread.chunks_exact_mut(pitch).zip(gm.chunks_exact(g.ow)) {
+                    row[..g.ow].copy_from_slice(gr);
+                }
+                for (t, tap) in taps.iter_mut().enumerate() {
+                    *tap += lanes::dot(spread, &src[t / g.k * pitch + t % g.k..]);
+                }
+                continue;
+            }
             for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
                 let (src, gr) = (&map[iy * g.w..][..g.w], &gm[oy * g.ow..][..g.ow]);
                 taps[ki * g.k + kj] += dot_strided(&gr[lo..hi], &src[lo * g.s + kj - g.p..], g.s);
             });
         }
-    });
+    }));
     dw
 }
 
@@ -548,6 +603,11 @@ mod tests {
             // Rows long enough for the eight-lane sums, with and without a tail.
             ([2, 3, 12, 21], 3, 1, 1),
             ([1, 2, 10, 35], 3, 2, 1),
+            // Stride 1 with wide kernels and wide padding (the last past the flipped
+            // correlation's reach).
+            ([2, 2, 6, 7], 5, 1, 2),
+            ([2, 2, 4, 5], 3, 1, 2),
+            ([1, 2, 4, 3], 3, 1, 3),
         ] {
             check(dims, [dims[1], 1, k, k], s, p, dims[1]);
         }

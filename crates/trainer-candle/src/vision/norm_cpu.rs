@@ -82,13 +82,13 @@ impl CustomOp3 for BatchNorm {
             bail!("batch-norm-cpu: {c} channels but weight {:?}, bias {:?}", wl.dims(), bl.dims())
         }
         let mut y = vec![0f32; n * c * l];
-        y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| {
+        y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| cpu_data::wide(|| {
             let ci = i % c;
             let (mean, scale, shift) = (self.mean[ci], w[ci] * self.inv_std[ci], b[ci]);
             for (o, &v) in out.iter_mut().zip(map) {
                 *o = (v - mean) * scale + shift;
             }
-        });
+        }));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -130,13 +130,13 @@ impl CustomOp3 for BatchNorm {
                     })
                     .collect();
                 let mut dx = vec![0f32; n * c * l];
-                dx.par_chunks_mut(l.max(1)).enumerate().for_each(|(i, out)| {
+                dx.par_chunks_mut(l.max(1)).enumerate().for_each(|(i, out)| cpu_data::wide(|| {
                     let ci = i % c;
                     let ([ka, kb, kc], mean, at) = (coefficients[ci], self.mean[ci], i * l);
                     for ((o, &gv), &xv) in out.iter_mut().zip(&g[at..at + l]).zip(&x[at..at + l]) {
                         *o = ka * gv + kb * (xv - mean) + kc;
                     }
-                });
+                }));
                 #[allow(clippy::cast_possible_truncation)]
                 let (dw, db) = sums
                     .iter()

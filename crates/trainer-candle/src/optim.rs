@@ -260,8 +260,15 @@ impl InplaceOp2 for Moment {
         }
         let squared = self.squared;
         state.par_chunks_mut(BLOCK).zip(grad.par_chunks(BLOCK)).for_each(|(s, g)| crate::cpu_data::wide(|| {
-            for (s, &g) in s.iter_mut().zip(g) {
-                *s = *s * beta + if squared { g * g } else { g } * one_beta;
+            // One loop per case: with the test inside, the loop does not vectorise.
+            if squared {
+                for (s, &g) in s.iter_mut().zip(g) {
+                    *s = *s * beta + g * g * one_beta;
+                }
+            } else {
+                for (s, &g) in s.iter_mut().zip(g) {
+                    *s = *s * beta + g * one_beta;
+                }
             }
         }));
         Ok(())

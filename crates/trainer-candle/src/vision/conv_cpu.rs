@@ -78,6 +78,24 @@ impl Geometry {
         self.k == 1 && self.s == 1 && self.p == 0
     }
 
+    /// A stride-1 convolution whose output maps are as large as its input maps ("same"
+    /// padding): a row of its im2col matrix is the flat map shifted by [`Self::shift`], with
+    /// the reads outside the map (the padding) at zero.
+    fn same(&self) -> bool {
+        self.s == 1 && self.oh == self.h && self.ow == self.w
+    }
+
+    /// For [`Self::same`]: the row `(ki, kj)` of the im2col matrix reads the flat map at
+    /// `j + plus - minus` for output `j`, as `(plus, minus)`; and the outputs `lo..hi` that read
+    /// inside the map (edge columns aside, see [`Self::span`]), `lo == hi` when none do.
+    fn shift(&self, ki: usize, kj: usize) -> ((usize, usize), (usize, usize)) {
+        let (plus, minus, hw) = (ki * self.w + kj, self.p * self.w + self.p, self.h * self.w);
+        let (oy_lo, oy_hi) = self.span(ki, self.h, self.oh);
+        let hi = (oy_hi * self.w).min((hw + minus).saturating_sub(plus));
+        let lo = (oy_lo * self.w).max(minus.saturating_sub(plus)).min(hi);
+        ((plus, minus), (lo, hi))
+    }
+
     /// Images per matrix product: at least [`MIN_COLUMNS`] columns where the batch allows, in
     /// groups of even size.
     fn group(&self) -> usize {
@@ -138,6 +156,20 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
         let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
         let (ox_lo, ox_hi) = g.span(kj, g.w, g.ow);
         let map = &x[ci * hw..][..hw];
+        if g.same() {
+            // One copy of the shifted map, then the reads past the left and right edges zeroed.
+            let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
+            row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
+            if lo < hi {
+                row[lo..hi].copy_from_slice(&map[lo + plus - minus..hi + plus - minus]);
+            }
+            for dst in row.chunks_exact_mut(g.ow) {
+                dst[..ox_lo].fill(0.0);
+                dst[ox_hi..].fill(0.0);
+            }
+            continue;
+        }
         for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
             if !(oy_lo..oy_hi).contains(&oy) || ox_lo == ox_hi {
                 dst.fill(0.0);
@@ -159,8 +191,9 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
 
 /// One image's input gradient `dx` (`[c, h, w]`) from the columns `at..at + oh * ow` of the
 /// im2col matrix's gradient `dcol` (rows of `ld` values): the sum, for every input, of the
-/// matrix entries that read it.
-fn col2im(g: &Geometry, dcol: &[f32], ld: usize, at: usize, dx: &mut [f32]) {
+/// matrix entries that read it. A "same" convolution's entries that read outside the map are
+/// zeroed in `dcol` on the way.
+fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32]) {
     let (k, plane, hw) = (g.k, g.plane(), g.h * g.w);
     dx.fill(0.0);
     for (ci, map) in dx.chunks_exact_mut(hw).enumerate() {
@@ -168,7 +201,22 @@ fn col2im(g: &Geometry, dcol: &[f32], ld: usize, at: usize, dx: &mut [f32]) {
             let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
             for kj in 0..k {
                 let (ox_lo, ox_hi) = g.span(kj, g.w, g.ow);
-                let row = &dcol[((ci * k + ki) * k + kj) * ld + at..][..plane];
+                let row = &mut dcol[((ci * k + ki) * k + kj) * ld + at..][..plane];
+                if g.same() {
+                    // The entries past the left and right edges zeroed, then one addition
+                    // into the shifted map.
+                    for src in row.chunks_exact_mut(g.ow) {
+                        src[..ox_lo].fill(0.0);
+                        src[ox_hi..].fill(0.0);
+                    }
+                    let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
+                    if lo < hi {
+                        for (d, v) in map[lo + plus - minus..hi + plus - minus].iter_mut().zip(&row[lo..hi]) {
+                            *d += v;
+                        }
+                    }
+                    continue;
+                }
                 for oy in oy_lo..oy_hi {
                     let dst = &mut map[(oy * g.s + ki - g.p) * g.w..][..g.w];
                     let src = &row[oy * g.ow..][..g.ow];
@@ -587,6 +635,11 @@ mod tests {
             ([40, 3, 4, 4], 5, 3, 1, 1),
             ([9, 4, 3, 3], 6, 1, 1, 0),
             ([70, 2, 3, 2], 3, 3, 2, 1),
+            // "Same" convolutions (one shifted copy per im2col row) with wide kernels and
+            // maps of one row or column.
+            ([2, 2, 6, 7], 3, 5, 1, 2),
+            ([2, 2, 1, 6], 3, 3, 1, 1),
+            ([2, 2, 5, 1], 3, 3, 1, 1),
         ] {
             check(dims, [o, dims[1], k, k], s, p, 1);
         }

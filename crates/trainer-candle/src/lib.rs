@@ -73,15 +73,20 @@ pub fn configure_cpu_threads() {
     }
 }
 
-/// glibc's allocator settings for a training process: blocks of up to 32 MB come from the heap
-/// and freed memory stays there (up to 1 GB at its top) for the next step's tensors.
+/// glibc's allocator settings for a training process: blocks of up to 32 MB come from the heap,
+/// freed memory stays there (up to 1 GB at its top) for the next step's tensors, and every
+/// thread allocates from that one heap.
 ///
 /// A training step allocates and frees the same large tensors every time. With glibc's
 /// defaults most of them are fresh mappings that the kernel zero-fills page by page on first
 /// write: mobilenet_v2 took 550,000 page faults and a fifth of its time in them in ten steps.
+/// The kernels' worker threads would each get an arena of their own, whose 64 MB heaps glibc
+/// maps and unmaps as tensors come and go: one arena took resnet18 at 224x224 from 420,000 to
+/// 300,000 page faults in five steps, 7% faster, with 70 MB less at its peak.
 /// The tunables only take effect at process start, so they are given to the run process in
 /// its environment; any `GLIBC_TUNABLES` of the server's own come after them and win.
-pub const MALLOC_TUNABLES: &str = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824";
+pub const MALLOC_TUNABLES: &str =
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1";
 
 /// The environment variables a training process starts with, beside the server's: see
 /// [`MALLOC_TUNABLES`].

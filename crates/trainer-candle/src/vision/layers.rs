@@ -633,21 +633,48 @@ fn assign(t: &Tensor, value: &Tensor) -> Result<()> {
     Var::from_tensor(t)?.set(value)
 }
 
-impl BatchNorm2d {
-    pub(crate) fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
-        self.forward_with(x, mode, fast_path(x))
+/// What follows a batch norm: nothing, ReLU or ReLU6. On the CPU in training it is fused into
+/// the batch norm's operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    /// The clamp's bounds, for the fused operation.
+    fn bounds(self) -> Option<(f32, f32)> {
+        match self {
+            Self::Identity => None,
+            Self::Relu => Some((0.0, f32::INFINITY)),
+            Self::Relu6 => Some((0.0, 6.0)),
+        }
     }
 
-    /// The same, with the hand-written backward pass in training (`fast`, CPU and `f32` only)
-    /// or with that of the composed operations.
-    pub(crate) fn forward_with(&self, x: &Tensor, mode: &Mode<'_>, fast: bool) -> Result<Tensor> {
+    /// The activation as its own operation.
+    pub(crate) fn apply(self, x: Tensor) -> Result<Tensor> {
+        match self {
+            Self::Identity => Ok(x),
+            Self::Relu => relu(&x),
+            Self::Relu6 => relu6(&x),
+        }
+    }
+}
+
+impl BatchNorm2d {
+    /// The batch norm of `x` then `activation`, with the hand-written backward pass in training
+    /// (`fast`, CPU and `f32` only; the activation fused) or with that of the composed
+    /// operations.
+    pub(crate) fn forward_with(&self, x: &Tensor, mode: &Mode<'_>, fast: bool, activation: Activation) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let per_channel = |t: &Tensor| t.reshape((1, c, 1));
         let flat = x.reshape((n, c, h * w))?;
         if !mode.is_train() {
             let scale = (&self.weight / (&self.running_var + BN_EPS)?.sqrt()?)?;
             let shift = (&self.bias - (&self.running_mean * &scale)?)?;
-            return flat.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?)?.reshape((n, c, h, w));
+            let y = flat.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?)?.reshape((n, c, h, w))?;
+            return activation.apply(y);
         }
         let count = n * h * w;
         if count < 2 {
@@ -656,19 +683,18 @@ impl BatchNorm2d {
         #[allow(clippy::cast_precision_loss)]
         let count_f = count as f64;
         let sum = |t: &Tensor| t.sum_keepdim(2)?.sum_keepdim(0);
-        let y = if fast {
-            let (y, mean, var) = norm_cpu::batch_norm_train(&flat.contiguous()?, &self.weight, &self.bias, BN_EPS)?;
+        if fast {
+            let flat = flat.contiguous()?;
+            let (y, mean, var) = norm_cpu::batch_norm_train(&flat, &self.weight, &self.bias, BN_EPS, activation.bounds())?;
             self.update_statistics(&mean, &var, count_f)?;
-            y
-        } else {
-            let mean = (sum(&flat)? / count_f)?;
-            let centred = flat.broadcast_sub(&mean)?;
-            let var = (sum(&centred.sqr()?)? / count_f)?;
-            let scale = per_channel(&self.weight)?.broadcast_div(&(&var + BN_EPS)?.sqrt()?)?;
-            self.update_statistics(&mean.detach(), &var.detach(), count_f)?;
-            centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)?
-        };
-        y.reshape((n, c, h, w))
+            return y.reshape((n, c, h, w));
+        }
+        let mean = (sum(&flat)? / count_f)?;
+        let centred = flat.broadcast_sub(&mean)?;
+        let var = (sum(&centred.sqr()?)? / count_f)?;
+        let scale = per_channel(&self.weight)?.broadcast_div(&(&var + BN_EPS)?.sqrt()?)?;
+        self.update_statistics(&mean.detach(), &var.detach(), count_f)?;
+        activation.apply(centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)?.reshape((n, c, h, w))?)
     }
 
     /// Moves the running statistics towards the batch's `mean` and biased `var` (`[1, C, 1]`)
@@ -696,6 +722,12 @@ impl ConvBn {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, mode)
+        self.forward_then(x, mode, Activation::Identity)
+    }
+
+    /// The same then `activation`.
+    pub(crate) fn forward_then(&self, x: &Tensor, mode: &Mode<'_>, activation: Activation) -> Result<Tensor> {
+        let y = self.conv.forward(x)?;
+        self.bn.forward_with(&y, mode, fast_path(&y), activation)
     }
 }

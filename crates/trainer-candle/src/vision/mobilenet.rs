@@ -27,7 +27,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{
-    layers::{global_avg_pool, out_size, relu6, ConvBn, ConvSpec, Init, Linear, Params},
+    layers::{global_avg_pool, out_size, Activation, ConvBn, ConvSpec, Init, Linear, Params},
     ImageClassifier, ImageShape, Mode,
 };
 
@@ -91,10 +91,10 @@ impl InvertedResidual {
 
     fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
         let h = match &self.expand {
-            Some(e) => relu6(&e.forward(x, mode)?)?,
+            Some(e) => e.forward_then(x, mode, Activation::Relu6)?,
             None => x.clone(),
         };
-        let h = self.project.forward(&relu6(&self.depthwise.forward(&h, mode)?)?, mode)?;
+        let h = self.project.forward(&self.depthwise.forward_then(&h, mode, Activation::Relu6)?, mode)?;
         if self.residual {
             x + h
         } else {
@@ -142,11 +142,11 @@ impl MobileNetV2 {
 
 impl ImageClassifier for MobileNetV2 {
     fn forward(&self, x: &Tensor, mut mode: Mode<'_>) -> Result<Tensor> {
-        let mut x = relu6(&self.stem.forward(x, &mode)?)?;
+        let mut x = self.stem.forward_then(x, &mode, Activation::Relu6)?;
         for block in &self.blocks {
             x = block.forward(&x, &mode)?;
         }
-        let x = global_avg_pool(&relu6(&self.last.forward(&x, &mode)?)?)?;
+        let x = global_avg_pool(&self.last.forward_then(&x, &mode, Activation::Relu6)?)?;
         self.classifier.forward(&mode.dropout(&x, self.dropout)?)
     }
 }

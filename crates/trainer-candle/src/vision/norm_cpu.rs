@@ -45,21 +45,40 @@ fn statistics(x: &[f32], n: usize, c: usize, l: usize) -> (Vec<f32>, Vec<f32>) {
 /// statistics. The output's gradient is the closed form
 /// `dx = weight / std / m * (m * g - sum(g) - x̂ * sum(g * x̂))`, `dweight = sum(g * x̂)`,
 /// `dbias = sum(g)`, with sums over the `m = N * L` values of each channel.
-pub(crate) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+///
+/// With `clamp` `(lo, hi)` the output is clamped as [`super::clamp_cpu::clamp`] does (ReLU,
+/// ReLU6), in the same pass, and its gradient passes where `lo <= y < hi` before the clamp:
+/// one operation and one pass over the values instead of two each way.
+pub(crate) fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    clamp: Option<(f32, f32)>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, l) = x.dims3()?;
     let (mean, var) = with_data(x, |d| Ok(statistics(d, n, c, l)))?;
     #[allow(clippy::cast_possible_truncation)]
     let inv_std: Vec<f32> = var.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect();
     let device = x.device();
     let (mean_t, var_t) = (Tensor::from_vec(mean.clone(), c, device)?, Tensor::from_vec(var, c, device)?);
-    let y = x.apply_op3(weight, bias, BatchNorm { mean, inv_std })?;
+    let y = x.apply_op3(weight, bias, BatchNorm { mean, inv_std, clamp })?;
     Ok((y, mean_t, var_t))
 }
 
-/// The normalisation with the batch's statistics, and its backward pass.
+/// The normalisation with the batch's statistics (then clamped to `clamp`), and its backward
+/// pass.
 struct BatchNorm {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+    clamp: Option<(f32, f32)>,
+}
+
+impl BatchNorm {
+    /// Channel `ci`'s `(mean, scale, shift)`: its normalised value is `(v - mean) * scale + shift`.
+    fn affine(&self, ci: usize, w: &[f32], b: &[f32]) -> (f32, f32, f32) {
+        (self.mean[ci], w[ci] * self.inv_std[ci], b[ci])
+    }
 }
 
 impl CustomOp3 for BatchNorm {
@@ -83,10 +102,18 @@ impl CustomOp3 for BatchNorm {
         }
         let mut y = vec![0f32; n * c * l];
         y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| cpu_data::wide(|| {
-            let ci = i % c;
-            let (mean, scale, shift) = (self.mean[ci], w[ci] * self.inv_std[ci], b[ci]);
-            for (o, &v) in out.iter_mut().zip(map) {
-                *o = (v - mean) * scale + shift;
+            let (mean, scale, shift) = self.affine(i % c, w, b);
+            match self.clamp {
+                None => {
+                    for (o, &v) in out.iter_mut().zip(map) {
+                        *o = (v - mean) * scale + shift;
+                    }
+                }
+                Some((lo, hi)) => {
+                    for (o, &v) in out.iter_mut().zip(map) {
+                        *o = ((v - mean) * scale + shift).max(lo).min(hi);
+                    }
+                }
             }
         }));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
@@ -96,13 +123,34 @@ impl CustomOp3 for BatchNorm {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _: &Tensor,
+        bias: &Tensor,
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, l) = x.dims3()?;
         let w = with_data(&weight.contiguous()?, |w| Ok(w.to_vec()))?;
-        let grad = grad.contiguous()?;
+        let mut grad = grad.contiguous()?;
+        if let Some((lo, hi)) = self.clamp {
+            // The clamp's gradient first: the output gradient where the value before the clamp
+            // (recomputed as the forward pass did) lies in `lo..hi`.
+            let b = with_data(&bias.contiguous()?, |b| Ok(b.to_vec()))?;
+            let masked = with_data(x, |x| {
+                with_data(&grad, |g| {
+                    let mut masked = vec![0f32; n * c * l];
+                    let work = masked.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1)).zip(g.par_chunks(l.max(1))));
+                    work.enumerate().for_each(|(i, (out, (map, g)))| cpu_data::wide(|| {
+                        let (mean, scale, shift) = self.affine(i % c, &w, &b);
+                        for ((o, &v), &gv) in out.iter_mut().zip(map).zip(g) {
+                            let y = (v - mean) * scale + shift;
+                            // `&`, not `&&`: no branch, so the loop vectorises.
+                            *o = if (y >= lo) & (y < hi) { gv } else { 0.0 };
+                        }
+                    }));
+                    Ok(masked)
+                })
+            })?;
+            grad = Tensor::from_vec(masked, (n, c, l), x.device())?;
+        }
         let (dx, dw, db) = with_data(x, |x| {
             with_data(&grad, |g| {
                 // Per channel, `Σ g` and `Σ g * (x - mean)`.
@@ -160,29 +208,41 @@ mod tests {
 
     #[test]
     fn batch_norm_and_its_gradients_match_the_composed_operations() {
-        for dims in [[2, 3, 5], [4, 2, 1], [1, 4, 9], [3, 1, 16]] {
-            let c = dims[1];
-            let x = Var::from_tensor(&(uniform(&dims, 1) * 3.0).unwrap().affine(1.0, 0.5).unwrap()).unwrap();
-            let (w, b) = (Var::from_tensor(&uniform(&[c], 2)).unwrap(), Var::from_tensor(&uniform(&[c], 3)).unwrap());
-            let (ours, mean, var) = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
-            #[allow(clippy::cast_precision_loss)]
-            let count = (dims[0] * dims[2]) as f64;
-            let sum = |t: &Tensor| t.sum_keepdim(2).unwrap().sum_keepdim(0).unwrap();
-            let their_mean = (sum(&x) / count).unwrap();
-            let centred = x.broadcast_sub(&their_mean).unwrap();
-            let their_var = (sum(&centred.sqr().unwrap()) / count).unwrap();
-            let scale = w.reshape((1, c, 1)).unwrap().broadcast_div(&(&their_var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
-            let theirs = centred.broadcast_mul(&scale).unwrap().broadcast_add(&b.reshape((1, c, 1)).unwrap()).unwrap();
-            let what = format!("{dims:?}");
-            assert_close(&ours, &theirs, &what);
-            assert_close(&mean, &their_mean.flatten_all().unwrap(), &what);
-            assert_close(&var, &their_var.flatten_all().unwrap(), &what);
-            let g = uniform(&dims, 4);
-            let ours = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let theirs = (theirs * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            for v in [&x, &w, &b] {
-                assert_close(ours.get(v).unwrap(), theirs.get(v).unwrap(), &what);
+        for clamp in [None, Some((0.0, f32::INFINITY)), Some((0.0, 0.3))] {
+            for dims in [[2, 3, 5], [4, 2, 1], [1, 4, 9], [3, 1, 16], [2, 3, 40]] {
+                check(dims, clamp);
             }
+        }
+    }
+
+    /// Ours against the composed operations (then clamped by `clamp_cpu`, whose own test has
+    /// candle's as oracle).
+    fn check(dims: [usize; 3], clamp: Option<(f32, f32)>) {
+        let c = dims[1];
+        let x = Var::from_tensor(&(uniform(&dims, 1) * 3.0).unwrap().affine(1.0, 0.5).unwrap()).unwrap();
+        let (w, b) = (Var::from_tensor(&uniform(&[c], 2)).unwrap(), Var::from_tensor(&uniform(&[c], 3)).unwrap());
+        let (ours, mean, var) = batch_norm_train(&x, &w, &b, 1e-5, clamp).unwrap();
+        #[allow(clippy::cast_precision_loss)]
+        let count = (dims[0] * dims[2]) as f64;
+        let sum = |t: &Tensor| t.sum_keepdim(2).unwrap().sum_keepdim(0).unwrap();
+        let their_mean = (sum(&x) / count).unwrap();
+        let centred = x.broadcast_sub(&their_mean).unwrap();
+        let their_var = (sum(&centred.sqr().unwrap()) / count).unwrap();
+        let scale = w.reshape((1, c, 1)).unwrap().broadcast_div(&(&their_var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+        let theirs = centred.broadcast_mul(&scale).unwrap().broadcast_add(&b.reshape((1, c, 1)).unwrap()).unwrap();
+        let theirs = match clamp {
+            Some((lo, hi)) => super::super::clamp_cpu::clamp(&theirs, lo, hi).unwrap(),
+            None => theirs,
+        };
+        let what = format!("{dims:?} clamped to {clamp:?}");
+        assert_close(&ours, &theirs, &what);
+        assert_close(&mean, &their_mean.flatten_all().unwrap(), &what);
+        assert_close(&var, &their_var.flatten_all().unwrap(), &what);
+        let g = uniform(&dims, 4);
+        let ours = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let theirs = (theirs * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w, &b] {
+            assert_close(ours.get(v).unwrap(), theirs.get(v).unwrap(), &what);
         }
     }
 }

@@ -24,7 +24,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{
-    layers::{global_avg_pool, max_pool2d, out_size, pytorch_default, relu, ConvBn, ConvSpec, Linear, Params},
+    layers::{global_avg_pool, max_pool2d, out_size, pytorch_default, relu, Activation, ConvBn, ConvSpec, Linear, Params},
     ImageClassifier, ImageShape, Mode,
 };
 
@@ -107,10 +107,8 @@ impl Block {
     fn forward(&self, x: &Tensor, mode: &Mode<'_>) -> Result<Tensor> {
         let mut out = x.clone();
         for (i, unit) in self.convs.iter().enumerate() {
-            out = unit.forward(&out, mode)?;
-            if i + 1 < self.convs.len() {
-                out = relu(&out)?;
-            }
+            let last = i + 1 == self.convs.len();
+            out = unit.forward_then(&out, mode, if last { Activation::Identity } else { Activation::Relu })?;
         }
         let shortcut = match &self.downsample {
             Some(d) => d.forward(x, mode)?,
@@ -151,7 +149,7 @@ impl ResNet {
 
 impl ImageClassifier for ResNet {
     fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
-        let mut x = relu(&self.stem.forward(x, &mode)?)?;
+        let mut x = self.stem.forward_then(x, &mode, Activation::Relu)?;
         if self.max_pool {
             x = max_pool2d(&x, 3, 2, 1)?;
         }

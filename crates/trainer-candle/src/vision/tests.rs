@@ -9,7 +9,7 @@ use candle_nn::{loss::cross_entropy, AdamW, Optimizer, ParamsAdamW, VarMap};
 use trainyard_domain::config::Architecture;
 
 use super::{
-    layers::{adaptive_avg_pool2d, depthwise_conv2d, max_pool2d, max_pool2d_with, relu6, ConvSpec, Params},
+    layers::{adaptive_avg_pool2d, depthwise_conv2d, max_pool2d, max_pool2d_with, relu6, Activation, ConvSpec, Params},
     *,
 };
 
@@ -559,7 +559,9 @@ fn cpu_convolution_gradients_match_candles() {
 
 #[test]
 fn fast_depthwise_and_batch_norm_gradients_match_the_composed_ones() {
-    for (dims, stride) in [([2, 4, 7, 6], 1), ([2, 4, 7, 6], 2), ([2, 3, 1, 1], 2), ([2, 3, 8, 8], 2), ([2, 2, 5, 9], 1)] {
+    let shapes = [([2, 4, 7, 6], 1), ([2, 4, 7, 6], 2), ([2, 3, 1, 1], 2), ([2, 3, 8, 8], 2), ([2, 2, 5, 9], 1)];
+    let activations = [Activation::Identity, Activation::Relu, Activation::Relu6];
+    for ((dims, stride), activation) in shapes.into_iter().flat_map(|shape| activations.map(|a| (shape, a))) {
         let c = dims[1];
         let mut vars = HashMap::new();
         let mut rng = SplitMix64::new(4);
@@ -572,7 +574,8 @@ fn fast_depthwise_and_batch_norm_gradients_match_the_composed_ones() {
         let g = uniform(&[dims[0], c, out(dims[2], stride), out(dims[3], stride)], 7);
         let run = |fast: bool| {
             vars["bn.running_var"].set(&Tensor::ones(c, DType::F32, &Device::Cpu).unwrap()).unwrap();
-            let y = bn.forward_with(&conv.forward_with(x.as_tensor(), fast).unwrap(), &Mode::Train(&mut SplitMix64::new(1)), fast).unwrap();
+            let y = conv.forward_with(x.as_tensor(), fast).unwrap();
+            let y = bn.forward_with(&y, &Mode::Train(&mut SplitMix64::new(1)), fast, activation).unwrap();
             let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
             let mut out = vec![values(&y)];
             out.extend(
@@ -584,7 +587,7 @@ fn fast_depthwise_and_batch_norm_gradients_match_the_composed_ones() {
         };
         let (fast, composed) = (run(true), run(false));
         for (i, (a, b)) in fast.iter().zip(&composed).enumerate() {
-            assert_close(a, b, 1e-4, &format!("{dims:?} stride {stride}, output {i}"));
+            assert_close(a, b, 1e-4, &format!("{dims:?} stride {stride} then {activation:?}, output {i}"));
         }
     }
 }

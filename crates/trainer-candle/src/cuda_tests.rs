@@ -16,7 +16,7 @@ use crate::{
     optim::TrainOptimizer,
     rng::SplitMix64,
     vision::{
-        layers::{self, ConvSpec, Params},
+        layers::{self, Activation, ConvSpec, Params},
         Mode,
     },
 };
@@ -120,14 +120,16 @@ fn depthwise_convolutions_match_the_cpu_kernel_on_cuda() {
 #[test]
 fn batch_norm_matches_the_cpu_kernel_on_cuda() {
     let x = uniform(&[4, 5, 6, 7], 5).affine(3.0, 0.5).unwrap();
-    gpu_matches_cpu("batch norm (training)", &x, &|d, x, vars| {
-        let mut rng = SplitMix64::new(6);
-        let bn = params(vars, &mut rng, d).batch_norm("bn", 5)?;
-        let mut drop_rng = SplitMix64::new(7);
-        let y = bn.forward(x, &Mode::Train(&mut drop_rng))?;
-        // Evaluation then reads the running statistics training moved.
-        y + bn.forward(x, &Mode::Eval)?
-    });
+    for activation in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+        gpu_matches_cpu(&format!("batch norm then {activation:?} (training)"), &x, &move |d, x, vars| {
+            let mut rng = SplitMix64::new(6);
+            let bn = params(vars, &mut rng, d).batch_norm("bn", 5)?;
+            let mut drop_rng = SplitMix64::new(7);
+            let y = bn.forward_then(x, &Mode::Train(&mut drop_rng), activation)?;
+            // Evaluation then reads the running statistics training moved.
+            y + bn.forward_then(x, &Mode::Eval, activation)?
+        });
+    }
 }
 
 #[test]

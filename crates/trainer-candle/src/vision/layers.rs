@@ -663,9 +663,13 @@ impl Activation {
 }
 
 impl BatchNorm2d {
-    /// The batch norm of `x` then `activation`, with the hand-written backward pass in training
-    /// (`fast`, CPU and `f32` only; the activation fused) or with that of the composed
-    /// operations.
+    /// The batch norm of `x` then `activation` (one operation on the CPU in training).
+    pub(crate) fn forward_then(&self, x: &Tensor, mode: &Mode<'_>, activation: Activation) -> Result<Tensor> {
+        self.forward_with(x, mode, fast_path(x), activation)
+    }
+
+    /// The same, with the hand-written backward pass in training (`fast`, CPU and `f32` only;
+    /// the activation fused) or with that of the composed operations.
     pub(crate) fn forward_with(&self, x: &Tensor, mode: &Mode<'_>, fast: bool, activation: Activation) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let per_channel = |t: &Tensor| t.reshape((1, c, 1));
@@ -727,7 +731,6 @@ impl ConvBn {
 
     /// The same then `activation`.
     pub(crate) fn forward_then(&self, x: &Tensor, mode: &Mode<'_>, activation: Activation) -> Result<Tensor> {
-        let y = self.conv.forward(x)?;
-        self.bn.forward_with(&y, mode, fast_path(&y), activation)
+        self.bn.forward_then(&self.conv.forward(x)?, mode, activation)
     }
 }

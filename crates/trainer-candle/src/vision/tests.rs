@@ -427,7 +427,7 @@ fn batch_norm_follows_pytorch() {
     vars["bn.weight"].set(&Tensor::new(&gamma, &Device::Cpu).unwrap()).unwrap();
     vars["bn.bias"].set(&Tensor::new(&beta, &Device::Cpu).unwrap()).unwrap();
     let x = uniform(&[n, c, h, w], 8);
-    let y = values(&bn.forward(&x, &Mode::Train(&mut rng)).unwrap());
+    let y = values(&bn.forward_then(&x, &Mode::Train(&mut rng), Activation::Identity).unwrap());
     let v = values(&x);
     let at = |b: usize, ch: usize, i: usize| (b * c + ch) * h * w + i;
     let count = n * h * w;
@@ -454,7 +454,7 @@ fn batch_norm_follows_pytorch() {
     assert_eq!(vars["bn.num_batches_tracked"].as_tensor().to_scalar::<i64>().unwrap(), 1);
 
     // Evaluation normalises with the running statistics and changes nothing.
-    let y = values(&bn.forward(&x, &Mode::Eval).unwrap());
+    let y = values(&bn.forward_then(&x, &Mode::Eval, Activation::Identity).unwrap());
     for ch in 0..c {
         for b in 0..n {
             for i in 0..h * w {
@@ -467,7 +467,7 @@ fn batch_norm_follows_pytorch() {
     assert_close(&values(vars["bn.running_mean"].as_tensor()), &running_mean, 1e-6, "running_mean after eval");
 
     // One value per channel cannot be normalised, as in PyTorch.
-    let err = bn.forward(&uniform(&[1, c, 1, 1], 1), &Mode::Train(&mut rng)).unwrap_err();
+    let err = bn.forward_then(&uniform(&[1, c, 1, 1], 1), &Mode::Train(&mut rng), Activation::Identity).unwrap_err();
     assert!(err.to_string().contains("more than 1 value per channel"), "{err}");
 }
 

@@ -191,11 +191,10 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
 
 /// One image's input gradient `dx` (`[c, h, w]`) from the columns `at..at + oh * ow` of the
 /// im2col matrix's gradient `dcol` (rows of `ld` values): the sum, for every input, of the
-/// matrix entries that read it. A "same" convolution's entries that read outside the map are
-/// zeroed in `dcol` on the way.
+/// matrix entries that read it, added to `dx` (zeros from the caller). A "same" convolution's
+/// entries that read outside the map are zeroed in `dcol` on the way.
 fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32]) {
     let (k, plane, hw) = (g.k, g.plane(), g.h * g.w);
-    dx.fill(0.0);
     for (ci, map) in dx.chunks_exact_mut(hw).enumerate() {
         for ki in 0..k {
             let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);

@@ -11,10 +11,12 @@
 //! - `link/libcudart.so`: a linker script naming the wheels' `libcudart_static.a`, on
 //!   `LIBRARY_PATH`: candle-kernels asks to link the CUDA runtime, and this links it into the
 //!   binary, which then needs no `libcudart.so.13`;
-//! - `candle-core-<version>/`: candle-core from the cargo registry with cudarc's
-//!   `dynamic-linking` switched to `dynamic-loading`, so the binary loads `libcuda.so.1`, cuBLAS
-//!   and cuRAND when it first uses them instead of refusing to start without them; the build
-//!   patches it in with `--config patch.crates-io.candle-core.path=…` and puts `Cargo.lock` back;
+//! - `candle-core-<version>/`: the workspace's candle-core (the patched copy in `vendor/`) with
+//!   cudarc's `dynamic-linking` switched to `dynamic-loading`, so the binary loads
+//!   `libcuda.so.1`, cuBLAS and cuRAND when it first uses them instead of refusing to start
+//!   without them; the build patches it in with `--config patch.crates-io.candle-core.path=…`
+//!   (which takes the place of the workspace's own patch) and puts `Cargo.lock` back; a stamp
+//!   beside it (`.source`) says which source it was copied from;
 //! - `target/`: the cargo target directory of the CUDA build.
 
 use std::{
@@ -208,7 +210,32 @@ fn static_runtime(dir: &Path, cuda_home: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// candle-core from the registry with cudarc's `dynamic-linking` turned into `dynamic-loading`.
+/// A fingerprint of the files under `dir` (their paths and contents).
+fn tree_hash(dir: &Path) -> anyhow::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        file.strip_prefix(dir)?.hash(&mut hasher);
+        std::fs::read(&file)?.hash(&mut hasher);
+    }
+    Ok(hasher.finish())
+}
+
+/// candle-core as the workspace has it (the patched copy under `vendor/`) with cudarc's
+/// `dynamic-linking` turned into `dynamic-loading`; copied again when its source changed.
 fn patched_candle_core(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
@@ -230,7 +257,11 @@ fn patched_candle_core(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
         .context("candle-core's manifest has no directory")?;
     let copy = dir.join(format!("candle-core-{version}"));
     let manifest = copy.join("Cargo.toml");
-    if std::fs::read_to_string(&manifest).is_ok_and(|m| m.contains("\"dynamic-loading\"")) {
+    // Beside the copy, not in it: the copy is a package cargo builds.
+    let stamp = dir.join(format!("candle-core-{version}.source"));
+    let source_hash = format!("{} {:016x}\n", source.display(), tree_hash(source)?);
+    let copied = std::fs::read_to_string(&stamp).is_ok_and(|s| s == source_hash);
+    if copied && std::fs::read_to_string(&manifest).is_ok_and(|m| m.contains("\"dynamic-loading\"")) {
         return Ok(copy);
     }
     if copy.exists() {
@@ -246,6 +277,7 @@ fn patched_candle_core(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     }
     let patched = format!("{}{}{}", &text[..start], section.replace("\"dynamic-linking\"", "\"dynamic-loading\""), &text[end..]);
     std::fs::write(&manifest, patched)?;
+    std::fs::write(&stamp, source_hash)?;
     Ok(copy)
 }
 

@@ -42,12 +42,14 @@ impl CustomOp2 for ChannelBias {
             bail!("bias-cpu: a bias of shape {:?} for {c} channels", bl.dims())
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| cpu_data::wide(|| {
-            let shift = b[i % c];
-            for (o, &v) in out.iter_mut().zip(map) {
-                *o = v + shift;
-            }
-        }));
+        y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| {
+            cpu_data::wide(|| {
+                let shift = b[i % c];
+                for (o, &v) in out.iter_mut().zip(map) {
+                    *o = v + shift;
+                }
+            })
+        });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 

@@ -34,11 +34,13 @@ impl CustomOp1 for Clamp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = data(storage, layout)?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| cpu_data::wide(|| {
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o = v.max(self.lo).min(self.hi);
-            }
-        }));
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
+            cpu_data::wide(|| {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = v.max(self.lo).min(self.hi);
+                }
+            })
+        });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -64,12 +66,14 @@ impl CustomOp2 for ClampGrad {
             bail!("clamp-cpu: a gradient of shape {:?} for {:?}", gl.dims(), xl.dims())
         }
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(out, (x, g))| cpu_data::wide(|| {
-            for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
-                // `&`, not `&&`: both comparisons on every lane, no branch, so the loop vectorises.
-                *o = if (v >= self.lo) & (v < self.hi) { gv } else { 0.0 };
-            }
-        }));
+        dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(out, (x, g))| {
+            cpu_data::wide(|| {
+                for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
+                    // `&`, not `&&`: both comparisons on every lane, no branch, so the loop vectorises.
+                    *o = if (v >= self.lo) & (v < self.hi) { gv } else { 0.0 };
+                }
+            })
+        });
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }

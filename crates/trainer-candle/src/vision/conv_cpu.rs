@@ -256,22 +256,24 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (w, par) = (MatRef::from_row_major_slice(w, g.o, g.rows()), product_par(g.n.div_ceil(group)));
     let mut y = vec![0f32; g.n * g.output()];
     let work = y.par_chunks_mut(group * g.output()).zip(x.par_chunks(group * g.image()));
-    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(col, out), (y, x)| cpu_data::wide(|| {
-        let col = g.columns(x, col);
-        if y.len() == g.output() {
-            matmul(MatMut::from_row_major_slice_mut(y, g.o, plane), Accum::Replace, w, col, 1.0, par);
-            return;
-        }
-        // `[o, count * plane]`, scattered to `[count, o, plane]`.
-        let ld = col.ncols();
-        out.resize(g.o * ld, 0.0);
-        matmul(MatMut::from_row_major_slice_mut(out, g.o, ld), Accum::Replace, w, col, 1.0, par);
-        for (i, image) in y.chunks_exact_mut(g.output()).enumerate() {
-            for (map, row) in image.chunks_exact_mut(plane).zip(out.chunks_exact(ld)) {
-                map.copy_from_slice(&row[i * plane..][..plane]);
+    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(col, out), (y, x)| {
+        cpu_data::wide(|| {
+            let col = g.columns(x, col);
+            if y.len() == g.output() {
+                matmul(MatMut::from_row_major_slice_mut(y, g.o, plane), Accum::Replace, w, col, 1.0, par);
+                return;
             }
-        }
-    }));
+            // `[o, count * plane]`, scattered to `[count, o, plane]`.
+            let ld = col.ncols();
+            out.resize(g.o * ld, 0.0);
+            matmul(MatMut::from_row_major_slice_mut(out, g.o, ld), Accum::Replace, w, col, 1.0, par);
+            for (i, image) in y.chunks_exact_mut(g.output()).enumerate() {
+                for (map, row) in image.chunks_exact_mut(plane).zip(out.chunks_exact(ld)) {
+                    map.copy_from_slice(&row[i * plane..][..plane]);
+                }
+            }
+        })
+    });
     y
 }
 
@@ -282,19 +284,21 @@ fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
     let par = product_par(g.n.div_ceil(group));
     let mut dx = vec![0f32; g.n * g.image()];
     let work = dx.par_chunks_mut(group * g.image()).zip(grad.par_chunks(group * g.output()));
-    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(dcol, gathered), (dx, grad)| cpu_data::wide(|| {
-        let grad = gather(grad, g.o, plane, gathered);
-        let ld = grad.ncols();
-        if g.pointwise() && ld == plane {
-            matmul(MatMut::from_row_major_slice_mut(dx, g.c, plane), Accum::Replace, wt, grad, 1.0, par);
-            return;
-        }
-        dcol.resize(g.rows() * ld, 0.0);
-        matmul(MatMut::from_row_major_slice_mut(dcol, g.rows(), ld), Accum::Replace, wt, grad, 1.0, par);
-        for (i, dx) in dx.chunks_exact_mut(g.image()).enumerate() {
-            col2im(g, dcol, ld, i * plane, dx);
-        }
-    }));
+    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(dcol, gathered), (dx, grad)| {
+        cpu_data::wide(|| {
+            let grad = gather(grad, g.o, plane, gathered);
+            let ld = grad.ncols();
+            if g.pointwise() && ld == plane {
+                matmul(MatMut::from_row_major_slice_mut(dx, g.c, plane), Accum::Replace, wt, grad, 1.0, par);
+                return;
+            }
+            dcol.resize(g.rows() * ld, 0.0);
+            matmul(MatMut::from_row_major_slice_mut(dcol, g.rows(), ld), Accum::Replace, wt, grad, 1.0, par);
+            for (i, dx) in dx.chunks_exact_mut(g.image()).enumerate() {
+                col2im(g, dcol, ld, i * plane, dx);
+            }
+        })
+    });
     dx
 }
 
@@ -321,13 +325,15 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
         .collect();
     let Some((dw, rest)) = partials.split_first_mut() else { return vec![0f32; g.o * g.rows()] };
     const CHUNK: usize = 1 << 14;
-    dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, sum)| cpu_data::wide(|| {
-        for part in rest.iter() {
-            for (d, v) in sum.iter_mut().zip(&part[i * CHUNK..]) {
-                *d += v;
+    dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, sum)| {
+        cpu_data::wide(|| {
+            for part in rest.iter() {
+                for (d, v) in sum.iter_mut().zip(&part[i * CHUNK..]) {
+                    *d += v;
+                }
             }
-        }
-    }));
+        })
+    });
     partials.swap_remove(0)
 }
 
@@ -496,16 +502,18 @@ fn correlate(map: &[f32], (h, w): (usize, usize), taps: &[f32], k: usize, pad: u
 fn depthwise_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
     let mut y = vec![0f32; g.n * g.c * plane];
-    y.par_chunks_mut(plane).enumerate().for_each_init(<(Vec<f32>, Vec<f32>)>::default, |bufs, (m, out)| cpu_data::wide(|| {
-        let (map, taps) = (&x[m * hw..][..hw], &w[(m % g.c) * kk..][..kk]);
-        if g.s == 1 {
-            return correlate(map, (g.h, g.w), taps, g.k, g.p, out, bufs);
-        }
-        for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
-            let (src, dst) = (&map[iy * g.w..][..g.w], &mut out[oy * g.ow..][..g.ow]);
-            axpy_strided(&mut dst[lo..hi], taps[ki * g.k + kj], &src[lo * g.s + kj - g.p..], g.s);
-        });
-    }));
+    y.par_chunks_mut(plane).enumerate().for_each_init(<(Vec<f32>, Vec<f32>)>::default, |bufs, (m, out)| {
+        cpu_data::wide(|| {
+            let (map, taps) = (&x[m * hw..][..hw], &w[(m % g.c) * kk..][..kk]);
+            if g.s == 1 {
+                return correlate(map, (g.h, g.w), taps, g.k, g.p, out, bufs);
+            }
+            for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
+                let (src, dst) = (&map[iy * g.w..][..g.w], &mut out[oy * g.ow..][..g.ow]);
+                axpy_strided(&mut dst[lo..hi], taps[ki * g.k + kj], &src[lo * g.s + kj - g.p..], g.s);
+            });
+        })
+    });
     y
 }
 
@@ -515,26 +523,28 @@ fn depthwise_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
     let mut dx = vec![0f32; g.n * g.c * hw];
     let work = dx.par_chunks_mut(hw).enumerate();
-    work.for_each_init(<((Vec<f32>, Vec<f32>), Vec<f32>)>::default, |(bufs, flipped), (m, map)| cpu_data::wide(|| {
-        let (gm, taps) = (&grad[m * plane..][..plane], &w[(m % g.c) * kk..][..kk]);
-        if g.s == 1 && g.p < g.k {
-            flipped.clear();
-            flipped.extend(taps.iter().rev());
-            return correlate(gm, (g.oh, g.ow), flipped, g.k, g.k - 1 - g.p, map, bufs);
-        }
-        for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
-            let weight = taps[ki * g.k + kj];
-            let (src, dst) = (&gm[oy * g.ow..][..g.ow], &mut map[iy * g.w..][..g.w]);
-            let dst = &mut dst[lo * g.s + kj - g.p..];
-            if g.s == 1 {
-                axpy_strided(&mut dst[..hi - lo], weight, &src[lo..hi], 1);
-            } else {
-                for (d, v) in dst.iter_mut().step_by(g.s).zip(&src[lo..hi]) {
-                    *d += weight * v;
-                }
+    work.for_each_init(<((Vec<f32>, Vec<f32>), Vec<f32>)>::default, |(bufs, flipped), (m, map)| {
+        cpu_data::wide(|| {
+            let (gm, taps) = (&grad[m * plane..][..plane], &w[(m % g.c) * kk..][..kk]);
+            if g.s == 1 && g.p < g.k {
+                flipped.clear();
+                flipped.extend(taps.iter().rev());
+                return correlate(gm, (g.oh, g.ow), flipped, g.k, g.k - 1 - g.p, map, bufs);
             }
-        });
-    }));
+            for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
+                let weight = taps[ki * g.k + kj];
+                let (src, dst) = (&gm[oy * g.ow..][..g.ow], &mut map[iy * g.w..][..g.w]);
+                let dst = &mut dst[lo * g.s + kj - g.p..];
+                if g.s == 1 {
+                    axpy_strided(&mut dst[..hi - lo], weight, &src[lo..hi], 1);
+                } else {
+                    for (d, v) in dst.iter_mut().step_by(g.s).zip(&src[lo..hi]) {
+                        *d += weight * v;
+                    }
+                }
+            });
+        })
+    });
     dx
 }
 
@@ -544,28 +554,30 @@ fn depthwise_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
 fn depthwise_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
     let mut dw = vec![0f32; g.c * kk];
-    dw.par_chunks_mut(kk).enumerate().for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(src, spread), (ci, taps)| cpu_data::wide(|| {
-        for ni in 0..g.n {
-            let m = ni * g.c + ci;
-            let (map, gm) = (&x[m * hw..][..hw], &grad[m * plane..][..plane]);
-            if g.s == 1 {
-                let pitch = padded(map, g.h, g.w, g.p, g.k, src);
-                spread.clear();
-                spread.resize(g.oh * pitch, 0.0);
-                for (row, gr) in spread.chunks_exact_mut(pitch).zip(gm.chunks_exact(g.ow)) {
-                    row[..g.ow].copy_from_slice(gr);
+    dw.par_chunks_mut(kk).enumerate().for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(src, spread), (ci, taps)| {
+        cpu_data::wide(|| {
+            for ni in 0..g.n {
+                let m = ni * g.c + ci;
+                let (map, gm) = (&x[m * hw..][..hw], &grad[m * plane..][..plane]);
+                if g.s == 1 {
+                    let pitch = padded(map, g.h, g.w, g.p, g.k, src);
+                    spread.clear();
+                    spread.resize(g.oh * pitch, 0.0);
+                    for (row, gr) in spread.chunks_exact_mut(pitch).zip(gm.chunks_exact(g.ow)) {
+                        row[..g.ow].copy_from_slice(gr);
+                    }
+                    for (t, tap) in taps.iter_mut().enumerate() {
+                        *tap += lanes::dot(spread, &src[t / g.k * pitch + t % g.k..]);
+                    }
+                    continue;
                 }
-                for (t, tap) in taps.iter_mut().enumerate() {
-                    *tap += lanes::dot(spread, &src[t / g.k * pitch + t % g.k..]);
-                }
-                continue;
+                for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
+                    let (src, gr) = (&map[iy * g.w..][..g.w], &gm[oy * g.ow..][..g.ow]);
+                    taps[ki * g.k + kj] += dot_strided(&gr[lo..hi], &src[lo * g.s + kj - g.p..], g.s);
+                });
             }
-            for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
-                let (src, gr) = (&map[iy * g.w..][..g.w], &gm[oy * g.ow..][..g.ow]);
-                taps[ki * g.k + kj] += dot_strided(&gr[lo..hi], &src[lo * g.s + kj - g.p..], g.s);
-            });
-        }
-    }));
+        })
+    });
     dw
 }
 

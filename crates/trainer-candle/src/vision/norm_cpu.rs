@@ -101,21 +101,23 @@ impl CustomOp3 for BatchNorm {
             bail!("batch-norm-cpu: {c} channels but weight {:?}, bias {:?}", wl.dims(), bl.dims())
         }
         let mut y = vec![0f32; n * c * l];
-        y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| cpu_data::wide(|| {
-            let (mean, scale, shift) = self.affine(i % c, w, b);
-            match self.clamp {
-                None => {
-                    for (o, &v) in out.iter_mut().zip(map) {
-                        *o = (v - mean) * scale + shift;
+        y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| {
+            cpu_data::wide(|| {
+                let (mean, scale, shift) = self.affine(i % c, w, b);
+                match self.clamp {
+                    None => {
+                        for (o, &v) in out.iter_mut().zip(map) {
+                            *o = (v - mean) * scale + shift;
+                        }
+                    }
+                    Some((lo, hi)) => {
+                        for (o, &v) in out.iter_mut().zip(map) {
+                            *o = ((v - mean) * scale + shift).max(lo).min(hi);
+                        }
                     }
                 }
-                Some((lo, hi)) => {
-                    for (o, &v) in out.iter_mut().zip(map) {
-                        *o = ((v - mean) * scale + shift).max(lo).min(hi);
-                    }
-                }
-            }
-        }));
+            })
+        });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -138,14 +140,16 @@ impl CustomOp3 for BatchNorm {
                 with_data(&grad, |g| {
                     let mut masked = vec![0f32; n * c * l];
                     let work = masked.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1)).zip(g.par_chunks(l.max(1))));
-                    work.enumerate().for_each(|(i, (out, (map, g)))| cpu_data::wide(|| {
-                        let (mean, scale, shift) = self.affine(i % c, &w, &b);
-                        for ((o, &v), &gv) in out.iter_mut().zip(map).zip(g) {
-                            let y = (v - mean) * scale + shift;
-                            // `&`, not `&&`: no branch, so the loop vectorises.
-                            *o = if (y >= lo) & (y < hi) { gv } else { 0.0 };
-                        }
-                    }));
+                    work.enumerate().for_each(|(i, (out, (map, g)))| {
+                        cpu_data::wide(|| {
+                            let (mean, scale, shift) = self.affine(i % c, &w, &b);
+                            for ((o, &v), &gv) in out.iter_mut().zip(map).zip(g) {
+                                let y = (v - mean) * scale + shift;
+                                // `&`, not `&&`: no branch, so the loop vectorises.
+                                *o = if (y >= lo) & (y < hi) { gv } else { 0.0 };
+                            }
+                        })
+                    });
                     Ok(masked)
                 })
             })?;
@@ -178,13 +182,15 @@ impl CustomOp3 for BatchNorm {
                     })
                     .collect();
                 let mut dx = vec![0f32; n * c * l];
-                dx.par_chunks_mut(l.max(1)).enumerate().for_each(|(i, out)| cpu_data::wide(|| {
-                    let ci = i % c;
-                    let ([ka, kb, kc], mean, at) = (coefficients[ci], self.mean[ci], i * l);
-                    for ((o, &gv), &xv) in out.iter_mut().zip(&g[at..at + l]).zip(&x[at..at + l]) {
-                        *o = ka * gv + kb * (xv - mean) + kc;
-                    }
-                }));
+                dx.par_chunks_mut(l.max(1)).enumerate().for_each(|(i, out)| {
+                    cpu_data::wide(|| {
+                        let ci = i % c;
+                        let ([ka, kb, kc], mean, at) = (coefficients[ci], self.mean[ci], i * l);
+                        for ((o, &gv), &xv) in out.iter_mut().zip(&g[at..at + l]).zip(&x[at..at + l]) {
+                            *o = ka * gv + kb * (xv - mean) + kc;
+                        }
+                    })
+                });
                 #[allow(clippy::cast_possible_truncation)]
                 let (dw, db) = sums
                     .iter()

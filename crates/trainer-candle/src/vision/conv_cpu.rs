@@ -316,10 +316,15 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
         .zip(grad.par_chunks(per_part * g.output()))
         .map(|(xs, grads)| {
             let (mut dw, mut col, mut gathered) = (vec![0f32; g.o * g.rows()], Vec::new(), Vec::new());
-            for (x, grad) in xs.chunks(group * g.image()).zip(grads.chunks(group * g.output())) {
+            let work = xs.chunks(group * g.image()).zip(grads.chunks(group * g.output()));
+            for (i, (x, grad)) in work.enumerate() {
                 let dst = MatMut::from_row_major_slice_mut(&mut dw, g.o, g.rows());
                 let grad = gather(grad, g.o, g.plane(), &mut gathered);
-                matmul(dst, Accum::Add, grad, g.columns(x, &mut col).transpose(), 1.0, par);
+                // The first product replaces: adding it would first read the fresh zeros, and
+                // writing over pages read as zeros costs a copy-on-write fault and a TLB
+                // flush on every core.
+                let accum = if i == 0 { Accum::Replace } else { Accum::Add };
+                matmul(dst, accum, grad, g.columns(x, &mut col).transpose(), 1.0, par);
             }
             dw
         })

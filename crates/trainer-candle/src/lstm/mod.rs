@@ -25,6 +25,8 @@ mod spare;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use kernels::add_assign;
+
 use std::f64::consts::TAU;
 
 use candle_core::{bail, DType, Device, Result, Tensor};

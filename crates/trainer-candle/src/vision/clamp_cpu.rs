@@ -16,6 +16,30 @@ fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     cpu_data::values("clamp-cpu", storage, layout)
 }
 
+/// ReLU's bounds.
+pub(crate) const RELU: (f32, f32) = (0.0, f32::INFINITY);
+
+/// ReLU6's bounds.
+pub(crate) const RELU6: (f32, f32) = (0.0, 6.0);
+
+/// `v` clamped to `[lo, hi]`: the one arithmetic of this operation and of batch norm's fused
+/// clamp (`norm_cpu`).
+#[inline(always)]
+pub(super) fn clamped(v: f32, (lo, hi): (f32, f32)) -> f32 {
+    v.max(lo).min(hi)
+}
+
+/// The clamp's gradient at input `v` for the output gradient `g`: `g` where `lo <= v < hi`, else
+/// 0. `&`, not `&&`: both comparisons on every lane, no branch, so a loop of it vectorises.
+#[inline(always)]
+pub(super) fn passed(v: f32, g: f32, (lo, hi): (f32, f32)) -> f32 {
+    if (v >= lo) & (v < hi) {
+        g
+    } else {
+        0.0
+    }
+}
+
 /// `x` clamped to `[lo, hi]` (`x` a contiguous `f32` CPU tensor), differentiable.
 pub(crate) fn clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
     x.apply_op1(Clamp { lo, hi })
@@ -37,7 +61,7 @@ impl CustomOp1 for Clamp {
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
             cpu_data::wide(|| {
                 for (o, &v) in out.iter_mut().zip(x) {
-                    *o = v.max(self.lo).min(self.hi);
+                    *o = clamped(v, (self.lo, self.hi));
                 }
             })
         });
@@ -69,8 +93,7 @@ impl CustomOp2 for ClampGrad {
         dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(out, (x, g))| {
             cpu_data::wide(|| {
                 for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
-                    // `&`, not `&&`: both comparisons on every lane, no branch, so the loop vectorises.
-                    *o = if (v >= self.lo) & (v < self.hi) { gv } else { 0.0 };
+                    *o = passed(v, gv, (self.lo, self.hi));
                 }
             })
         });

@@ -4,16 +4,17 @@
 //! folded back by col2im, and its weight gradient a sum of products over the groups. A group is
 //! one image unless its maps are small ([`MIN_COLUMNS`]). The groups are shared between the
 //! cores, each product running on one core with its im2col matrix in that core's cache (or, with
-//! fewer groups than cores, each product on all of them). A depthwise convolution is a direct
-//! loop over each map. Sums run in a fixed order, so results do not depend on the number of
-//! threads. The composed candle operations are their test oracle.
+//! fewer groups than cores, each product on all of them). A depthwise convolution is a loop over
+//! each map: at stride 1 one multiply-add per tap over the whole padded map, else per row. Sums
+//! run in a fixed order, so results do not depend on the number of threads. The composed candle
+//! operations are their test oracle.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::lanes;
-use crate::cpu_data;
+use crate::{cpu_data, lstm::add_assign};
 
 /// The fewest columns (images times outputs per map) one matrix product of a convolution has,
 /// where the batch allows: with smaller maps, a product per image would spend its time packing
@@ -146,6 +147,16 @@ fn product_par(tasks: usize) -> Par {
     }
 }
 
+/// Zeroes the entries of `row` (a row of a "same" convolution's im2col matrix or of its
+/// gradient, in output rows of `ow`) outside the columns `ox_lo..ox_hi` of each output row: the
+/// reads past the left and right edges, which a shifted copy of the flat map gets wrong.
+fn zero_edges(row: &mut [f32], ow: usize, (ox_lo, ox_hi): (usize, usize)) {
+    for out in row.chunks_exact_mut(ow) {
+        out[..ox_lo].fill(0.0);
+        out[ox_hi..].fill(0.0);
+    }
+}
+
 /// The im2col matrix of one image `x` (`[c, h, w]`) into the columns `at..at + oh * ow` of `col`
 /// (rows of `ld` values): row `(ci, ki, kj)`, column `at + (oy, ox)` gets `x[ci, oy * s + ki - p,
 /// ox * s + kj - p]`, or 0 outside. Every value of those columns is written.
@@ -165,10 +176,7 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
             if lo < hi {
                 row[lo..hi].copy_from_slice(&map[lo + plus - minus..hi + plus - minus]);
             }
-            for dst in row.chunks_exact_mut(g.ow) {
-                dst[..ox_lo].fill(0.0);
-                dst[ox_hi..].fill(0.0);
-            }
+            zero_edges(row, g.ow, (ox_lo, ox_hi));
             continue;
         }
         for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
@@ -205,10 +213,7 @@ fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32]) 
                 if g.same() {
                     // The entries past the left and right edges zeroed, then one addition
                     // into the shifted map.
-                    for src in row.chunks_exact_mut(g.ow) {
-                        src[..ox_lo].fill(0.0);
-                        src[ox_hi..].fill(0.0);
-                    }
+                    zero_edges(row, g.ow, (ox_lo, ox_hi));
                     let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
                     if lo < hi {
                         for (d, v) in map[lo + plus - minus..hi + plus - minus].iter_mut().zip(&row[lo..hi]) {
@@ -332,13 +337,9 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let Some((dw, rest)) = partials.split_first_mut() else { return vec![0f32; g.o * g.rows()] };
     const CHUNK: usize = 1 << 14;
     dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, sum)| {
-        cpu_data::wide(|| {
-            for part in rest.iter() {
-                for (d, v) in sum.iter_mut().zip(&part[i * CHUNK..]) {
-                    *d += v;
-                }
-            }
-        })
+        for part in rest.iter() {
+            add_assign(pulp::Arch::new(), sum, &part[i * CHUNK..][..sum.len()]);
+        }
     });
     partials.swap_remove(0)
 }

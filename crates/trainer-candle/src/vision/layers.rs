@@ -556,7 +556,7 @@ pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 /// `max(x, 0)`: on the CPU (`f32`) the kernel of `clamp_cpu`, elsewhere candle's.
 pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
     if fast_path(x) {
-        clamp_cpu::clamp(&x.contiguous()?, 0.0, f32::INFINITY)
+        clamp_cpu::clamp(&x.contiguous()?, clamp_cpu::RELU.0, clamp_cpu::RELU.1)
     } else {
         x.relu()
     }
@@ -567,7 +567,7 @@ pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
 /// against a broadcast constant that `minimum` takes).
 pub(crate) fn relu6(x: &Tensor) -> Result<Tensor> {
     if fast_path(x) {
-        clamp_cpu::clamp(&x.contiguous()?, 0.0, 6.0)
+        clamp_cpu::clamp(&x.contiguous()?, clamp_cpu::RELU6.0, clamp_cpu::RELU6.1)
     } else {
         x.relu()? - x.affine(1.0, -6.0)?.relu()?
     }
@@ -647,8 +647,8 @@ impl Activation {
     fn bounds(self) -> Option<(f32, f32)> {
         match self {
             Self::Identity => None,
-            Self::Relu => Some((0.0, f32::INFINITY)),
-            Self::Relu6 => Some((0.0, 6.0)),
+            Self::Relu => Some(clamp_cpu::RELU),
+            Self::Relu6 => Some(clamp_cpu::RELU6),
         }
     }
 

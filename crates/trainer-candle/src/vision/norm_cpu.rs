@@ -7,7 +7,10 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::lanes;
+use super::{
+    clamp_cpu::{clamped, passed},
+    lanes,
+};
 use crate::cpu_data;
 
 /// The contiguous `f32` data of a CPU tensor.
@@ -110,9 +113,9 @@ impl CustomOp3 for BatchNorm {
                             *o = (v - mean) * scale + shift;
                         }
                     }
-                    Some((lo, hi)) => {
+                    Some(bounds) => {
                         for (o, &v) in out.iter_mut().zip(map) {
-                            *o = ((v - mean) * scale + shift).max(lo).min(hi);
+                            *o = clamped((v - mean) * scale + shift, bounds);
                         }
                     }
                 }
@@ -132,7 +135,7 @@ impl CustomOp3 for BatchNorm {
         let (n, c, l) = x.dims3()?;
         let w = with_data(&weight.contiguous()?, |w| Ok(w.to_vec()))?;
         let mut grad = grad.contiguous()?;
-        if let Some((lo, hi)) = self.clamp {
+        if let Some(bounds) = self.clamp {
             // The clamp's gradient first: the output gradient where the value before the clamp
             // (recomputed as the forward pass did) lies in `lo..hi`.
             let b = with_data(&bias.contiguous()?, |b| Ok(b.to_vec()))?;
@@ -144,9 +147,7 @@ impl CustomOp3 for BatchNorm {
                         cpu_data::wide(|| {
                             let (mean, scale, shift) = self.affine(i % c, &w, &b);
                             for ((o, &v), &gv) in out.iter_mut().zip(map).zip(g) {
-                                let y = (v - mean) * scale + shift;
-                                // `&`, not `&&`: no branch, so the loop vectorises.
-                                *o = if (y >= lo) & (y < hi) { gv } else { 0.0 };
+                                *o = passed((v - mean) * scale + shift, gv, bounds);
                             }
                         })
                     });

@@ -4,10 +4,14 @@
 //! folded back by col2im, and its weight gradient a sum of products over the groups. A group is
 //! one image unless its maps are small ([`MIN_COLUMNS`]). The groups are shared between the
 //! cores, each product running on one core with its im2col matrix in that core's cache (or, with
-//! fewer groups than cores, each product on all of them). A depthwise convolution is a loop over
+//! fewer groups than cores, each product on all of them). A strided convolution splits each
+//! input row into its phases first, so that its im2col rows are contiguous copies too; every
+//! thread keeps its buffers from one call to the next ([`Scratch`]). A depthwise convolution is a loop over
 //! each map: at stride 1 one multiply-add per tap over the whole padded map, else per row. Sums
 //! run in a fixed order, so results do not depend on the number of threads. The composed candle
 //! operations are their test oracle.
+
+use std::cell::Cell;
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
@@ -108,18 +112,58 @@ impl Geometry {
 
     /// The im2col matrix `[c * k * k, count * oh * ow]` of `count` images `x` (`[count, c, h,
     /// w]`), image `i` in columns `i * oh * ow..`: one pointwise image itself, else written into
-    /// `buf`.
-    fn columns<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> MatRef<'a, f32> {
+    /// `col` (strided ones by way of `phases`, [`Self::phased`]).
+    fn columns<'a>(&self, x: &'a [f32], col: &'a mut Vec<f32>, phases: &mut Vec<f32>) -> MatRef<'a, f32> {
         let count = x.len() / self.image();
         let ld = count * self.plane();
         if self.pointwise() && count == 1 {
             return MatRef::from_row_major_slice(x, self.rows(), ld);
         }
-        buf.resize(self.rows() * ld, 0.0);
+        let col = reuse(col, self.rows() * ld);
         for (i, x) in x.chunks_exact(self.image()).enumerate() {
-            im2col(self, x, buf, ld, i * self.plane());
+            let phased = self.phased(x, phases);
+            im2col(self, phased, col, ld, i * self.plane());
         }
-        MatRef::from_row_major_slice(buf, self.rows(), ld)
+        MatRef::from_row_major_slice(col, self.rows(), ld)
+    }
+
+    /// Values per phase of an input row at this stride: `w / s`, rounded up.
+    fn run(&self) -> usize {
+        self.w.div_ceil(self.s)
+    }
+
+    /// One image `x` (`[c, h, w]`) with its rows split into phases: row `(ci, iy)` as `s` runs
+    /// of [`Self::run`] values, run `q` holding `x[ci, iy, q], x[ci, iy, q + s], ..` (zeros
+    /// past the row's end), so that the reads of a strided window along a row are one
+    /// contiguous run. At stride 1 that is `x` itself; else written into `buf`.
+    fn phased<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        if self.s == 1 || self.gathers() {
+            return x;
+        }
+        let (s, run) = (self.s, self.run());
+        let out = reuse(buf, self.c * self.h * s * run);
+        for (src, dst) in x.chunks_exact(self.w).zip(out.chunks_exact_mut(s * run)) {
+            for (q, phase) in dst.chunks_exact_mut(run).enumerate() {
+                let mut values = src[q.min(self.w)..].iter().step_by(s);
+                phase.fill_with(|| values.next().copied().unwrap_or(0.0));
+            }
+        }
+        out
+    }
+
+    /// Whether the strided reads of a row are gathered one by one from the image instead of
+    /// split into [`Self::phased`] runs first: for a kernel no wider than its stride, which
+    /// reads each input at most once (a strided 1x1), so the split would copy more than it
+    /// saves.
+    fn gathers(&self) -> bool {
+        self.s > 1 && self.k <= self.s
+    }
+
+    /// Where, in a [`Self::phased`] image, the reads of row `(ci, ki, kj)` of the im2col matrix
+    /// for output row `oy` and outputs `ox_lo..` start (`ox_lo` from [`Self::span`]).
+    fn phase_start(&self, ci: usize, ki: usize, kj: usize, oy: usize, ox_lo: usize) -> usize {
+        let (iy, ix) = (oy * self.s + ki - self.p, ox_lo * self.s + kj - self.p);
+        ((ci * self.h + iy) * self.s + ix % self.s) * self.run() + ix / self.s
     }
 
     /// The outputs `lo..hi` of a row (or column) whose kernel offset is `kj` that read inside a
@@ -134,6 +178,41 @@ impl Geometry {
 /// The contiguous `f32` data of a CPU tensor.
 fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     cpu_data::values("conv-cpu", storage, layout)
+}
+
+/// The buffers one thread's convolution work writes into (im2col matrices, products to scatter,
+/// gathered gradients, phased images), kept from one call to the next: a training step runs the
+/// same convolutions every time, so after the first step nothing is allocated or zero-filled.
+/// They last as long as the thread, which in a run process is the run.
+#[derive(Default)]
+struct Scratch {
+    col: Vec<f32>,
+    out: Vec<f32>,
+    gathered: Vec<f32>,
+    phases: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = Cell::default();
+}
+
+/// Runs `f` with this thread's [`Scratch`], inside [`cpu_data::wide`]. Taken out for the call,
+/// so that a call nested in it (a job of another convolution this thread picks up while a
+/// parallel product waits) starts from empty buffers instead of sharing them.
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut scratch = SCRATCH.take();
+    let result = cpu_data::wide(|| f(&mut scratch));
+    SCRATCH.set(scratch);
+    result
+}
+
+/// The first `len` values of `buf`, grown (with zeros) to hold them: what was there before
+/// stays, so callers overwrite or clear what they use.
+fn reuse(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 /// How one matrix product of `tasks` running side by side uses the cores: one each when there
@@ -157,7 +236,7 @@ fn zero_edges(row: &mut [f32], ow: usize, (ox_lo, ox_hi): (usize, usize)) {
     }
 }
 
-/// The im2col matrix of one image `x` (`[c, h, w]`) into the columns `at..at + oh * ow` of `col`
+/// The im2col matrix of one image `x` (`[c, h, w]`, [`Geometry::phased`]) into the columns `at..at + oh * ow` of `col`
 /// (rows of `ld` values): row `(ci, ki, kj)`, column `at + (oy, ox)` gets `x[ci, oy * s + ki - p,
 /// ox * s + kj - p]`, or 0 outside. Every value of those columns is written.
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
@@ -167,9 +246,9 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
         let (ci, ki, kj) = (r / (k * k), r / k % k, r % k);
         let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
         let (ox_lo, ox_hi) = g.span(kj, g.w, g.ow);
-        let map = &x[ci * hw..][..hw];
         if g.same() {
             // One copy of the shifted map, then the reads past the left and right edges zeroed.
+            let map = &x[ci * hw..][..hw];
             let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
             row[..lo].fill(0.0);
             row[hi..].fill(0.0);
@@ -184,15 +263,15 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
                 dst.fill(0.0);
                 continue;
             }
-            let src = &map[(oy * g.s + ki - g.p) * g.w..][..g.w];
             dst[..ox_lo].fill(0.0);
             dst[ox_hi..].fill(0.0);
-            if g.s == 1 {
-                dst[ox_lo..ox_hi].copy_from_slice(&src[ox_lo + kj - g.p..ox_hi + kj - g.p]);
-            } else {
-                for (ox, d) in (ox_lo..ox_hi).zip(&mut dst[ox_lo..ox_hi]) {
-                    *d = src[ox * g.s + kj - g.p];
+            if g.gathers() {
+                let src = &x[(ci * g.h + oy * g.s + ki - g.p) * g.w + ox_lo * g.s + kj - g.p..];
+                for (d, v) in dst[ox_lo..ox_hi].iter_mut().zip(src.iter().step_by(g.s)) {
+                    *d = *v;
                 }
+            } else {
+                dst[ox_lo..ox_hi].copy_from_slice(&x[g.phase_start(ci, ki, kj, oy, ox_lo)..][..ox_hi - ox_lo]);
             }
         }
     }
@@ -201,42 +280,69 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
 /// One image's input gradient `dx` (`[c, h, w]`) from the columns `at..at + oh * ow` of the
 /// im2col matrix's gradient `dcol` (rows of `ld` values): the sum, for every input, of the
 /// matrix entries that read it, added to `dx` (zeros from the caller). A "same" convolution's
-/// entries that read outside the map are zeroed in `dcol` on the way.
-fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32]) {
+/// entries that read outside the map are zeroed in `dcol` on the way. A strided one's sums
+/// build up in `phases` ([`Geometry::phased`]), spread back over `dx` at the end.
+fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32], phases: &mut Vec<f32>) {
     let (k, plane, hw) = (g.k, g.plane(), g.h * g.w);
-    for (ci, map) in dx.chunks_exact_mut(hw).enumerate() {
-        for ki in 0..k {
-            let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
-            for kj in 0..k {
-                let (ox_lo, ox_hi) = g.span(kj, g.w, g.ow);
+    if g.same() {
+        for (ci, map) in dx.chunks_exact_mut(hw).enumerate() {
+            for (ki, kj) in (0..k).flat_map(|ki| (0..k).map(move |kj| (ki, kj))) {
+                // The entries past the left and right edges zeroed, then one addition into
+                // the shifted map.
                 let row = &mut dcol[((ci * k + ki) * k + kj) * ld + at..][..plane];
-                if g.same() {
-                    // The entries past the left and right edges zeroed, then one addition
-                    // into the shifted map.
-                    zero_edges(row, g.ow, (ox_lo, ox_hi));
-                    let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
-                    if lo < hi {
-                        for (d, v) in map[lo + plus - minus..hi + plus - minus].iter_mut().zip(&row[lo..hi]) {
-                            *d += v;
-                        }
-                    }
-                    continue;
-                }
-                for oy in oy_lo..oy_hi {
-                    let dst = &mut map[(oy * g.s + ki - g.p) * g.w..][..g.w];
-                    let src = &row[oy * g.ow..][..g.ow];
-                    if g.s == 1 && ox_lo < ox_hi {
-                        for (d, v) in dst[ox_lo + kj - g.p..ox_hi + kj - g.p].iter_mut().zip(&src[ox_lo..ox_hi]) {
-                            *d += v;
-                        }
-                    } else {
-                        for ox in ox_lo..ox_hi {
-                            dst[ox * g.s + kj - g.p] += src[ox];
-                        }
-                    }
+                zero_edges(row, g.ow, g.span(kj, g.w, g.ow));
+                let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
+                if lo < hi {
+                    add_into(&mut map[lo + plus - minus..hi + plus - minus], &row[lo..hi]);
                 }
             }
         }
+        return;
+    }
+    let sums = if g.s == 1 || g.gathers() {
+        &mut *dx
+    } else {
+        let sums = reuse(phases, g.c * g.h * g.s * g.run());
+        sums.fill(0.0);
+        sums
+    };
+    for (r, row) in dcol.chunks_exact(ld).enumerate() {
+        let (ci, ki, kj) = (r / (k * k), r / k % k, r % k);
+        let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
+        let (ox_lo, ox_hi) = g.span(kj, g.w, g.ow);
+        if ox_lo == ox_hi {
+            continue;
+        }
+        for oy in oy_lo..oy_hi {
+            let src = &row[at + oy * g.ow..][ox_lo..ox_hi];
+            if g.gathers() {
+                let dst = &mut sums[(ci * g.h + oy * g.s + ki - g.p) * g.w + ox_lo * g.s + kj - g.p..];
+                for (d, v) in dst.iter_mut().step_by(g.s).zip(src) {
+                    *d += v;
+                }
+            } else {
+                add_into(&mut sums[g.phase_start(ci, ki, kj, oy, ox_lo)..][..src.len()], src);
+            }
+        }
+    }
+    if g.s > 1 && !g.gathers() {
+        let run = g.run();
+        for (dst, src) in dx.chunks_exact_mut(g.w).zip(phases.chunks_exact(g.s * run)) {
+            for (q, phase) in src.chunks_exact(run).enumerate() {
+                for (d, v) in dst[q.min(g.w)..].iter_mut().step_by(g.s).zip(phase) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
+/// `dst += src`, element by element: a plain loop, which [`cpu_data::wide`] around the caller
+/// vectorises.
+#[inline(always)]
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d += v;
     }
 }
 
@@ -247,7 +353,7 @@ fn gather<'a>(src: &'a [f32], o: usize, plane: usize, buf: &'a mut Vec<f32>) -> 
     if ld == plane {
         return MatRef::from_row_major_slice(src, o, ld);
     }
-    buf.resize(src.len(), 0.0);
+    let buf = reuse(buf, src.len());
     for (i, image) in src.chunks_exact(o * plane).enumerate() {
         for (row, map) in buf.chunks_exact_mut(ld).zip(image.chunks_exact(plane)) {
             row[i * plane..][..plane].copy_from_slice(map);
@@ -262,16 +368,16 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (w, par) = (MatRef::from_row_major_slice(w, g.o, g.rows()), product_par(g.n.div_ceil(group)));
     let mut y = vec![0f32; g.n * g.output()];
     let work = y.par_chunks_mut(group * g.output()).zip(x.par_chunks(group * g.image()));
-    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(col, out), (y, x)| {
-        cpu_data::wide(|| {
-            let col = g.columns(x, col);
+    work.for_each(|(y, x)| {
+        with_scratch(|Scratch { col, out, phases, .. }| {
+            let col = g.columns(x, col, phases);
             if y.len() == g.output() {
                 matmul(MatMut::from_row_major_slice_mut(y, g.o, plane), Accum::Replace, w, col, 1.0, par);
                 return;
             }
             // `[o, count * plane]`, scattered to `[count, o, plane]`.
             let ld = col.ncols();
-            out.resize(g.o * ld, 0.0);
+            let out = reuse(out, g.o * ld);
             matmul(MatMut::from_row_major_slice_mut(out, g.o, ld), Accum::Replace, w, col, 1.0, par);
             for (i, image) in y.chunks_exact_mut(g.output()).enumerate() {
                 for (map, row) in image.chunks_exact_mut(plane).zip(out.chunks_exact(ld)) {
@@ -290,18 +396,18 @@ fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
     let par = product_par(g.n.div_ceil(group));
     let mut dx = vec![0f32; g.n * g.image()];
     let work = dx.par_chunks_mut(group * g.image()).zip(grad.par_chunks(group * g.output()));
-    work.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(dcol, gathered), (dx, grad)| {
-        cpu_data::wide(|| {
+    work.for_each(|(dx, grad)| {
+        with_scratch(|Scratch { col: dcol, gathered, phases, .. }| {
             let grad = gather(grad, g.o, plane, gathered);
             let ld = grad.ncols();
             if g.pointwise() && ld == plane {
                 matmul(MatMut::from_row_major_slice_mut(dx, g.c, plane), Accum::Replace, wt, grad, 1.0, par);
                 return;
             }
-            dcol.resize(g.rows() * ld, 0.0);
+            let dcol = reuse(dcol, g.rows() * ld);
             matmul(MatMut::from_row_major_slice_mut(dcol, g.rows(), ld), Accum::Replace, wt, grad, 1.0, par);
             for (i, dx) in dx.chunks_exact_mut(g.image()).enumerate() {
-                col2im(g, dcol, ld, i * plane, dx);
+                col2im(g, dcol, ld, i * plane, dx, phases);
             }
         })
     });
@@ -320,17 +426,19 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
         .par_chunks(per_part * g.image())
         .zip(grad.par_chunks(per_part * g.output()))
         .map(|(xs, grads)| {
-            let (mut dw, mut col, mut gathered) = (vec![0f32; g.o * g.rows()], Vec::new(), Vec::new());
-            let work = xs.chunks(group * g.image()).zip(grads.chunks(group * g.output()));
-            for (i, (x, grad)) in work.enumerate() {
-                let dst = MatMut::from_row_major_slice_mut(&mut dw, g.o, g.rows());
-                let grad = gather(grad, g.o, g.plane(), &mut gathered);
-                // The first product replaces: adding it would first read the fresh zeros, and
-                // writing over pages read as zeros costs a copy-on-write fault and a TLB
-                // flush on every core.
-                let accum = if i == 0 { Accum::Replace } else { Accum::Add };
-                matmul(dst, accum, grad, g.columns(x, &mut col).transpose(), 1.0, par);
-            }
+            let mut dw = vec![0f32; g.o * g.rows()];
+            with_scratch(|Scratch { col, gathered, phases, .. }| {
+                let work = xs.chunks(group * g.image()).zip(grads.chunks(group * g.output()));
+                for (i, (x, grad)) in work.enumerate() {
+                    let dst = MatMut::from_row_major_slice_mut(&mut dw, g.o, g.rows());
+                    let grad = gather(grad, g.o, g.plane(), gathered);
+                    // The first product replaces: adding it would first read the fresh zeros,
+                    // and writing over pages read as zeros costs a copy-on-write fault and a
+                    // TLB flush on every core.
+                    let accum = if i == 0 { Accum::Replace } else { Accum::Add };
+                    matmul(dst, accum, grad, g.columns(x, col, phases).transpose(), 1.0, par);
+                }
+            });
             dw
         })
         .collect();

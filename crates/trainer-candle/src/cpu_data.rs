@@ -30,6 +30,11 @@ pub(crate) fn with_values<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Res
 /// NEON), chosen at run time by pulp: the loops inlined into it vectorise to that width instead
 /// of the build target's baseline (SSE2 on x86-64). The arithmetic is the same on every
 /// machine: no sum is reordered and no multiply-add fused that the baseline would not.
+///
+/// Mark the closure `#[inline(always)]` (`wide(#[inline(always)] || ...)`): a closure is a
+/// function of its own, compiled for the baseline, and LLVM declines to inline a large one into
+/// pulp's function for the wide instructions, where its loops would be compiled for them. (Left
+/// to itself, max-pooling's loops stayed SSE2 and ran 5x slower.)
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)

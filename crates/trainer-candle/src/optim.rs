@@ -260,18 +260,21 @@ impl InplaceOp2 for Moment {
         }
         let squared = self.squared;
         state.par_chunks_mut(BLOCK).zip(grad.par_chunks(BLOCK)).for_each(|(s, g)| {
-            crate::cpu_data::wide(|| {
-                // One loop per case: with the test inside, the loop does not vectorise.
-                if squared {
-                    for (s, &g) in s.iter_mut().zip(g) {
-                        *s = *s * beta + g * g * one_beta;
+            crate::cpu_data::wide(
+                #[inline(always)]
+                || {
+                    // One loop per case: with the test inside, the loop does not vectorise.
+                    if squared {
+                        for (s, &g) in s.iter_mut().zip(g) {
+                            *s = *s * beta + g * g * one_beta;
+                        }
+                    } else {
+                        for (s, &g) in s.iter_mut().zip(g) {
+                            *s = *s * beta + g * one_beta;
+                        }
                     }
-                } else {
-                    for (s, &g) in s.iter_mut().zip(g) {
-                        *s = *s * beta + g * one_beta;
-                    }
-                }
-            })
+                },
+            )
         });
         Ok(())
     }
@@ -292,13 +295,16 @@ impl InplaceOp3 for AdamStep {
             candle_core::bail!("adam-cpu: moments of {} and {} values for {} weights", m.len(), v.len(), theta.len())
         }
         theta.par_chunks_mut(BLOCK).zip(m.par_chunks(BLOCK).zip(v.par_chunks(BLOCK))).for_each(|(th, (m, v))| {
-            crate::cpu_data::wide(|| {
-                for ((th, &mi), &vi) in th.iter_mut().zip(m).zip(v) {
-                    let update = (mi / bias1) / ((vi / bias2).sqrt() + eps);
-                    let decayed = if decay == 1.0 { *th } else { *th * decay };
-                    *th = decayed - update * lr;
-                }
-            })
+            crate::cpu_data::wide(
+                #[inline(always)]
+                || {
+                    for ((th, &mi), &vi) in th.iter_mut().zip(m).zip(v) {
+                        let update = (mi / bias1) / ((vi / bias2).sqrt() + eps);
+                        let decayed = if decay == 1.0 { *th } else { *th * decay };
+                        *th = decayed - update * lr;
+                    }
+                },
+            )
         });
         Ok(())
     }

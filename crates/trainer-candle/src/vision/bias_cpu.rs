@@ -43,12 +43,15 @@ impl CustomOp2 for ChannelBias {
         }
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| {
-            cpu_data::wide(|| {
-                let shift = b[i % c];
-                for (o, &v) in out.iter_mut().zip(map) {
-                    *o = v + shift;
-                }
-            })
+            cpu_data::wide(
+                #[inline(always)]
+                || {
+                    let shift = b[i % c];
+                    for (o, &v) in out.iter_mut().zip(map) {
+                        *o = v + shift;
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }

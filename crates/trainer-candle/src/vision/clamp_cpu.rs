@@ -59,11 +59,14 @@ impl CustomOp1 for Clamp {
         let x = data(storage, layout)?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
-            cpu_data::wide(|| {
-                for (o, &v) in out.iter_mut().zip(x) {
-                    *o = clamped(v, (self.lo, self.hi));
-                }
-            })
+            cpu_data::wide(
+                #[inline(always)]
+                || {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = clamped(v, (self.lo, self.hi));
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
@@ -91,11 +94,14 @@ impl CustomOp2 for ClampGrad {
         }
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(out, (x, g))| {
-            cpu_data::wide(|| {
-                for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
-                    *o = passed(v, gv, (self.lo, self.hi));
-                }
-            })
+            cpu_data::wide(
+                #[inline(always)]
+                || {
+                    for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
+                        *o = passed(v, gv, (self.lo, self.hi));
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }

@@ -201,7 +201,10 @@ thread_local! {
 /// parallel product waits) starts from empty buffers instead of sharing them.
 fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     let mut scratch = SCRATCH.take();
-    let result = cpu_data::wide(|| f(&mut scratch));
+    let result = cpu_data::wide(
+        #[inline(always)]
+        || f(&mut scratch),
+    );
     SCRATCH.set(scratch);
     result
 }
@@ -369,22 +372,25 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let mut y = vec![0f32; g.n * g.output()];
     let work = y.par_chunks_mut(group * g.output()).zip(x.par_chunks(group * g.image()));
     work.for_each(|(y, x)| {
-        with_scratch(|Scratch { col, out, phases, .. }| {
-            let col = g.columns(x, col, phases);
-            if y.len() == g.output() {
-                matmul(MatMut::from_row_major_slice_mut(y, g.o, plane), Accum::Replace, w, col, 1.0, par);
-                return;
-            }
-            // `[o, count * plane]`, scattered to `[count, o, plane]`.
-            let ld = col.ncols();
-            let out = reuse(out, g.o * ld);
-            matmul(MatMut::from_row_major_slice_mut(out, g.o, ld), Accum::Replace, w, col, 1.0, par);
-            for (i, image) in y.chunks_exact_mut(g.output()).enumerate() {
-                for (map, row) in image.chunks_exact_mut(plane).zip(out.chunks_exact(ld)) {
-                    map.copy_from_slice(&row[i * plane..][..plane]);
+        with_scratch(
+            #[inline(always)]
+            |Scratch { col, out, phases, .. }| {
+                let col = g.columns(x, col, phases);
+                if y.len() == g.output() {
+                    matmul(MatMut::from_row_major_slice_mut(y, g.o, plane), Accum::Replace, w, col, 1.0, par);
+                    return;
                 }
-            }
-        })
+                // `[o, count * plane]`, scattered to `[count, o, plane]`.
+                let ld = col.ncols();
+                let out = reuse(out, g.o * ld);
+                matmul(MatMut::from_row_major_slice_mut(out, g.o, ld), Accum::Replace, w, col, 1.0, par);
+                for (i, image) in y.chunks_exact_mut(g.output()).enumerate() {
+                    for (map, row) in image.chunks_exact_mut(plane).zip(out.chunks_exact(ld)) {
+                        map.copy_from_slice(&row[i * plane..][..plane]);
+                    }
+                }
+            },
+        )
     });
     y
 }
@@ -397,19 +403,22 @@ fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
     let mut dx = vec![0f32; g.n * g.image()];
     let work = dx.par_chunks_mut(group * g.image()).zip(grad.par_chunks(group * g.output()));
     work.for_each(|(dx, grad)| {
-        with_scratch(|Scratch { col: dcol, gathered, phases, .. }| {
-            let grad = gather(grad, g.o, plane, gathered);
-            let ld = grad.ncols();
-            if g.pointwise() && ld == plane {
-                matmul(MatMut::from_row_major_slice_mut(dx, g.c, plane), Accum::Replace, wt, grad, 1.0, par);
-                return;
-            }
-            let dcol = reuse(dcol, g.rows() * ld);
-            matmul(MatMut::from_row_major_slice_mut(dcol, g.rows(), ld), Accum::Replace, wt, grad, 1.0, par);
-            for (i, dx) in dx.chunks_exact_mut(g.image()).enumerate() {
-                col2im(g, dcol, ld, i * plane, dx, phases);
-            }
-        })
+        with_scratch(
+            #[inline(always)]
+            |Scratch { col: dcol, gathered, phases, .. }| {
+                let grad = gather(grad, g.o, plane, gathered);
+                let ld = grad.ncols();
+                if g.pointwise() && ld == plane {
+                    matmul(MatMut::from_row_major_slice_mut(dx, g.c, plane), Accum::Replace, wt, grad, 1.0, par);
+                    return;
+                }
+                let dcol = reuse(dcol, g.rows() * ld);
+                matmul(MatMut::from_row_major_slice_mut(dcol, g.rows(), ld), Accum::Replace, wt, grad, 1.0, par);
+                for (i, dx) in dx.chunks_exact_mut(g.image()).enumerate() {
+                    col2im(g, dcol, ld, i * plane, dx, phases);
+                }
+            },
+        )
     });
     dx
 }
@@ -427,18 +436,21 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
         .zip(grad.par_chunks(per_part * g.output()))
         .map(|(xs, grads)| {
             let mut dw = vec![0f32; g.o * g.rows()];
-            with_scratch(|Scratch { col, gathered, phases, .. }| {
-                let work = xs.chunks(group * g.image()).zip(grads.chunks(group * g.output()));
-                for (i, (x, grad)) in work.enumerate() {
-                    let dst = MatMut::from_row_major_slice_mut(&mut dw, g.o, g.rows());
-                    let grad = gather(grad, g.o, g.plane(), gathered);
-                    // The first product replaces: adding it would first read the fresh zeros,
-                    // and writing over pages read as zeros costs a copy-on-write fault and a
-                    // TLB flush on every core.
-                    let accum = if i == 0 { Accum::Replace } else { Accum::Add };
-                    matmul(dst, accum, grad, g.columns(x, col, phases).transpose(), 1.0, par);
-                }
-            });
+            with_scratch(
+                #[inline(always)]
+                |Scratch { col, gathered, phases, .. }| {
+                    let work = xs.chunks(group * g.image()).zip(grads.chunks(group * g.output()));
+                    for (i, (x, grad)) in work.enumerate() {
+                        let dst = MatMut::from_row_major_slice_mut(&mut dw, g.o, g.rows());
+                        let grad = gather(grad, g.o, g.plane(), gathered);
+                        // The first product replaces: adding it would first read the fresh zeros,
+                        // and writing over pages read as zeros costs a copy-on-write fault and a
+                        // TLB flush on every core.
+                        let accum = if i == 0 { Accum::Replace } else { Accum::Add };
+                        matmul(dst, accum, grad, g.columns(x, col, phases).transpose(), 1.0, par);
+                    }
+                },
+            );
             dw
         })
         .collect();
@@ -618,16 +630,19 @@ fn depthwise_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
     let mut y = vec![0f32; g.n * g.c * plane];
     y.par_chunks_mut(plane).enumerate().for_each_init(<(Vec<f32>, Vec<f32>)>::default, |bufs, (m, out)| {
-        cpu_data::wide(|| {
-            let (map, taps) = (&x[m * hw..][..hw], &w[(m % g.c) * kk..][..kk]);
-            if g.s == 1 {
-                return correlate(map, (g.h, g.w), taps, g.k, g.p, out, bufs);
-            }
-            for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
-                let (src, dst) = (&map[iy * g.w..][..g.w], &mut out[oy * g.ow..][..g.ow]);
-                axpy_strided(&mut dst[lo..hi], taps[ki * g.k + kj], &src[lo * g.s + kj - g.p..], g.s);
-            });
-        })
+        cpu_data::wide(
+            #[inline(always)]
+            || {
+                let (map, taps) = (&x[m * hw..][..hw], &w[(m % g.c) * kk..][..kk]);
+                if g.s == 1 {
+                    return correlate(map, (g.h, g.w), taps, g.k, g.p, out, bufs);
+                }
+                for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
+                    let (src, dst) = (&map[iy * g.w..][..g.w], &mut out[oy * g.ow..][..g.ow]);
+                    axpy_strided(&mut dst[lo..hi], taps[ki * g.k + kj], &src[lo * g.s + kj - g.p..], g.s);
+                });
+            },
+        )
     });
     y
 }
@@ -639,26 +654,29 @@ fn depthwise_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
     let mut dx = vec![0f32; g.n * g.c * hw];
     let work = dx.par_chunks_mut(hw).enumerate();
     work.for_each_init(<((Vec<f32>, Vec<f32>), Vec<f32>)>::default, |(bufs, flipped), (m, map)| {
-        cpu_data::wide(|| {
-            let (gm, taps) = (&grad[m * plane..][..plane], &w[(m % g.c) * kk..][..kk]);
-            if g.s == 1 && g.p < g.k {
-                flipped.clear();
-                flipped.extend(taps.iter().rev());
-                return correlate(gm, (g.oh, g.ow), flipped, g.k, g.k - 1 - g.p, map, bufs);
-            }
-            for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
-                let weight = taps[ki * g.k + kj];
-                let (src, dst) = (&gm[oy * g.ow..][..g.ow], &mut map[iy * g.w..][..g.w]);
-                let dst = &mut dst[lo * g.s + kj - g.p..];
-                if g.s == 1 {
-                    axpy_strided(&mut dst[..hi - lo], weight, &src[lo..hi], 1);
-                } else {
-                    for (d, v) in dst.iter_mut().step_by(g.s).zip(&src[lo..hi]) {
-                        *d += weight * v;
-                    }
+        cpu_data::wide(
+            #[inline(always)]
+            || {
+                let (gm, taps) = (&grad[m * plane..][..plane], &w[(m % g.c) * kk..][..kk]);
+                if g.s == 1 && g.p < g.k {
+                    flipped.clear();
+                    flipped.extend(taps.iter().rev());
+                    return correlate(gm, (g.oh, g.ow), flipped, g.k, g.k - 1 - g.p, map, bufs);
                 }
-            });
-        })
+                for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
+                    let weight = taps[ki * g.k + kj];
+                    let (src, dst) = (&gm[oy * g.ow..][..g.ow], &mut map[iy * g.w..][..g.w]);
+                    let dst = &mut dst[lo * g.s + kj - g.p..];
+                    if g.s == 1 {
+                        axpy_strided(&mut dst[..hi - lo], weight, &src[lo..hi], 1);
+                    } else {
+                        for (d, v) in dst.iter_mut().step_by(g.s).zip(&src[lo..hi]) {
+                            *d += weight * v;
+                        }
+                    }
+                });
+            },
+        )
     });
     dx
 }
@@ -670,28 +688,31 @@ fn depthwise_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     let (hw, plane, kk) = (g.h * g.w, g.plane(), g.k * g.k);
     let mut dw = vec![0f32; g.c * kk];
     dw.par_chunks_mut(kk).enumerate().for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(src, spread), (ci, taps)| {
-        cpu_data::wide(|| {
-            for ni in 0..g.n {
-                let m = ni * g.c + ci;
-                let (map, gm) = (&x[m * hw..][..hw], &grad[m * plane..][..plane]);
-                if g.s == 1 {
-                    let pitch = padded(map, g.h, g.w, g.p, g.k, src);
-                    spread.clear();
-                    spread.resize(g.oh * pitch, 0.0);
-                    for (row, gr) in spread.chunks_exact_mut(pitch).zip(gm.chunks_exact(g.ow)) {
-                        row[..g.ow].copy_from_slice(gr);
+        cpu_data::wide(
+            #[inline(always)]
+            || {
+                for ni in 0..g.n {
+                    let m = ni * g.c + ci;
+                    let (map, gm) = (&x[m * hw..][..hw], &grad[m * plane..][..plane]);
+                    if g.s == 1 {
+                        let pitch = padded(map, g.h, g.w, g.p, g.k, src);
+                        spread.clear();
+                        spread.resize(g.oh * pitch, 0.0);
+                        for (row, gr) in spread.chunks_exact_mut(pitch).zip(gm.chunks_exact(g.ow)) {
+                            row[..g.ow].copy_from_slice(gr);
+                        }
+                        for (t, tap) in taps.iter_mut().enumerate() {
+                            *tap += lanes::dot(spread, &src[t / g.k * pitch + t % g.k..]);
+                        }
+                        continue;
                     }
-                    for (t, tap) in taps.iter_mut().enumerate() {
-                        *tap += lanes::dot(spread, &src[t / g.k * pitch + t % g.k..]);
-                    }
-                    continue;
+                    for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
+                        let (src, gr) = (&map[iy * g.w..][..g.w], &gm[oy * g.ow..][..g.ow]);
+                        taps[ki * g.k + kj] += dot_strided(&gr[lo..hi], &src[lo * g.s + kj - g.p..], g.s);
+                    });
                 }
-                for_each_tap(g, |oy, iy, lo, hi, ki, kj| {
-                    let (src, gr) = (&map[iy * g.w..][..g.w], &gm[oy * g.ow..][..g.ow]);
-                    taps[ki * g.k + kj] += dot_strided(&gr[lo..hi], &src[lo * g.s + kj - g.p..], g.s);
-                });
-            }
-        })
+            },
+        )
     });
     dw
 }

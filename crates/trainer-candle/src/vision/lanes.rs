@@ -9,22 +9,25 @@ const LANES: usize = 8;
 /// `Σ f(a[i], b[i])` over the common length of `a` and `b`.
 #[inline]
 pub(crate) fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    crate::cpu_data::wide(|| {
-        let len = a.len().min(b.len());
-        let (a, b) = (&a[..len], &b[..len]);
-        let mut lanes = [0f32; LANES];
-        let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        let mut rest = 0f32;
-        for (x, y) in a8.remainder().iter().zip(b8.remainder()) {
-            rest += f(*x, *y);
-        }
-        for (x, y) in a8.zip(b8) {
-            for l in 0..LANES {
-                lanes[l] += f(x[l], y[l]);
+    crate::cpu_data::wide(
+        #[inline(always)]
+        || {
+            let len = a.len().min(b.len());
+            let (a, b) = (&a[..len], &b[..len]);
+            let mut lanes = [0f32; LANES];
+            let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+            let mut rest = 0f32;
+            for (x, y) in a8.remainder().iter().zip(b8.remainder()) {
+                rest += f(*x, *y);
             }
-        }
-        lanes.iter().sum::<f32>() + rest
-    })
+            for (x, y) in a8.zip(b8) {
+                for l in 0..LANES {
+                    lanes[l] += f(x[l], y[l]);
+                }
+            }
+            lanes.iter().sum::<f32>() + rest
+        },
+    )
 }
 
 /// `Σ a[i]`.

@@ -8,20 +8,22 @@
 //! On the CPU (in `f32`), dense and depthwise convolutions are the kernels of `conv_cpu` (im2col
 //! and matrix products, or direct loops, with their own backward passes), because candle's own
 //! are several times slower there; batch norm in training is the kernel of `norm_cpu`, and
-//! max-pooling is a kernel that
-//! remembers where each maximum was (`MaxPoolCpu`); elsewhere they are the plain composed
+//! max-pooling is a kernel that remembers where each maximum was (`MaxPoolCpu`, a pass down the
+//! window's rows then one across its columns) and sends each gradient there (`MaxPoolGrad`);
+//! elsewhere they are the plain composed
 //! operations, which the tests hold them to.
 
 use std::{
     collections::HashMap,
     f64::consts::TAU,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use super::{bias_cpu, clamp_cpu, conv_cpu, norm_cpu, Mode};
+use crate::cpu_data;
 use crate::rng::SplitMix64;
 
 /// Batch norm's `eps` (PyTorch's default).
@@ -455,8 +457,8 @@ struct MaxPoolCpu {
     kernel: usize,
     stride: usize,
     padding: usize,
-    /// For each output, the flat index of its input (`u32`).
-    argmax: Mutex<Option<Tensor>>,
+    /// For each output, the flat index of its input.
+    argmax: Mutex<Option<Arc<Vec<u32>>>>,
 }
 
 impl CustomOp1 for MaxPoolCpu {
@@ -478,30 +480,61 @@ impl CustomOp1 for MaxPoolCpu {
         let (oh, ow) = (out_size(h, k, s, p), out_size(w, k, s, p));
         let mut out = vec![0f32; n * c * oh * ow];
         let mut argmax = vec![0u32; n * c * oh * ow];
-        // The rows (or columns) of window `o` inside the map: `o * s - p ..` clipped to `0..size`.
+        // The rows (or columns) of window `o` inside the map: `o * s - p ..` clipped to `0..size`,
+        // never empty (`2 * p <= k`).
         let span = |o: usize, size: usize| (o * s).saturating_sub(p)..(o * s + k).saturating_sub(p).min(size);
-        out.par_chunks_mut(oh * ow).zip(argmax.par_chunks_mut(oh * ow)).enumerate().for_each(|(plane, (out, argmax))| {
+        let work = out.par_chunks_mut(oh * ow).zip(argmax.par_chunks_mut(oh * ow)).enumerate();
+        work.for_each_init(<(Vec<f32>, Vec<u32>)>::default, |(col_max, col_row), (plane, (out, argmax))| {
             let base = plane * h * w;
             let map = &x[base..base + h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut best = (f32::NEG_INFINITY, usize::MAX);
-                    for y in span(oy, h) {
-                        for x in span(ox, w) {
-                            let v = map[y * w + x];
-                            if best.1 == usize::MAX || v > best.0 || (v.is_nan() && !best.0.is_nan()) {
-                                best = (v, y * w + x);
+            col_max.resize(w, 0.0);
+            col_row.resize(w, 0);
+            // Branch-free selects (`&`, `|` on comparisons), so that the column pass vectorises
+            // and neither pass mispredicts on the data.
+            cpu_data::wide(
+                #[inline(always)]
+                || {
+                    for oy in 0..oh {
+                        // Down each column of the window's rows: its maximum and the row of its
+                        // first occurrence (of its first NaN, if any), one pass over whole rows.
+                        let rows = span(oy, h);
+                        col_max.copy_from_slice(&map[rows.start * w..][..w]);
+                        #[allow(clippy::cast_possible_truncation)] // checked above: fewer than 2^32 inputs
+                        col_row.fill(rows.start as u32);
+                        for y in rows.start + 1..rows.end {
+                            #[allow(clippy::cast_possible_truncation)]
+                            let y32 = y as u32;
+                            for ((best, row), &v) in col_max.iter_mut().zip(col_row.iter_mut()).zip(&map[y * w..][..w]) {
+                                let take = (v > *best) | (v.is_nan() & !best.is_nan());
+                                *best = if take { v } else { *best };
+                                *row = if take { y32 } else { *row };
                             }
                         }
+                        // Across the window's columns: the first maximum in row-major order (the
+                        // first NaN, if any), as a scan of the whole window in that order finds it.
+                        let outputs = out[oy * ow..][..ow].iter_mut().zip(&mut argmax[oy * ow..][..ow]);
+                        for (ox, (out, argmax)) in outputs.enumerate() {
+                            let cols = span(ox, w);
+                            let (mut value, mut row, mut col) = (col_max[cols.start], col_row[cols.start], cols.start);
+                            for c in cols.start + 1..cols.end {
+                                let (v, r) = (col_max[c], col_row[c]);
+                                let earlier = r < row;
+                                let take = (value.is_nan() & v.is_nan() & earlier)
+                                    | (!value.is_nan() & (v.is_nan() | (v > value) | ((v == value) & earlier)));
+                                value = if take { v } else { value };
+                                row = if take { r } else { row };
+                                col = if take { c } else { col };
+                            }
+                            *out = value;
+                            #[allow(clippy::cast_possible_truncation)] // checked above: fewer than 2^32 inputs
+                            let at = (base + row as usize * w + col) as u32;
+                            *argmax = at;
+                        }
                     }
-                    out[oy * ow + ox] = best.0;
-                    #[allow(clippy::cast_possible_truncation)] // checked above: fewer than 2^32 inputs
-                    let at = (base + best.1) as u32;
-                    argmax[oy * ow + ox] = at;
-                }
-            }
+                },
+            );
         });
-        *self.argmax.lock().unwrap_or_else(PoisonError::into_inner) = Some(Tensor::from_vec(argmax, n * c * oh * ow, &Device::Cpu)?);
+        *self.argmax.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(argmax));
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 
@@ -509,8 +542,39 @@ impl CustomOp1 for MaxPoolCpu {
         let Some(argmax) = self.argmax.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
             bail!("max-pool-cpu: backward before forward")
         };
-        let zeros = Tensor::zeros(x.elem_count(), grad.dtype(), grad.device())?;
-        Ok(Some(zeros.scatter_add(&argmax, &grad.detach().flatten_all()?, 0)?.reshape(x.shape())?))
+        Ok(Some(grad.detach().contiguous()?.apply_op1(MaxPoolGrad { input: x.shape().clone(), argmax })?))
+    }
+}
+
+/// The input gradient of [`MaxPoolCpu`]: each output's gradient added at its maximum.
+struct MaxPoolGrad {
+    input: Shape,
+    /// For each output, the flat index of its input.
+    argmax: Arc<Vec<u32>>,
+}
+
+impl CustomOp1 for MaxPoolGrad {
+    fn name(&self) -> &'static str {
+        "max-pool-cpu-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = self.input.dims4()?;
+        let Some((start, end)) = layout.contiguous_offsets() else { bail!("max-pool-cpu: the gradient must be contiguous") };
+        let grad = &storage.as_slice::<f32>()?[start..end];
+        let planes = n * c;
+        if grad.len() != self.argmax.len() || planes == 0 || grad.len() % planes != 0 {
+            bail!("max-pool-cpu: a gradient of {} values for {} outputs", grad.len(), self.argmax.len())
+        }
+        let per_plane = grad.len() / planes;
+        let mut dx = vec![0f32; planes * h * w];
+        let work = dx.par_chunks_mut(h * w).zip(grad.par_chunks(per_plane).zip(self.argmax.par_chunks(per_plane))).enumerate();
+        work.for_each(|(plane, (dx, (grad, argmax)))| {
+            for (&g, &at) in grad.iter().zip(argmax) {
+                dx[at as usize - plane * h * w] += g;
+            }
+        });
+        Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
 

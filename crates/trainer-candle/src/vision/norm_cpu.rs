@@ -105,21 +105,24 @@ impl CustomOp3 for BatchNorm {
         }
         let mut y = vec![0f32; n * c * l];
         y.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1))).enumerate().for_each(|(i, (out, map))| {
-            cpu_data::wide(|| {
-                let (mean, scale, shift) = self.affine(i % c, w, b);
-                match self.clamp {
-                    None => {
-                        for (o, &v) in out.iter_mut().zip(map) {
-                            *o = (v - mean) * scale + shift;
+            cpu_data::wide(
+                #[inline(always)]
+                || {
+                    let (mean, scale, shift) = self.affine(i % c, w, b);
+                    match self.clamp {
+                        None => {
+                            for (o, &v) in out.iter_mut().zip(map) {
+                                *o = (v - mean) * scale + shift;
+                            }
+                        }
+                        Some(bounds) => {
+                            for (o, &v) in out.iter_mut().zip(map) {
+                                *o = clamped((v - mean) * scale + shift, bounds);
+                            }
                         }
                     }
-                    Some(bounds) => {
-                        for (o, &v) in out.iter_mut().zip(map) {
-                            *o = clamped((v - mean) * scale + shift, bounds);
-                        }
-                    }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -144,12 +147,15 @@ impl CustomOp3 for BatchNorm {
                     let mut masked = vec![0f32; n * c * l];
                     let work = masked.par_chunks_mut(l.max(1)).zip(x.par_chunks(l.max(1)).zip(g.par_chunks(l.max(1))));
                     work.enumerate().for_each(|(i, (out, (map, g)))| {
-                        cpu_data::wide(|| {
-                            let (mean, scale, shift) = self.affine(i % c, &w, &b);
-                            for ((o, &v), &gv) in out.iter_mut().zip(map).zip(g) {
-                                *o = passed((v - mean) * scale + shift, gv, bounds);
-                            }
-                        })
+                        cpu_data::wide(
+                            #[inline(always)]
+                            || {
+                                let (mean, scale, shift) = self.affine(i % c, &w, &b);
+                                for ((o, &v), &gv) in out.iter_mut().zip(map).zip(g) {
+                                    *o = passed((v - mean) * scale + shift, gv, bounds);
+                                }
+                            },
+                        )
                     });
                     Ok(masked)
                 })
@@ -184,13 +190,16 @@ impl CustomOp3 for BatchNorm {
                     .collect();
                 let mut dx = vec![0f32; n * c * l];
                 dx.par_chunks_mut(l.max(1)).enumerate().for_each(|(i, out)| {
-                    cpu_data::wide(|| {
-                        let ci = i % c;
-                        let ([ka, kb, kc], mean, at) = (coefficients[ci], self.mean[ci], i * l);
-                        for ((o, &gv), &xv) in out.iter_mut().zip(&g[at..at + l]).zip(&x[at..at + l]) {
-                            *o = ka * gv + kb * (xv - mean) + kc;
-                        }
-                    })
+                    cpu_data::wide(
+                        #[inline(always)]
+                        || {
+                            let ci = i % c;
+                            let ([ka, kb, kc], mean, at) = (coefficients[ci], self.mean[ci], i * l);
+                            for ((o, &gv), &xv) in out.iter_mut().zip(&g[at..at + l]).zip(&x[at..at + l]) {
+                                *o = ka * gv + kb * (xv - mean) + kc;
+                            }
+                        },
+                    )
                 });
                 #[allow(clippy::cast_possible_truncation)]
                 let (dw, db) = sums

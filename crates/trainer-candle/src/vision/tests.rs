@@ -387,6 +387,44 @@ fn max_pool_matches_the_definition_with_gradient_to_the_maximum() {
 }
 
 #[test]
+fn max_pool_takes_the_first_maximum_in_row_major_order_on_ties_and_nans() {
+    // Few distinct values, so windows tie, and some NaNs: the output and where the gradient
+    // goes must be what a row-major scan of the window finds (the first NaN, else the first
+    // maximum), as PyTorch's kernel does.
+    let (dims, levels) = ([2, 3, 9, 8], [0.0f32, -0.0, 1.0, 2.0, f32::NAN]);
+    let mut rng = SplitMix64::new(11);
+    let v: Vec<f32> = (0..dims.iter().product::<usize>()).map(|_| levels[rng.below(levels.len() as u64) as usize]).collect();
+    let x = Var::from_tensor(&Tensor::from_vec(v.clone(), &dims, &Device::Cpu).unwrap()).unwrap();
+    let (h, w) = (dims[2], dims[3]);
+    for (k, s, p) in [(3, 2, 1), (2, 2, 0), (3, 1, 1)] {
+        let out = max_pool2d_with(x.as_tensor(), k, s, p, true).unwrap();
+        let (oh, ow) = (out.dim(2).unwrap(), out.dim(3).unwrap());
+        let g: Vec<f32> = (0..out.elem_count()).map(|i| (i + 1) as f32).collect();
+        let grads = (&out * Tensor::from_vec(g.clone(), out.dims(), &Device::Cpu).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let (mut want, mut want_grad) = (Vec::new(), vec![0f32; v.len()]);
+        for plane in 0..dims[0] * dims[1] {
+            for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                let mut best: Option<(f32, usize)> = None;
+                for (i, j) in (0..k).flat_map(|i| (0..k).map(move |j| (i, j))) {
+                    let (y, xx) = ((oy * s + i).wrapping_sub(p), (ox * s + j).wrapping_sub(p));
+                    if y < h && xx < w {
+                        let at = plane * h * w + y * w + xx;
+                        let take = best.is_none_or(|(b, _)| v[at] > b || (v[at].is_nan() && !b.is_nan()));
+                        best = if take { Some((v[at], at)) } else { best };
+                    }
+                }
+                let (b, at) = best.unwrap();
+                want.push(b.to_bits());
+                want_grad[at] += g[(plane * oh + oy) * ow + ox];
+            }
+        }
+        let got: Vec<u32> = values(&out).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "max-pool {k} {s} {p}");
+        assert_eq!(values(grads.get(x.as_tensor()).unwrap()), want_grad, "max-pool gradient {k} {s} {p}");
+    }
+}
+
+#[test]
 fn adaptive_average_pool_averages_pytorch_bins() {
     for (h, w) in [(1, 1), (3, 3), (14, 14), (5, 9), (7, 7)] {
         let x = uniform(&[2, 3, h, w], 6);

@@ -6,7 +6,9 @@
 //! cores, each product running on one core with its im2col matrix in that core's cache (or, with
 //! fewer groups than cores, each product on all of them). A strided convolution splits each
 //! input row into its phases first, so that its im2col rows are contiguous copies too; every
-//! thread keeps its buffers from one call to the next ([`Scratch`]). A depthwise convolution is a loop over
+//! thread keeps its buffers from one call to the next ([`Scratch`]). The loops around the
+//! products are `#[inline(always)]` into [`cpu_data::wide`], so they compile for the CPU's
+//! widest vectors. A depthwise convolution is a loop over
 //! each map: at stride 1 one multiply-add per tap over the whole padded map, else per row. Sums
 //! run in a fixed order, so results do not depend on the number of threads. The composed candle
 //! operations are their test oracle.
@@ -113,6 +115,7 @@ impl Geometry {
     /// The im2col matrix `[c * k * k, count * oh * ow]` of `count` images `x` (`[count, c, h,
     /// w]`), image `i` in columns `i * oh * ow..`: one pointwise image itself, else written into
     /// `col` (strided ones by way of `phases`, [`Self::phased`]).
+    #[inline(always)]
     fn columns<'a>(&self, x: &'a [f32], col: &'a mut Vec<f32>, phases: &mut Vec<f32>) -> MatRef<'a, f32> {
         let count = x.len() / self.image();
         let ld = count * self.plane();
@@ -136,6 +139,7 @@ impl Geometry {
     /// of [`Self::run`] values, run `q` holding `x[ci, iy, q], x[ci, iy, q + s], ..` (zeros
     /// past the row's end), so that the reads of a strided window along a row are one
     /// contiguous run. At stride 1 that is `x` itself; else written into `buf`.
+    #[inline(always)]
     fn phased<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
         if self.s == 1 || self.gathers() {
             return x;
@@ -232,6 +236,7 @@ fn product_par(tasks: usize) -> Par {
 /// Zeroes the entries of `row` (a row of a "same" convolution's im2col matrix or of its
 /// gradient, in output rows of `ow`) outside the columns `ox_lo..ox_hi` of each output row: the
 /// reads past the left and right edges, which a shifted copy of the flat map gets wrong.
+#[inline(always)]
 fn zero_edges(row: &mut [f32], ow: usize, (ox_lo, ox_hi): (usize, usize)) {
     for out in row.chunks_exact_mut(ow) {
         out[..ox_lo].fill(0.0);
@@ -242,6 +247,7 @@ fn zero_edges(row: &mut [f32], ow: usize, (ox_lo, ox_hi): (usize, usize)) {
 /// The im2col matrix of one image `x` (`[c, h, w]`, [`Geometry::phased`]) into the columns `at..at + oh * ow` of `col`
 /// (rows of `ld` values): row `(ci, ki, kj)`, column `at + (oy, ox)` gets `x[ci, oy * s + ki - p,
 /// ox * s + kj - p]`, or 0 outside. Every value of those columns is written.
+#[inline(always)]
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
     let (k, hw) = (g.k, g.h * g.w);
     for (r, row) in col.chunks_exact_mut(ld).enumerate() {
@@ -285,6 +291,7 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
 /// matrix entries that read it, added to `dx` (zeros from the caller). A "same" convolution's
 /// entries that read outside the map are zeroed in `dcol` on the way. A strided one's sums
 /// build up in `phases` ([`Geometry::phased`]), spread back over `dx` at the end.
+#[inline(always)]
 fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32], phases: &mut Vec<f32>) {
     let (k, plane, hw) = (g.k, g.plane(), g.h * g.w);
     if g.same() {
@@ -351,6 +358,7 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
 
 /// `[count, o, plane]` as `[o, count * plane]`: `src` itself for one image, else gathered into
 /// `buf`.
+#[inline(always)]
 fn gather<'a>(src: &'a [f32], o: usize, plane: usize, buf: &'a mut Vec<f32>) -> MatRef<'a, f32> {
     let ld = src.len() / o;
     if ld == plane {

@@ -370,13 +370,10 @@ fn an_upload_that_stalls_gets_408_and_leaves_no_staged_file() {
         assert!(sent.elapsed() < Duration::from_secs(30), "the upload was never staged");
         std::thread::sleep(POLL);
     }
-    match read_reply(&mut stream) {
-        Ok(reply) => {
-            assert_eq!(reply.status, 408, "{reply:?}");
-            assert_eq!(envelope_code(&reply.json()), "REQUEST_TIMEOUT");
-        }
-        Err(e) => assert!(e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut, "no answer: {e}"),
-    }
+    // The connection can still carry an answer, so the 408 comes in the envelope.
+    let reply = read_reply(&mut stream).expect("an answer to the stalled upload");
+    assert_eq!(reply.status, 408, "{reply:?}");
+    assert_eq!(envelope_code(&reply.json()), "REQUEST_TIMEOUT");
     let waited = sent.elapsed();
     eprintln!("stalled upload answered after {waited:?}");
     assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_secs(20), "{waited:?}");
@@ -398,12 +395,12 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").unwrap();
     let sent = Instant::now();
     let mut rest = Vec::new();
-    // Either a 408 and the close, or the close alone.
+    // A bare 408 (from actix, before any route) and the close.
     let _ = stream.read_to_end(&mut rest);
     let waited = sent.elapsed();
     eprintln!("unfinished headers cut off after {waited:?}");
     assert!(waited < Duration::from_secs(20), "{waited:?}");
-    assert!(rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(rest.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&rest));
     assert_eq!(s.get("/health").0, 200);
 }
 

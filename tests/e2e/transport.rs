@@ -435,7 +435,7 @@ fn a_rebound_host_gets_421_and_loopback_or_allowed_hosts_pass() {
 
     // Bound to every address, the check is off unless hosts are listed.
     let open = Server::start_with(Opts { extra_args: vec!["--host".into(), "0.0.0.0".into()], ..Opts::default() });
-    let reply = raw(&open, &format!("GET /health HTTP/1.1\r\nHost: anything.example\r\nConnection: close\r\n\r\n"));
+    let reply = raw(&open, "GET /health HTTP/1.1\r\nHost: anything.example\r\nConnection: close\r\n\r\n");
     assert_eq!(reply.status, 200, "{reply:?}");
 }
 

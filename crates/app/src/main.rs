@@ -39,7 +39,7 @@ const MONITOR_INTERVAL: StdDuration = StdDuration::from_secs(2);
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
         Some(Command::Keys { storage, action }) => {
             let db = Database::open(&storage.database()).context("opening the database")?;
@@ -150,7 +150,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_idle_timeout: StdDuration::from_secs(args.body_idle_timeout_secs),
         },
     };
-
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     actix_web::rt::System::new().block_on(async move {
         let (server, addrs) = trainyard_http::server(state, (args.host.as_str(), args.port), workers, transport)

@@ -399,9 +399,27 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let _ = stream.read_to_end(&mut rest);
     let waited = sent.elapsed();
     eprintln!("unfinished headers cut off after {waited:?}");
-    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    // Well under the default of 10 s: the flag took effect.
+    assert!(waited >= Duration::from_millis(500) && waited < Duration::from_secs(5), "{waited:?}");
     assert!(rest.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&rest));
     assert_eq!(s.get("/health").0, 200);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_keep_alive_limit() {
+    let s = Server::start_with(Opts { extra_args: vec!["--keep-alive-secs".into(), "1".into()], ..Opts::default() });
+    let mut stream = TcpStream::connect(authority(&s)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    assert_eq!(read_reply(&mut stream).unwrap().status, 200);
+    let answered = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let waited = answered.elapsed();
+    eprintln!("idle keep-alive connection closed after {waited:?}");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // Well under the default of 5 s: the flag took effect.
+    assert!(waited >= Duration::from_millis(500) && waited < Duration::from_secs(4), "{waited:?}");
 }
 
 // ----------------------------------------------------------------------- Host check and CORS

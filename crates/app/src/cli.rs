@@ -170,6 +170,10 @@ pub struct ServeArgs {
     /// when this is given.
     #[arg(long, env = "TRAINYARD_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// Seconds between two looks at the TLS certificate files (reloaded when they changed); 0:
+    /// reload only on SIGHUP.
+    #[arg(long, env = "TRAINYARD_TLS_RELOAD_SECS", default_value_t = 2)]
+    pub tls_reload_secs: u64,
     /// Comma-separated exact origins (https://app.example.com) browsers may call the API from;
     /// no CORS headers are sent when empty.
     #[arg(long, env = "TRAINYARD_CORS_ORIGINS", value_delimiter = ',')]

@@ -208,6 +208,7 @@ fn transport(args: &ServeArgs) -> anyhow::Result<Transport> {
     };
     Ok(Transport {
         tls,
+        tls_reload_every: StdDuration::from_secs(args.tls_reload_secs),
         timeouts: Timeouts {
             request_header: StdDuration::from_secs(args.request_header_timeout_secs),
             keep_alive: StdDuration::from_secs(args.keep_alive_secs),

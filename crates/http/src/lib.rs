@@ -77,8 +77,10 @@ impl Default for Timeouts {
 /// origins browsers may call it from.
 #[derive(Debug, Clone)]
 pub struct Transport {
-    /// HTTPS with this certificate, reloaded when its files change; plain HTTP when `None`.
+    /// HTTPS with this certificate, reloaded on SIGHUP; plain HTTP when `None`.
     pub tls: Option<Arc<tls::ReloadingCert>>,
+    /// How often the certificate files are compared with what is served (zero: only on SIGHUP).
+    pub tls_reload_every: Duration,
     pub timeouts: Timeouts,
     pub hosts: host_check::HostPolicy,
     /// Exact origins (checked by [`cors::parse_origins`]); no CORS headers at all when empty.
@@ -129,7 +131,7 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
 /// # Errors
 /// The bind error when the address is unavailable, or the certificate watcher's start error.
 pub fn server(state: AppState, addr: (&str, u16), workers: usize, transport: Transport) -> std::io::Result<(Server, Vec<SocketAddr>)> {
-    let Transport { tls, timeouts, hosts, cors_origins } = transport;
+    let Transport { tls, tls_reload_every, timeouts, hosts, cors_origins } = transport;
     let hosts = Arc::new(hosts);
     let builder = HttpServer::new(move || {
         let hosts = hosts.clone();
@@ -154,7 +156,7 @@ pub fn server(state: AppState, addr: (&str, u16), workers: usize, transport: Tra
         Some(cert) => {
             let config = cert.server_config().map_err(std::io::Error::other)?;
             let bound = builder.bind_rustls_0_23(addr, config)?;
-            cert.watch()?;
+            cert.watch(tls_reload_every)?;
             bound
         }
         None => builder.bind(addr)?,

@@ -21,9 +21,6 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 
-/// How often the certificate files are compared with what is served.
-pub const RELOAD_POLL: Duration = Duration::from_secs(2);
-
 /// The certificate file and key file of `--tls-cert` and `--tls-key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -168,13 +165,13 @@ impl ReloadingCert {
         }
     }
 
-    /// Watches the files: a thread compares them every [`RELOAD_POLL`] and reloads when they
-    /// change, and SIGHUP reloads at once. Call from within the actix system (the SIGHUP
-    /// listener is a task on it).
+    /// Watches the files: a thread compares them every `every` and reloads when they change
+    /// (never when `every` is zero), and SIGHUP reloads at once. Call from within the actix
+    /// system (the SIGHUP listener is a task on it).
     ///
     /// # Errors
     /// The thread cannot be started.
-    pub fn watch(self: &Arc<Self>) -> std::io::Result<()> {
+    pub fn watch(self: &Arc<Self>, every: Duration) -> std::io::Result<()> {
         let (tx, rx) = mpsc::channel::<()>();
         let me = Arc::clone(self);
         let keep = tx.clone();
@@ -182,7 +179,9 @@ impl ReloadingCert {
             // Held so that the loop keeps polling when SIGHUP cannot be listened to.
             let _keep = keep;
             loop {
-                match rx.recv_timeout(RELOAD_POLL) {
+                let hup =
+                    if every.is_zero() { rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected) } else { rx.recv_timeout(every) };
+                match hup {
                     Ok(()) => {
                         tracing::info!("SIGHUP: reloading the TLS certificate");
                         me.reload(false);

@@ -206,6 +206,10 @@ fn transport(args: &ServeArgs) -> anyhow::Result<Transport> {
         }
         None => None,
     };
+    let hosts = HostPolicy::new(&args.host, &args.allowed_hosts)?;
+    if !hosts.is_checking() {
+        tracing::info!(host = %args.host, "not bound to loopback and no --allowed-hosts: requests are answered whatever their Host");
+    }
     Ok(Transport {
         tls,
         tls_reload_every: StdDuration::from_secs(args.tls_reload_secs),
@@ -214,7 +218,7 @@ fn transport(args: &ServeArgs) -> anyhow::Result<Transport> {
             keep_alive: StdDuration::from_secs(args.keep_alive_secs),
             client_disconnect: StdDuration::from_secs(args.client_disconnect_timeout_secs),
         },
-        hosts: HostPolicy::new(&args.host, &args.allowed_hosts)?,
+        hosts,
         cors_origins: cors::parse_origins(&args.cors_origins)?,
     })
 }

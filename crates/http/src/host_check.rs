@@ -6,7 +6,6 @@
 //! Every route is covered, `/health` too: a rebound page could otherwise probe for the server.
 
 use std::{
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs},
     sync::Arc,
 };
@@ -36,16 +35,6 @@ impl Host {
         match self {
             Self::Name(name) => name == "localhost",
             Self::Ip(ip) => ip.is_loopback(),
-        }
-    }
-}
-
-impl fmt::Display for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Name(name) => f.write_str(name),
-            Self::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
-            Self::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
         }
     }
 }

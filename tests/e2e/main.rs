@@ -10,4 +10,5 @@ mod lifecycle;
 mod registry;
 mod text;
 mod training;
+mod transport;
 mod vision;

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys stored (hashed) in the database.
     Keys {
         #[command(flatten)]
@@ -136,6 +136,48 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "TRAINYARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key); reloaded when the file
+    /// changes or on SIGHUP.
+    #[arg(long, env = "TRAINYARD_TLS_CERT", requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TRAINYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate made once in DATA_DIR/tls and reused; its
+    /// SHA-256 fingerprint is printed at start for clients to pin.
+    #[arg(long, env = "TRAINYARD_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+    /// Comma-separated host names and addresses of the self-signed certificate [default:
+    /// localhost, 127.0.0.1, ::1 and the bind host].
+    #[arg(long, env = "TRAINYARD_TLS_SELF_SIGNED_NAMES", value_delimiter = ',', requires = "tls_self_signed")]
+    pub tls_self_signed_names: Vec<String>,
+    /// Seconds a client has to send a request's headers (and to finish the TLS handshake); 0
+    /// turns the limit off.
+    #[arg(long, env = "TRAINYARD_REQUEST_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_header_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open; 0 closes each after one response.
+    #[arg(long, env = "TRAINYARD_KEEP_ALIVE_SECS", default_value_t = 5)]
+    pub keep_alive_secs: u64,
+    /// Seconds a client has to close a connection the server ends before it is dropped; 0
+    /// turns the limit off.
+    #[arg(long, env = "TRAINYARD_CLIENT_DISCONNECT_TIMEOUT_SECS", default_value_t = 1)]
+    pub client_disconnect_timeout_secs: u64,
+    /// An upload that sends no byte for this many seconds gets a 408 and is discarded.
+    #[arg(long, env = "TRAINYARD_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_idle_timeout_secs: u64,
+    /// Comma-separated host names or addresses accepted in the Host header besides the loopback
+    /// ones; bound to loopback, any other Host gets 421; bound elsewhere, the check is on only
+    /// when this is given.
+    #[arg(long, env = "TRAINYARD_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Seconds between two looks at the TLS certificate files (reloaded when they changed); 0:
+    /// reload only on SIGHUP.
+    #[arg(long, env = "TRAINYARD_TLS_RELOAD_SECS", default_value_t = 2)]
+    pub tls_reload_secs: u64,
+    /// Comma-separated exact origins (https://app.example.com) browsers may call the API from;
+    /// no CORS headers are sent when empty.
+    #[arg(long, env = "TRAINYARD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -147,6 +189,12 @@ impl ServeArgs {
     #[must_use]
     pub fn datasets_dir(&self) -> PathBuf {
         self.datasets_dir.clone().unwrap_or_else(|| self.storage.data_dir.join("datasets"))
+    }
+
+    /// Where the self-signed certificate lives.
+    #[must_use]
+    pub fn tls_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("tls")
     }
 
     #[must_use]

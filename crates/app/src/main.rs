@@ -21,7 +21,7 @@ use trainyard_domain::{
     ports::{AuthStore, SystemClock, SystemMonitor},
     system::human_mb,
 };
-use trainyard_http::{AppState, UploadLimits};
+use trainyard_http::{cors, host_check::HostPolicy, tls, AppState, Timeouts, Transport, UploadLimits};
 use trainyard_monitor::CachedMonitor;
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
 use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};
@@ -39,7 +39,7 @@ const MONITOR_INTERVAL: StdDuration = StdDuration::from_secs(2);
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
         Some(Command::Keys { storage, action }) => {
             let db = Database::open(&storage.database()).context("opening the database")?;
@@ -78,6 +78,8 @@ fn init_logging(args: &ServeArgs) {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args);
+    let transport = transport(&args)?;
+    let scheme = if transport.tls.is_some() { "https" } else { "http" };
     let db = Database::open(&args.storage.database()).context("opening the database")?;
     let store = Arc::new(SqliteStore::new(db.clone()));
     let models = Arc::new(FileModelRegistry::open(db.clone(), args.models_dir()).context("opening the model registry")?);
@@ -145,13 +147,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: UploadLimits {
             model_max_bytes: args.max_model_upload_mb.saturating_mul(1024 * 1024),
             dataset_max_bytes: args.max_dataset_upload_mb.saturating_mul(1024 * 1024),
+            body_idle_timeout: StdDuration::from_secs(args.body_idle_timeout_secs),
         },
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     actix_web::rt::System::new().block_on(async move {
-        let (server, addrs) = trainyard_http::server(state, (args.host.as_str(), args.port), workers)
+        let (server, addrs) = trainyard_http::server(state, (args.host.as_str(), args.port), workers, transport)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
-        let base_url = addrs.first().map(|a| format!("http://{a}")).unwrap_or_default();
+        let base_url = addrs.first().map(|a| format!("{scheme}://{a}")).unwrap_or_default();
         keys::ensure_initial_key(&auth_store, authenticator.has_usable_key()?, &base_url)?;
         let (stop_ticker, ticker) = start_ticker(manager.clone())?;
         tracing::info!(
@@ -170,6 +173,53 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!("shutdown complete");
         anyhow::Ok(())
+    })
+}
+
+/// HTTPS (the given certificate, or the self-signed one made in the data directory, its
+/// fingerprint printed for pinning), timeouts, the Host check and CORS origins from the flags.
+fn transport(args: &ServeArgs) -> anyhow::Result<Transport> {
+    let files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+        (None, None) if args.tls_self_signed => {
+            let names = if args.tls_self_signed_names.is_empty() {
+                tls::default_self_signed_names(&args.host)
+            } else {
+                args.tls_self_signed_names.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect()
+            };
+            let (files, made) = tls::self_signed(&args.tls_dir(), &names).context("making the self-signed certificate")?;
+            if made {
+                tracing::info!(names = ?names, cert = %files.cert.display(), "made a self-signed TLS certificate");
+            }
+            Some(files)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together: give both files, or neither"),
+    };
+    let tls = match files {
+        Some(files) => {
+            let cert = tls::ReloadingCert::load(files).context("loading the TLS certificate")?;
+            let fingerprint = cert.fingerprint();
+            tracing::info!(%fingerprint, "serving HTTPS");
+            println!("TLS certificate SHA-256 fingerprint: {fingerprint}");
+            Some(cert)
+        }
+        None => None,
+    };
+    let hosts = HostPolicy::new(&args.host, &args.allowed_hosts)?;
+    if !hosts.is_checking() {
+        tracing::info!(host = %args.host, "not bound to loopback and no --allowed-hosts: requests are answered whatever their Host");
+    }
+    Ok(Transport {
+        tls,
+        tls_reload_every: StdDuration::from_secs(args.tls_reload_secs),
+        timeouts: Timeouts {
+            request_header: StdDuration::from_secs(args.request_header_timeout_secs),
+            keep_alive: StdDuration::from_secs(args.keep_alive_secs),
+            client_disconnect: StdDuration::from_secs(args.client_disconnect_timeout_secs),
+        },
+        hosts,
+        cors_origins: cors::parse_origins(&args.cors_origins)?,
     })
 }
 

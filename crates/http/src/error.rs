@@ -42,6 +42,8 @@ pub enum ErrorCode {
     StorageBusy,
     ShuttingDown,
     Internal,
+    RequestTimeout,
+    HostNotAllowed,
 }
 
 impl ErrorCode {
@@ -70,6 +72,8 @@ impl ErrorCode {
             C::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             C::StorageBusy | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            C::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -87,6 +91,8 @@ impl ErrorCode {
             StatusCode::UNPROCESSABLE_ENTITY => Self::ValidationError,
             StatusCode::CONFLICT => Self::Conflict,
             StatusCode::SERVICE_UNAVAILABLE => Self::StorageBusy,
+            StatusCode::REQUEST_TIMEOUT => Self::RequestTimeout,
+            StatusCode::MISDIRECTED_REQUEST => Self::HostNotAllowed,
             s if s.is_server_error() => Self::Internal,
             _ => Self::BadRequest,
         }
@@ -251,7 +257,7 @@ mod tests {
 
     use super::*;
 
-    const ALL: [ErrorCode; 27] = [
+    const ALL: [ErrorCode; 29] = [
         ErrorCode::InvalidModel,
         ErrorCode::InsufficientMemory,
         ErrorCode::PreconditionFailed,
@@ -279,6 +285,8 @@ mod tests {
         ErrorCode::StorageBusy,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::RequestTimeout,
+        ErrorCode::HostNotAllowed,
     ];
 
     quickcheck! {

@@ -1,20 +1,25 @@
 //! Trainyard's REST API on actix-web: routes, wire DTOs, API-key authentication with
-//! auditing, and the one error envelope. Blocking work (SQLite, file I/O, training control)
-//! runs on actix's blocking pool, never on a worker thread.
+//! auditing, and the one error envelope; HTTPS, connection timeouts, the Host check and CORS.
+//! Blocking work (SQLite, file I/O, training control) runs on actix's blocking pool, never on
+//! a worker thread.
 
 mod auth;
+pub mod cors;
 mod download;
 pub mod dto;
 pub mod error;
+pub mod host_check;
 mod openapi;
 mod routes;
+pub mod tls;
 mod upload;
 
-use std::{fmt, net::SocketAddr, sync::Arc};
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use actix_web::{
     dev::Server,
-    middleware::{from_fn, Compress},
+    http::KeepAlive,
+    middleware::{from_fn, Compress, Condition},
     web, App, HttpServer,
 };
 use trainyard_domain::{
@@ -31,17 +36,55 @@ pub use openapi::openapi_json;
 /// Largest accepted JSON body.
 pub const JSON_LIMIT_BYTES: usize = 1024 * 1024;
 
-/// Upload size limits, per kind.
+/// Upload size limits, per kind, and how long an upload may send nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadLimits {
     pub model_max_bytes: u64,
     pub dataset_max_bytes: u64,
+    /// An upload that sends no byte for this long gets a 408 and its staged file is removed.
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for UploadLimits {
     fn default() -> Self {
-        Self { model_max_bytes: 20 * 1024 * 1024 * 1024, dataset_max_bytes: 5 * 1024 * 1024 * 1024 }
+        Self {
+            model_max_bytes: 20 * 1024 * 1024 * 1024,
+            dataset_max_bytes: 5 * 1024 * 1024 * 1024,
+            body_idle_timeout: Duration::from_secs(60),
+        }
     }
+}
+
+/// Connection timeouts; a zero duration turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time a client has to send a request's headers (and, with TLS, to finish the handshake).
+    pub request_header: Duration,
+    /// How long an idle keep-alive connection stays open; zero closes after each response.
+    pub keep_alive: Duration,
+    /// Time a client has to close a connection the server is shutting (after a response that
+    /// ends it); then it is dropped.
+    pub client_disconnect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { request_header: Duration::from_secs(10), keep_alive: Duration::from_secs(5), client_disconnect: Duration::from_secs(1) }
+    }
+}
+
+/// How the server meets the network: HTTPS, timeouts, which `Host`s it answers, and the
+/// origins browsers may call it from.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// HTTPS with this certificate, reloaded on SIGHUP; plain HTTP when `None`.
+    pub tls: Option<Arc<tls::ReloadingCert>>,
+    /// How often the certificate files are compared with what is served (zero: only on SIGHUP).
+    pub tls_reload_every: Duration,
+    pub timeouts: Timeouts,
+    pub hosts: host_check::HostPolicy,
+    /// Exact origins (checked by [`cors::parse_origins`]); no CORS headers at all when empty.
+    pub cors_origins: Vec<String>,
 }
 
 /// What every handler shares.
@@ -78,19 +121,25 @@ pub fn configure(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-/// Builds the HTTP server bound to `addr`. The server handles SIGINT and SIGTERM itself by
-/// refusing new connections and finishing requests in flight; the caller then shuts the
-/// session manager down.
+/// Builds the HTTP server bound to `addr`, with HTTPS when `transport.tls` is set (the
+/// certificate files are then watched: call this within the actix system). The server handles
+/// SIGINT and SIGTERM itself by refusing new connections and finishing requests in flight; the
+/// caller then shuts the session manager down.
 ///
 /// Returns the server and the addresses it listens on (port 0 picks a free port).
 ///
 /// # Errors
-/// The bind error when the address is unavailable.
-pub fn server(state: AppState, addr: (&str, u16), workers: usize) -> std::io::Result<(Server, Vec<SocketAddr>)> {
-    let bound = HttpServer::new(move || {
+/// The bind error when the address is unavailable, or the certificate watcher's start error.
+pub fn server(state: AppState, addr: (&str, u16), workers: usize, transport: Transport) -> std::io::Result<(Server, Vec<SocketAddr>)> {
+    let Transport { tls, tls_reload_every, timeouts, hosts, cors_origins } = transport;
+    let hosts = Arc::new(hosts);
+    let builder = HttpServer::new(move || {
+        let hosts = hosts.clone();
         App::new()
             .wrap(from_fn(auth::require_key))
+            .wrap(Condition::new(!cors_origins.is_empty(), cors::middleware(&cors_origins)))
             .wrap(from_fn(routes::envelope_fallback))
+            .wrap(from_fn(move |req, next| host_check::check(hosts.clone(), req, next)))
             .wrap(Compress::default())
             .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("trainyard::access"))
             .configure(configure(state.clone()))
@@ -98,7 +147,20 @@ pub fn server(state: AppState, addr: (&str, u16), workers: usize) -> std::io::Re
     })
     .workers(workers.max(1))
     .shutdown_timeout(10)
-    .bind(addr)?;
+    .client_request_timeout(timeouts.request_header)
+    .client_disconnect_timeout(timeouts.client_disconnect)
+    .keep_alive(if timeouts.keep_alive.is_zero() { KeepAlive::Disabled } else { KeepAlive::Timeout(timeouts.keep_alive) });
+    // A zero header timeout turns it off; the handshake then keeps actix's 3 s default.
+    let builder = if timeouts.request_header.is_zero() { builder } else { builder.tls_handshake_timeout(timeouts.request_header) };
+    let bound = match &tls {
+        Some(cert) => {
+            let config = cert.server_config().map_err(std::io::Error::other)?;
+            let bound = builder.bind_rustls_0_23(addr, config)?;
+            cert.watch(tls_reload_every)?;
+            bound
+        }
+        None => builder.bind(addr)?,
+    };
     let addrs = bound.addrs();
     Ok((bound.run(), addrs))
 }

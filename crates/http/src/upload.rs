@@ -2,9 +2,9 @@
 //! buffers, one being received while the other is hashed and written), a size limit enforced
 //! while reading, the SHA-256 computed on the bytes as they are written (the file is never read
 //! back), and a temporary file that disappears unless imported, also when the client goes away
-//! mid-upload.
+//! mid-upload or sends nothing for the body idle timeout (a 408).
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, path::PathBuf, time::Duration};
 
 use actix_multipart::Multipart;
 use actix_web::{http::header, web, HttpRequest};
@@ -50,6 +50,17 @@ fn too_large(limit: u64) -> ApiError {
         .with_details(serde_json::json!({ "limit_bytes": limit }))
 }
 
+fn idle(timeout: Duration) -> ApiError {
+    let secs = timeout.as_secs();
+    ApiError::new(ErrorCode::RequestTimeout, format!("no upload data received for {secs} s; the upload was discarded"))
+        .with_details(serde_json::json!({ "body_idle_timeout_secs": secs }))
+}
+
+/// The next item of `stream`, or a 408 when none comes within `timeout`.
+async fn next_within<S: futures_util::Stream + Unpin>(stream: &mut S, timeout: Duration) -> Result<Option<S::Item>, ApiError> {
+    actix_web::rt::time::timeout(timeout, stream.next()).await.map_err(|_| idle(timeout))
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidUpload, message)
 }
@@ -64,8 +75,15 @@ pub(crate) fn check_declared_length(req: &HttpRequest, limit: u64) -> Result<(),
 }
 
 /// Reads the multipart field `file` into a temporary file in `staging`. Other fields are
-/// ignored; a second `file` field is an error.
-pub(crate) async fn receive(req: &HttpRequest, payload: web::Payload, staging: PathBuf, limit: u64) -> Result<Received, ApiError> {
+/// ignored; a second `file` field is an error. A wait of more than `idle_timeout` for the next
+/// bytes ends the upload with a 408 and removes the staged file.
+pub(crate) async fn receive(
+    req: &HttpRequest,
+    payload: web::Payload,
+    staging: PathBuf,
+    limit: u64,
+    idle_timeout: Duration,
+) -> Result<Received, ApiError> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
         return Err(ApiError::new(
@@ -75,10 +93,10 @@ pub(crate) async fn receive(req: &HttpRequest, payload: web::Payload, staging: P
     }
     let mut multipart = Multipart::new(req.headers(), payload);
     let mut received: Option<Received> = None;
-    while let Some(field) = multipart.next().await {
+    while let Some(field) = next_within(&mut multipart, idle_timeout).await? {
         let mut field = field.map_err(|e| invalid(format!("invalid multipart upload: {e}")))?;
         if field.name() != Some("file") {
-            while let Some(chunk) = field.next().await {
+            while let Some(chunk) = next_within(&mut field, idle_timeout).await? {
                 chunk.map_err(|e| invalid(format!("invalid multipart upload: {e}")))?;
             }
             continue;
@@ -95,10 +113,12 @@ pub(crate) async fn receive(req: &HttpRequest, payload: web::Payload, staging: P
         let mut size = 0u64;
         let mut head = Vec::with_capacity(HEAD_BYTES);
         let mut buf = Vec::with_capacity(WRITE_BUFFER);
-        while let Some(chunk) = field.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => return Err(writer.abandon(invalid(format!("upload interrupted: {e}"))).await),
+        loop {
+            let chunk = match next_within(&mut field, idle_timeout).await {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(None) => break,
+                Err(timed_out) => return Err(writer.abandon(timed_out).await),
+                Ok(Some(Err(e))) => return Err(writer.abandon(invalid(format!("upload interrupted: {e}"))).await),
             };
             size += chunk.len() as u64;
             if size > limit {

@@ -77,7 +77,7 @@ pub(crate) async fn upload_model(
     let catalog = state.catalog.clone();
     let check = name.clone();
     blocking(move || catalog.check_model_upload(&check, overwrite)).await?;
-    let received = upload::receive(&req, payload, state.catalog.models().staging_dir(), limit).await?;
+    let received = upload::receive(&req, payload, state.catalog.models().staging_dir(), limit, state.limits.body_idle_timeout).await?;
     let catalog = state.catalog.clone();
     let record = blocking(move || {
         let rec = catalog.add_model(name, &received.upload(), overwrite)?;
@@ -215,7 +215,7 @@ pub(crate) async fn upload_dataset(
     let catalog = state.catalog.clone();
     let check = name.clone();
     blocking(move || catalog.check_dataset_upload(&check, overwrite)).await?;
-    let received = upload::receive(&req, payload, state.catalog.datasets().staging_dir(), limit).await?;
+    let received = upload::receive(&req, payload, state.catalog.datasets().staging_dir(), limit, state.limits.body_idle_timeout).await?;
     let catalog = state.catalog.clone();
     let record = blocking(move || {
         let rec = catalog.add_dataset(name, &received.upload(), overwrite)?;

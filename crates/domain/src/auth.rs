@@ -561,28 +561,33 @@ struct Checked {
     scope: Scope,
 }
 
-/// Parses a duration such as `30d`, `12h`, `90m`, `45s` or `2w`.
+/// The longest key lifetime [`parse_duration`] accepts: 100 years.
+pub const MAX_LIFETIME_DAYS: i64 = 36_500;
+
+/// Parses a duration such as `30d`, `12h`, `90m`, `45s` or `2w`, from 1 second to
+/// [`MAX_LIFETIME_DAYS`].
 ///
 /// # Errors
-/// A message saying what is accepted.
+/// A message saying what is accepted (quoting at most 32 characters of the input).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    let err = || format!("invalid duration {raw:?}: use a number followed by s, m, h, d or w (e.g. 30d)");
+    let shown: String = raw.chars().take(32).collect();
+    let err = || format!("invalid duration {shown:?}: use a number followed by s, m, h, d or w (e.g. 30d), at most {MAX_LIFETIME_DAYS}d");
     let split = raw.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (num, unit) = raw.split_at(split);
     let n: i64 = num.parse().map_err(|_| err())?;
-    let d = match unit {
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
-        "w" => Duration::weeks(n),
+    let unit_secs: i64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
         _ => return Err(err()),
     };
-    if n <= 0 {
-        return Err(err());
+    match n.checked_mul(unit_secs) {
+        Some(secs) if n > 0 && secs <= MAX_LIFETIME_DAYS * 86_400 => Ok(Duration::seconds(secs)),
+        _ => Err(err()),
     }
-    Ok(d)
 }
 
 #[cfg(test)]
@@ -714,6 +719,11 @@ mod tests {
         assert!(parse_duration("0d").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("3y").is_err());
+        assert_eq!(parse_duration("2w"), Ok(Duration::weeks(2)));
+        assert_eq!(parse_duration("36500d"), Ok(Duration::days(36_500)));
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("9223372036854775807w").is_err(), "no overflow");
+        assert!(parse_duration(&"9".repeat(10_000)).unwrap_err().len() < 200, "the message quotes a bounded prefix");
     }
 
     quickcheck! {

@@ -7,7 +7,9 @@ mod download;
 pub mod dto;
 pub mod error;
 mod openapi;
+mod proxy;
 mod routes;
+mod throttle;
 mod upload;
 
 use std::{fmt, net::SocketAddr, sync::Arc};
@@ -27,6 +29,8 @@ use trainyard_domain::{
 
 pub use error::{ApiError, ErrorCode};
 pub use openapi::openapi_json;
+pub use proxy::TrustedProxies;
+pub use throttle::{GovernorLimiter, Limits};
 
 /// Largest accepted JSON body.
 pub const JSON_LIMIT_BYTES: usize = 1024 * 1024;
@@ -54,6 +58,8 @@ pub struct AppState {
     pub auth_store: Arc<dyn AuthStore>,
     pub monitor: Arc<dyn SystemMonitor>,
     pub limits: UploadLimits,
+    /// Whose `X-Forwarded-For` names the client.
+    pub proxies: TrustedProxies,
 }
 
 impl fmt::Debug for AppState {

@@ -2,18 +2,22 @@
 //! authentications per client address and per key fingerprint, and an optional request rate
 //! per key. The buckets' memory is bounded: stale entries are dropped periodically, and while
 //! a table is full of fresh entries, failures from newcomers are throttled (valid keys are
-//! never held back by failure limits, so the owner keeps working).
+//! never held back by failure limits, so the owner keeps working). A full table is swept at
+//! most once a second, so spraying addresses costs the server no more than that.
 
 use std::{
     hash::Hash,
     net::IpAddr,
     num::NonZeroU32,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, PoisonError,
+    },
     time::Duration,
 };
 
 use governor::{
-    clock::{Clock, DefaultClock},
+    clock::{Clock, DefaultClock, Reference},
     middleware::NoOpMiddleware,
     state::keyed::DashMapStateStore,
     Quota, RateLimiter,
@@ -26,6 +30,8 @@ pub const MAX_TRACKED: usize = 65_536;
 const HOUSEKEEPING_EVERY: u64 = 4_096;
 /// The wait a full table answers with: the time any bucket takes to refill.
 const FULL_TABLE_WAIT: Duration = Duration::from_secs(60);
+/// How often a full table may be swept for stale entries (a sweep visits every entry).
+const FULL_TABLE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The limits, per minute; `0` turns a limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +50,7 @@ struct Table<K: Hash + Eq + Clone, C: Clock> {
     clock: C,
     max_tracked: usize,
     checks: AtomicU64,
+    last_full_sweep: Mutex<Option<C::Instant>>,
 }
 
 impl<K: Hash + Eq + Clone, C: Clock + Clone> Table<K, C> {
@@ -54,7 +61,23 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Table<K, C> {
             clock: clock.clone(),
             max_tracked,
             checks: AtomicU64::new(0),
+            last_full_sweep: Mutex::new(None),
         })
+    }
+
+    /// Drops stale entries of a full table, unless that was done less than
+    /// [`FULL_TABLE_SWEEP_INTERVAL`] ago; says whether the table has room now.
+    fn make_room(&self) -> bool {
+        let now = self.clock.now();
+        {
+            let mut last = self.last_full_sweep.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| Duration::from(now.duration_since(t)) < FULL_TABLE_SWEEP_INTERVAL) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        self.limiter.retain_recent();
+        self.limiter.len() < self.max_tracked
     }
 
     /// Takes one token from `key`'s bucket, or says how long until one is there.
@@ -63,11 +86,8 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Table<K, C> {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
-        if self.limiter.len() >= self.max_tracked {
-            self.limiter.retain_recent();
-            if self.limiter.len() >= self.max_tracked {
-                return Err(FULL_TABLE_WAIT);
-            }
+        if self.limiter.len() >= self.max_tracked && !self.make_room() {
+            return Err(FULL_TABLE_WAIT);
         }
         self.limiter.check_key(key).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
@@ -257,6 +277,8 @@ mod tests {
         let (clients, keys) = limiter.tracked();
         assert_eq!((clients, keys), (1_000, 1_000));
         assert_eq!(refused, 19_000, "newcomers are refused while the table is full of fresh entries");
+        clock.advance(Duration::from_millis(999));
+        assert!(limiter.failure(Some(ip(9)), None).is_err(), "a full table is swept at most once a second");
         clock.advance(Duration::from_secs(60));
         assert_eq!(limiter.failure(Some(ip(9)), None), Ok(()), "stale entries make room again");
     }

@@ -256,7 +256,7 @@ impl From<AuthError> for ApiError {
             }
             AuthError::InsufficientScope { required, held } => {
                 return Self::new(ErrorCode::InsufficientScope, e.to_string())
-                    .with_details(serde_json::json!({ "required_scope": required, "key_scope": held }));
+                    .with_details(serde_json::json!({ "required_scope": required.as_str(), "key_scope": held.as_str() }));
             }
             AuthError::Store(s) => return s.clone().into(),
         };

@@ -27,6 +27,9 @@ const PROTECTED: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/datasets/x"),
     ("GET", "/api/v1/architectures"),
     ("GET", "/api/v1/admin/audit"),
+    ("GET", "/api/v1/admin/keys"),
+    ("POST", "/api/v1/admin/keys"),
+    ("DELETE", "/api/v1/admin/keys/key_00000000"),
 ];
 
 #[test]

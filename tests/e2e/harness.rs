@@ -271,8 +271,10 @@ thread_local! {
 
 /// Runs `f` with this test thread's own server, started on first use and killed when the
 /// thread ends. quickcheck properties are plain `fn`s, so they reach their server this way.
+/// Its failure throttle is off: properties send wrong keys on purpose, many a minute.
 pub fn with_thread_server<R>(f: impl FnOnce(&Server) -> R) -> R {
-    THREAD_SERVER.with(|cell| f(cell.get_or_init(Server::start)))
+    let start = || Server::start_with(Opts { extra_args: vec!["--auth-failures-per-minute".into(), "0".into()], ..Opts::default() });
+    THREAD_SERVER.with(|cell| f(cell.get_or_init(start)))
 }
 
 /// A name no other case of this run has used.

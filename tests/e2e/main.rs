@@ -5,6 +5,7 @@ mod harness;
 mod hostile;
 mod isolation;
 
+mod access;
 mod api;
 mod lifecycle;
 mod registry;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use trainyard_domain::auth::Scope;
 
 /// A remotely managed training server.
 #[derive(Debug, Parser)]
@@ -46,6 +47,10 @@ pub enum KeysAction {
         /// Lifetime such as 30d, 12h, 2w; never expires when absent.
         #[arg(long)]
         expires_in: Option<String>,
+        /// What the key may do: read (every GET outside /api/v1/admin), train (read, plus
+        /// training, dataset uploads, prediction and generation) or admin (everything).
+        #[arg(long, default_value = "admin")]
+        scope: Scope,
     },
     /// List managed keys (fingerprints, never keys).
     List,
@@ -178,6 +183,19 @@ pub struct ServeArgs {
     /// no CORS headers are sent when empty.
     #[arg(long, env = "TRAINYARD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Failed authentications allowed per minute from one client address, and with one key;
+    /// past it, 429 with Retry-After (a valid key is still served). 0 turns throttling off.
+    #[arg(long, env = "TRAINYARD_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
+    pub auth_failures_per_minute: u32,
+    /// Requests per minute allowed to each API key; past it, 429 with Retry-After. 0 (the
+    /// default) sets no limit.
+    #[arg(long, env = "TRAINYARD_RATE_LIMIT_PER_KEY", default_value_t = 0)]
+    pub rate_limit_per_key: u32,
+    /// Comma-separated reverse proxies (IP addresses or CIDR networks) whose X-Forwarded-For
+    /// names the client: its rightmost hop that is not a trusted proxy. From anyone else the
+    /// header is ignored.
+    #[arg(long, env = "TRAINYARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ServeArgs {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use trainyard_domain::{
-    auth::{generate_key, parse_duration, ApiKeyRecord},
+    auth::{generate_key, issue_key, parse_duration, ApiKeyRecord},
     ports::{AuthStore, Clock, SystemClock},
     time_fmt::iso8601,
 };
@@ -18,34 +18,32 @@ use crate::cli::KeysAction;
 pub fn run(store: &dyn AuthStore, action: KeysAction) -> anyhow::Result<()> {
     let now = SystemClock.now();
     match action {
-        KeysAction::Create { label, expires_in } => {
+        KeysAction::Create { label, expires_in, scope } => {
             let lifetime = expires_in.as_deref().map(parse_duration).transpose().map_err(anyhow::Error::msg)?;
-            let key = generate_key();
-            let record = ApiKeyRecord::new(&key, &label, now, lifetime);
-            store.insert_key(&record)?;
-            println!("{key}");
+            let issued = issue_key(store, &label, scope, now, lifetime)?;
+            let record = issued.record;
+            println!("{}", issued.key);
             eprintln!(
-                "Created key {} ({}) labelled '{label}'{}. It is shown only this once; only its hash is stored.",
+                "Created key {} ({}) labelled '{}' with scope {}{}. It is shown only this once; only its hash is stored.",
                 record.id,
                 record.fingerprint,
+                record.label,
+                record.scope,
                 record.expires_at.map(|e| format!(", expiring {}", iso8601(e))).unwrap_or_default()
             );
         }
         KeysAction::List => {
-            println!("{:<14} {:<17} {:<20} {:<22} {:<22} STATUS", "ID", "FINGERPRINT", "LABEL", "CREATED", "EXPIRES");
+            println!("{:<14} {:<17} {:<20} {:<6} {:<22} {:<22} STATUS", "ID", "FINGERPRINT", "LABEL", "SCOPE", "CREATED", "EXPIRES");
             for k in store.list_keys()? {
-                let status = match (k.revoked_at, k.expires_at) {
-                    (Some(_), _) => "revoked",
-                    (None, Some(e)) if e <= now => "expired",
-                    _ => "active",
-                };
                 println!(
-                    "{:<14} {:<17} {:<20} {:<22} {:<22} {status}",
+                    "{:<14} {:<17} {:<20} {:<6} {:<22} {:<22} {}",
                     k.id,
                     k.fingerprint,
                     k.label,
+                    k.scope,
                     iso8601(k.created_at),
-                    k.expires_at.map_or_else(|| "never".to_owned(), iso8601)
+                    k.expires_at.map_or_else(|| "never".to_owned(), iso8601),
+                    k.status(now).as_str()
                 );
             }
         }

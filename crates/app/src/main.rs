@@ -21,7 +21,9 @@ use trainyard_domain::{
     ports::{AuthStore, SystemClock, SystemMonitor},
     system::human_mb,
 };
-use trainyard_http::{cors, host_check::HostPolicy, tls, AppState, Timeouts, Transport, UploadLimits};
+use trainyard_http::{
+    cors, host_check::HostPolicy, tls, AppState, GovernorLimiter, Limits, Timeouts, Transport, TrustedProxies, UploadLimits,
+};
 use trainyard_monitor::CachedMonitor;
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
 use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};
@@ -124,7 +126,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()), Arc::new(CandlePredictor::new()));
     let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), model_inspector, store.clone());
     let auth_store: Arc<dyn AuthStore> = store;
-    let authenticator = Arc::new(Authenticator::new(&args.keys(), auth_store.clone(), clock));
+    let proxies = TrustedProxies::parse(&args.trusted_proxies).map_err(anyhow::Error::msg).context("--trusted-proxies")?;
+    let limiter = GovernorLimiter::new(Limits {
+        failures_per_minute: args.auth_failures_per_minute,
+        requests_per_key_per_minute: args.rate_limit_per_key,
+    });
+    let authenticator = Arc::new(Authenticator::new(&args.keys(), auth_store.clone(), clock).with_limiter(Arc::new(limiter)));
 
     if args.examples {
         let added = examples::register(&catalog).context("registering the example datasets")?;
@@ -149,6 +156,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             dataset_max_bytes: args.max_dataset_upload_mb.saturating_mul(1024 * 1024),
             body_idle_timeout: StdDuration::from_secs(args.body_idle_timeout_secs),
         },
+        proxies,
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     actix_web::rt::System::new().block_on(async move {

@@ -1,14 +1,74 @@
-//! API keys: hashing, fingerprints, managed keys with expiry and revocation, and the
-//! authenticator use case that checks a presented key and audits every attempt.
+//! API keys: hashing, fingerprints, scopes, managed keys with expiry and revocation, and the
+//! authenticator use case that checks a presented key against the scope an operation needs,
+//! applies the attempt limits, and audits every attempt.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, net::IpAddr, str::FromStr, sync::Arc, time::Duration as StdDuration};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::{Duration, OffsetDateTime};
 
-use crate::ports::{AuthStore, Clock, StoreError};
+use crate::ports::{AttemptLimiter, AuthStore, Clock, StoreError};
+
+/// What a key may do. Scopes are ranked: each includes everything the ones below it allow.
+///
+/// - `read`: every `GET` except the administration routes;
+/// - `train`: `read`, plus starting, stopping and cancelling sessions, uploading datasets,
+///   prediction and generation;
+/// - `admin`: everything, including model uploads, deletions, keys and the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Read,
+    Train,
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, lowest rank first.
+    pub const ALL: [Self; 3] = [Self::Read, Self::Train, Self::Admin];
+
+    /// The rank: a scope allows an operation iff its rank is at least the operation's.
+    #[must_use]
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Read => 0,
+            Self::Train => 1,
+            Self::Admin => 2,
+        }
+    }
+
+    /// Whether a key of this scope may perform an operation that needs `required`.
+    #[must_use]
+    pub fn permits(self, required: Self) -> bool {
+        self.rank() >= required.rank()
+    }
+
+    /// The stored and wire spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Train => "train",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw).ok_or_else(|| format!("invalid scope {raw:?}: use read, train or admin"))
+    }
+}
 
 /// SHA-256 of an API key. Keys are long random strings, so a fast hash is enough; the key
 /// itself is never stored.
@@ -103,10 +163,11 @@ pub struct ApiKeyRecord {
     pub created_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
+    pub scope: Scope,
 }
 
 impl ApiKeyRecord {
-    /// A record for a freshly generated `key`.
+    /// A record for a freshly generated `key`, of scope `admin` (see [`Self::with_scope`]).
     #[must_use]
     pub fn new(key: &str, label: &str, now: OffsetDateTime, expires_in: Option<Duration>) -> Self {
         Self {
@@ -117,8 +178,93 @@ impl ApiKeyRecord {
             created_at: now,
             expires_at: expires_in.map(|d| now + d),
             revoked_at: None,
+            scope: Scope::Admin,
         }
     }
+
+    /// The same record with another scope.
+    #[must_use]
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// Whether the key is revoked or expired at `now`.
+    #[must_use]
+    pub fn status(&self, now: OffsetDateTime) -> KeyStatus {
+        match (self.revoked_at, self.expires_at) {
+            (Some(r), _) if r <= now => KeyStatus::Revoked,
+            (_, Some(e)) if e <= now => KeyStatus::Expired,
+            _ => KeyStatus::Active,
+        }
+    }
+}
+
+/// Whether a managed key can authenticate now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl KeyStatus {
+    /// The listed spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// A key just issued: the key itself (shown once, never stored) and its stored record.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedKey {
+    pub key: String,
+    pub record: ApiKeyRecord,
+}
+
+impl fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedKey").field("record", &self.record).finish_non_exhaustive()
+    }
+}
+
+/// Why a key could not be issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("invalid label: {0}")]
+    InvalidLabel(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The longest accepted key label, in characters.
+pub const MAX_LABEL_CHARS: usize = 64;
+
+/// Generates a key of `scope` labelled `label`, stores its hash and returns it once.
+///
+/// # Errors
+/// [`KeyError::InvalidLabel`] for an empty label, one longer than [`MAX_LABEL_CHARS`] or one
+/// with control characters; [`KeyError::Store`] when the store fails.
+pub fn issue_key(
+    store: &dyn AuthStore,
+    label: &str,
+    scope: Scope,
+    now: OffsetDateTime,
+    lifetime: Option<Duration>,
+) -> Result<IssuedKey, KeyError> {
+    let label = label.trim();
+    if label.is_empty() || label.chars().count() > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
+        return Err(KeyError::InvalidLabel(format!("use 1 to {MAX_LABEL_CHARS} printable characters")));
+    }
+    let key = generate_key();
+    let record = ApiKeyRecord::new(&key, label, now, lifetime).with_scope(scope);
+    store.insert_key(&record)?;
+    Ok(IssuedKey { key, record })
 }
 
 /// What happened to one authentication attempt.
@@ -130,9 +276,27 @@ pub enum AuthOutcome {
     Invalid,
     Expired,
     Revoked,
+    /// A failed attempt past the failure limit of its client address or key.
+    Throttled,
+    /// A valid key past its request rate.
+    RateLimited,
+    /// A valid key whose scope is below the one the operation needs.
+    InsufficientScope,
 }
 
 impl AuthOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 8] = [
+        Self::Success,
+        Self::Missing,
+        Self::Invalid,
+        Self::Expired,
+        Self::Revoked,
+        Self::Throttled,
+        Self::RateLimited,
+        Self::InsufficientScope,
+    ];
+
     /// The stored spelling.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -142,13 +306,22 @@ impl AuthOutcome {
             Self::Invalid => "invalid",
             Self::Expired => "expired",
             Self::Revoked => "revoked",
+            Self::Throttled => "throttled",
+            Self::RateLimited => "rate_limited",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 
     /// Parses the stored spelling.
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
-        [Self::Success, Self::Missing, Self::Invalid, Self::Expired, Self::Revoked].into_iter().find(|o| o.as_str() == raw)
+        Self::ALL.into_iter().find(|o| o.as_str() == raw)
+    }
+
+    /// Whether the presented key itself was refused (as opposed to a valid key held back).
+    #[must_use]
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Missing | Self::Invalid | Self::Expired | Self::Revoked)
     }
 }
 
@@ -169,7 +342,19 @@ pub struct AuditEntry {
 pub struct AttemptContext {
     pub method: String,
     pub endpoint: String,
-    pub client_addr: Option<String>,
+    /// The effective client address (behind a trusted proxy, the forwarded one).
+    pub client_addr: Option<IpAddr>,
+    /// The scope the operation needs.
+    pub required: Scope,
+}
+
+/// Who an authenticated request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub fingerprint: String,
+    /// The managed key's id; `None` for a key configured with `API_KEYS`.
+    pub key_id: Option<String>,
+    pub scope: Scope,
 }
 
 /// Why a request was not authenticated.
@@ -183,16 +368,44 @@ pub enum AuthError {
     Expired,
     #[error("API key revoked")]
     Revoked,
+    #[error("too many failed authentications from this client or with this key; retry in {} s", retry_secs(*retry_after))]
+    Throttled { retry_after: StdDuration },
+    #[error("this API key's request rate is exceeded; retry in {} s", retry_secs(*retry_after))]
+    RateLimited { retry_after: StdDuration },
+    #[error("this operation needs an API key of scope '{required}' or higher; this key's scope is '{held}'")]
+    InsufficientScope { required: Scope, held: Scope },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Checks presented keys against configured keys (held as hashes in memory) and managed keys
-/// (in the auth store), and audits every attempt.
+/// Whole seconds to wait, rounded up, at least 1: the value of a `Retry-After` header.
+#[must_use]
+pub fn retry_secs(wait: StdDuration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// No limits: every attempt passes. The default of an [`Authenticator`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLimits;
+
+impl AttemptLimiter for NoLimits {
+    fn failure(&self, _client: Option<IpAddr>, _fingerprint: Option<&str>) -> Result<(), StdDuration> {
+        Ok(())
+    }
+
+    fn request(&self, _fingerprint: &str) -> Result<(), StdDuration> {
+        Ok(())
+    }
+}
+
+/// Checks presented keys against configured keys (held as hashes in memory, scope `admin`) and
+/// managed keys (in the auth store, each with its scope), applies the attempt limits, and
+/// audits every attempt.
 pub struct Authenticator {
     configured: Vec<(ApiKeyHash, String)>,
     store: Arc<dyn AuthStore>,
     clock: Arc<dyn Clock>,
+    limiter: Arc<dyn AttemptLimiter>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -206,7 +419,45 @@ impl Authenticator {
     #[must_use]
     pub fn new(configured_keys: &[String], store: Arc<dyn AuthStore>, clock: Arc<dyn Clock>) -> Self {
         let configured = configured_keys.iter().map(|k| (ApiKeyHash::of(k), fingerprint(k))).collect();
-        Self { configured, store, clock }
+        Self { configured, store, clock, limiter: Arc::new(NoLimits) }
+    }
+
+    /// The same authenticator with attempt limits.
+    #[must_use]
+    pub fn with_limiter(mut self, limiter: Arc<dyn AttemptLimiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Issues a managed key (see [`issue_key`]).
+    ///
+    /// # Errors
+    /// As [`issue_key`].
+    pub fn issue_key(&self, label: &str, scope: Scope, lifetime: Option<Duration>) -> Result<IssuedKey, KeyError> {
+        issue_key(self.store.as_ref(), label, scope, self.clock.now(), lifetime)
+    }
+
+    /// Every managed key, oldest first (hashes and fingerprints, never keys).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.store.list_keys()
+    }
+
+    /// Revokes the managed key with this id or fingerprint, now; a key already revoked keeps
+    /// its revocation time.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown key.
+    pub fn revoke_key(&self, id_or_fingerprint: &str) -> Result<ApiKeyRecord, StoreError> {
+        self.store.revoke_key(id_or_fingerprint, self.clock.now())
+    }
+
+    /// The current time of this authenticator's clock.
+    #[must_use]
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
     }
 
     /// Whether any key, configured or managed and still usable, can authenticate.
@@ -221,74 +472,122 @@ impl Authenticator {
         Ok(self.store.list_keys()?.iter().any(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > now)))
     }
 
-    /// Checks `presented` and writes the attempt to the audit log, whatever the outcome.
+    /// Checks `presented` against the scope `ctx` needs and the attempt limits, and writes the
+    /// attempt to the audit log, whatever the outcome.
+    ///
+    /// A refused key counts against the failure limits of its client address and of its
+    /// fingerprint, and past them is [`AuthError::Throttled`]; a valid key is never held back
+    /// by failure limits, only by its own request rate.
     ///
     /// # Errors
-    /// [`AuthError`] saying why the key was refused; [`AuthError::Store`] when the audit
+    /// [`AuthError`] saying why the request was refused; [`AuthError::Store`] when the audit
     /// log cannot be written (the request is then refused too).
-    pub fn authenticate(&self, presented: Option<&str>, ctx: &AttemptContext) -> Result<(), AuthError> {
+    pub fn authenticate(&self, presented: Option<&str>, ctx: &AttemptContext) -> Result<Principal, AuthError> {
         let now = self.clock.now();
-        let (outcome, fp, key_id) = self.check(presented, now)?;
+        let checked = self.check(presented, now)?;
+        let refusal = if checked.outcome.is_failure() {
+            match self.limiter.failure(ctx.client_addr, checked.fingerprint.as_deref()) {
+                Ok(()) => None,
+                Err(retry_after) => Some(AuthError::Throttled { retry_after }),
+            }
+        } else {
+            let fp = checked.fingerprint.as_deref().unwrap_or_default();
+            match self.limiter.request(fp) {
+                Err(retry_after) => Some(AuthError::RateLimited { retry_after }),
+                Ok(()) if !checked.scope.permits(ctx.required) => {
+                    Some(AuthError::InsufficientScope { required: ctx.required, held: checked.scope })
+                }
+                Ok(()) => None,
+            }
+        };
+        let outcome = match &refusal {
+            Some(AuthError::Throttled { .. }) => AuthOutcome::Throttled,
+            Some(AuthError::RateLimited { .. }) => AuthOutcome::RateLimited,
+            Some(AuthError::InsufficientScope { .. }) => AuthOutcome::InsufficientScope,
+            _ => checked.outcome,
+        };
         self.store.append_audit(&AuditEntry {
             timestamp: now,
             outcome,
-            fingerprint: fp,
-            key_id,
+            fingerprint: checked.fingerprint.clone(),
+            key_id: checked.key_id.clone(),
             method: ctx.method.clone(),
             endpoint: ctx.endpoint.clone(),
-            client_addr: ctx.client_addr.clone(),
+            client_addr: ctx.client_addr.map(|a| a.to_string()),
         })?;
-        match outcome {
-            AuthOutcome::Success => Ok(()),
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        match checked.outcome {
             AuthOutcome::Missing => Err(AuthError::Missing),
             AuthOutcome::Invalid => Err(AuthError::Invalid),
             AuthOutcome::Expired => Err(AuthError::Expired),
             AuthOutcome::Revoked => Err(AuthError::Revoked),
+            _ => Ok(Principal { fingerprint: checked.fingerprint.unwrap_or_default(), key_id: checked.key_id, scope: checked.scope }),
         }
     }
 
-    fn check(&self, presented: Option<&str>, now: OffsetDateTime) -> Result<(AuthOutcome, Option<String>, Option<String>), StoreError> {
+    fn check(&self, presented: Option<&str>, now: OffsetDateTime) -> Result<Checked, StoreError> {
+        let checked = |outcome, fingerprint, key_id, scope| Checked { outcome, fingerprint, key_id, scope };
         let Some(key) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
-            return Ok((AuthOutcome::Missing, None, None));
+            return Ok(checked(AuthOutcome::Missing, None, None, Scope::Read));
         };
         let hash = ApiKeyHash::of(key);
         // Compare against every configured key without stopping early.
         let matched = self.configured.iter().fold(None, |found, (h, fp)| if h.ct_eq(&hash) { Some(fp.clone()) } else { found });
         if let Some(fp) = matched {
-            return Ok((AuthOutcome::Success, Some(fp), None));
+            return Ok(checked(AuthOutcome::Success, Some(fp), None, Scope::Admin));
         }
         let fp = Some(fingerprint(key));
         Ok(match self.store.find_key(&hash)? {
-            None => (AuthOutcome::Invalid, fp, None),
-            Some(rec) if rec.revoked_at.is_some_and(|r| r <= now) => (AuthOutcome::Revoked, fp, Some(rec.id)),
-            Some(rec) if rec.expires_at.is_some_and(|e| e <= now) => (AuthOutcome::Expired, fp, Some(rec.id)),
-            Some(rec) => (AuthOutcome::Success, fp, Some(rec.id)),
+            None => checked(AuthOutcome::Invalid, fp, None, Scope::Read),
+            Some(rec) => {
+                let outcome = match rec.status(now) {
+                    KeyStatus::Active => AuthOutcome::Success,
+                    KeyStatus::Expired => AuthOutcome::Expired,
+                    KeyStatus::Revoked => AuthOutcome::Revoked,
+                };
+                checked(outcome, fp, Some(rec.id), rec.scope)
+            }
         })
     }
 }
 
-/// Parses a duration such as `30d`, `12h`, `90m`, `45s` or `2w`.
+/// What checking a presented key found, before limits and scope.
+struct Checked {
+    outcome: AuthOutcome,
+    fingerprint: Option<String>,
+    key_id: Option<String>,
+    scope: Scope,
+}
+
+/// The longest key lifetime [`parse_duration`] accepts: 100 years.
+pub const MAX_LIFETIME_DAYS: i64 = 36_500;
+
+/// Parses a duration such as `30d`, `12h`, `90m`, `45s` or `2w`, from 1 second to
+/// [`MAX_LIFETIME_DAYS`].
 ///
 /// # Errors
-/// A message saying what is accepted.
+/// A message saying what is accepted (quoting at most 32 characters of the input).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    let err = || format!("invalid duration {raw:?}: use a number followed by s, m, h, d or w (e.g. 30d)");
+    let shown: String = raw.chars().take(32).collect();
+    let err = || format!("invalid duration {shown:?}: use a number followed by s, m, h, d or w (e.g. 30d), at most {MAX_LIFETIME_DAYS}d");
     let split = raw.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (num, unit) = raw.split_at(split);
     let n: i64 = num.parse().map_err(|_| err())?;
-    let d = match unit {
-        "s" => Duration::seconds(n),
-        "m" => Duration::minutes(n),
-        "h" => Duration::hours(n),
-        "d" => Duration::days(n),
-        "w" => Duration::weeks(n),
+    let unit_secs: i64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
         _ => return Err(err()),
     };
-    if n <= 0 {
-        return Err(err());
+    match n.checked_mul(unit_secs) {
+        Some(secs) if n > 0 && secs <= MAX_LIFETIME_DAYS * 86_400 => Ok(Duration::seconds(secs)),
+        _ => Err(err()),
     }
-    Ok(d)
 }
 
 #[cfg(test)]
@@ -299,7 +598,43 @@ mod tests {
     use crate::testing::{FixedClock, MemoryAuthStore};
 
     fn ctx() -> AttemptContext {
-        AttemptContext { method: "GET".into(), endpoint: "/api/v1/models".into(), client_addr: Some("127.0.0.1".into()) }
+        AttemptContext {
+            method: "GET".into(),
+            endpoint: "/api/v1/models".into(),
+            client_addr: Some(IpAddr::from([127, 0, 0, 1])),
+            required: Scope::Read,
+        }
+    }
+
+    /// A limiter that lets `failures` failed attempts and `requests` requests through, then
+    /// refuses, counting what it saw.
+    #[derive(Debug, Default)]
+    struct CountingLimiter {
+        failures: u32,
+        requests: u32,
+        seen: std::sync::Mutex<(u32, u32)>,
+    }
+
+    impl AttemptLimiter for CountingLimiter {
+        fn failure(&self, _client: Option<IpAddr>, _fingerprint: Option<&str>) -> Result<(), StdDuration> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.0 += 1;
+            if seen.0 > self.failures {
+                Err(StdDuration::from_millis(5_500))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn request(&self, _fingerprint: &str) -> Result<(), StdDuration> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.1 += 1;
+            if seen.1 > self.requests {
+                Err(StdDuration::from_secs(3))
+            } else {
+                Ok(())
+            }
+        }
     }
 
     fn setup(configured: &[&str]) -> (Authenticator, Arc<MemoryAuthStore>, Arc<FixedClock>) {
@@ -317,10 +652,64 @@ mod tests {
         store.insert_key(&expiring).unwrap();
         store.insert_key(&ApiKeyRecord::new("k-rev", "old", now, None)).unwrap();
         store.revoke_key(&fingerprint("k-rev"), now).unwrap();
-        assert_eq!(auth.authenticate(Some("k-exp"), &ctx()), Ok(()));
+        assert!(auth.authenticate(Some("k-exp"), &ctx()).is_ok());
         clock.advance(Duration::days(2));
         assert_eq!(auth.authenticate(Some("k-exp"), &ctx()), Err(AuthError::Expired));
         assert_eq!(auth.authenticate(Some("k-rev"), &ctx()), Err(AuthError::Revoked));
+    }
+
+    #[test]
+    fn failures_past_the_limit_are_throttled_but_valid_keys_pass_and_everything_is_audited() {
+        let (auth, store, _) = setup(&["good-key-0123"]);
+        let auth = auth.with_limiter(Arc::new(CountingLimiter { failures: 2, requests: 100, ..CountingLimiter::default() }));
+        assert_eq!(auth.authenticate(Some("bad"), &ctx()), Err(AuthError::Invalid));
+        assert_eq!(auth.authenticate(None, &ctx()), Err(AuthError::Missing));
+        let throttled = auth.authenticate(Some("bad"), &ctx());
+        assert_eq!(throttled, Err(AuthError::Throttled { retry_after: StdDuration::from_millis(5_500) }));
+        assert!(throttled.unwrap_err().to_string().contains("retry in 6 s"));
+        let who = auth.authenticate(Some("good-key-0123"), &ctx()).unwrap();
+        assert_eq!((who.scope, who.key_id, who.fingerprint), (Scope::Admin, None, fingerprint("good-key-0123")));
+        let outcomes: Vec<AuthOutcome> = store.list_audit(10).unwrap().into_iter().rev().map(|e| e.outcome).collect();
+        assert_eq!(outcomes, [AuthOutcome::Invalid, AuthOutcome::Missing, AuthOutcome::Throttled, AuthOutcome::Success]);
+    }
+
+    #[test]
+    fn a_valid_key_past_its_rate_is_rate_limited() {
+        let (auth, store, _) = setup(&["good-key-0123"]);
+        let auth = auth.with_limiter(Arc::new(CountingLimiter { failures: 0, requests: 1, ..CountingLimiter::default() }));
+        assert!(auth.authenticate(Some("good-key-0123"), &ctx()).is_ok());
+        assert_eq!(
+            auth.authenticate(Some("good-key-0123"), &ctx()),
+            Err(AuthError::RateLimited { retry_after: StdDuration::from_secs(3) })
+        );
+        assert_eq!(store.list_audit(1).unwrap()[0].outcome, AuthOutcome::RateLimited);
+    }
+
+    #[test]
+    fn issued_keys_authenticate_with_their_scope_and_labels_are_checked() {
+        let (auth, _, _) = setup(&[]);
+        let issued = auth.issue_key(" bot ", Scope::Train, Some(Duration::days(30))).unwrap();
+        assert_eq!((issued.record.label.as_str(), issued.record.scope), ("bot", Scope::Train));
+        assert!(!format!("{issued:?}").contains(&issued.key), "Debug never shows the key");
+        let who = auth.authenticate(Some(&issued.key), &AttemptContext { required: Scope::Train, ..ctx() }).unwrap();
+        assert_eq!((who.scope, who.key_id), (Scope::Train, Some(issued.record.id.clone())));
+        for bad in ["", "   ", "a\nb", &"x".repeat(MAX_LABEL_CHARS + 1)] {
+            assert!(matches!(auth.issue_key(bad, Scope::Read, None), Err(KeyError::InvalidLabel(_))), "{bad:?}");
+        }
+        let revoked = auth.revoke_key(&issued.record.id).unwrap();
+        assert_eq!(auth.revoke_key(&issued.record.id).unwrap().revoked_at, revoked.revoked_at, "a second revocation keeps the first time");
+        assert_eq!(auth.authenticate(Some(&issued.key), &ctx()), Err(AuthError::Revoked));
+        assert_eq!(auth.list_keys().unwrap()[0].status(auth.now()), KeyStatus::Revoked);
+    }
+
+    #[test]
+    fn scopes_parse_and_rank() {
+        assert_eq!("train".parse::<Scope>(), Ok(Scope::Train));
+        assert!("root".parse::<Scope>().unwrap_err().contains("read, train or admin"));
+        assert!(Scope::Read < Scope::Train && Scope::Train < Scope::Admin);
+        assert_eq!(retry_secs(StdDuration::from_millis(1)), 1);
+        assert_eq!(retry_secs(StdDuration::from_secs(6)), 6);
+        assert_eq!(retry_secs(StdDuration::ZERO), 1);
     }
 
     #[test]
@@ -330,6 +719,11 @@ mod tests {
         assert!(parse_duration("0d").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("3y").is_err());
+        assert_eq!(parse_duration("2w"), Ok(Duration::weeks(2)));
+        assert_eq!(parse_duration("36500d"), Ok(Duration::days(36_500)));
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("9223372036854775807w").is_err(), "no overflow");
+        assert!(parse_duration(&"9".repeat(10_000)).unwrap_err().len() < 200, "the message quotes a bounded prefix");
     }
 
     quickcheck! {
@@ -356,6 +750,32 @@ mod tests {
                     a.as_deref().is_none_or(|k| k.trim().len() < 4 || !text.contains(k.trim()))
                         && (entry.outcome == AuthOutcome::Success) == (a.as_deref().map(str::trim) == Some("the-real-key-123456"))
                 })
+        }
+
+        // Property 45: a key of scope S is admitted to an operation (any method and endpoint)
+        // that needs scope R iff rank(S) >= rank(R); configured keys are admin; a refusal is
+        // InsufficientScope naming both scopes, and the attempt is audited once either way.
+        fn prop45_scope_admits_iff_its_rank_is_high_enough(method: String, endpoint: String, held: u8, required: u8, configured: bool) -> bool {
+            let (auth, store, clock) = setup(&["configured-key-42"]);
+            let held = if configured { Scope::Admin } else { Scope::ALL[usize::from(held) % 3] };
+            let required = Scope::ALL[usize::from(required) % 3];
+            let key = if configured {
+                "configured-key-42".to_owned()
+            } else {
+                issue_key(store.as_ref(), "k", held, clock.now(), None).unwrap().key
+            };
+            let ctx = AttemptContext { method, endpoint, client_addr: None, required };
+            let result = auth.authenticate(Some(&key), &ctx);
+            let audit = store.list_audit(u32::MAX).unwrap();
+            let admitted = held.rank() >= required.rank();
+            audit.len() == 1
+                && match result {
+                    Ok(who) => admitted && who.scope == held && audit[0].outcome == AuthOutcome::Success,
+                    Err(AuthError::InsufficientScope { required: r, held: h }) => {
+                        !admitted && (r, h) == (required, held) && audit[0].outcome == AuthOutcome::InsufficientScope
+                    }
+                    Err(_) => false,
+                }
         }
 
         // Property 10: stored hashes never equal or contain the key, and fingerprints are stable.

@@ -2,6 +2,7 @@
 //! callers on async runtimes reach them through a blocking pool or a dedicated thread.
 
 use std::{
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -167,11 +168,25 @@ pub trait AuthStore: Send + Sync + 'static {
     fn find_key(&self, hash: &ApiKeyHash) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// All managed keys, oldest first.
     fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
-    /// Marks the key with this id or fingerprint revoked at `at`; returns it.
+    /// Marks the key with this id or fingerprint revoked at `at` (a key already revoked keeps
+    /// its first revocation time); returns it.
     fn revoke_key(&self, id_or_fingerprint: &str, at: OffsetDateTime) -> Result<ApiKeyRecord, StoreError>;
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// The newest `limit` audit entries, newest first.
     fn list_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Limits on authentication attempts: failed ones per client address and per key, and
+/// authenticated requests per key. Implementations keep bounded state and never block.
+///
+/// # Errors
+/// `Err(wait)`: the attempt is over a limit, and `wait` is how long until it would pass.
+pub trait AttemptLimiter: Send + Sync + 'static {
+    /// Counts a failed attempt from `client` with the key whose fingerprint is `fingerprint`
+    /// (absent when no key was sent).
+    fn failure(&self, client: Option<IpAddr>, fingerprint: Option<&str>) -> Result<(), std::time::Duration>;
+    /// Counts a request authenticated with the key whose fingerprint is `fingerprint`.
+    fn request(&self, fingerprint: &str) -> Result<(), std::time::Duration>;
 }
 
 /// Per-session scratch space: checkpoints and temporary files of a run.

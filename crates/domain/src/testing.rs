@@ -323,7 +323,7 @@ impl AuthStore for MemoryAuthStore {
             .iter_mut()
             .find(|k| k.id == id_or_fingerprint || k.fingerprint == id_or_fingerprint)
             .ok_or_else(|| StoreError::NotFound(format!("key '{id_or_fingerprint}'")))?;
-        key.revoked_at = Some(at);
+        key.revoked_at = key.revoked_at.or(Some(at));
         Ok(key.clone())
     }
 

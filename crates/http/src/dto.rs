@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use trainyard_domain::{
+    auth::{ApiKeyRecord, Scope},
     config::TrainingConfig,
     manager::SessionView,
     metrics::{EpochMetrics, LogEntry},
@@ -660,12 +661,103 @@ pub struct ArchitectureDto {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditLine {
     pub timestamp: String,
-    /// `success`, `missing`, `invalid`, `expired` or `revoked`.
+    /// `success`, `missing`, `invalid`, `expired`, `revoked`, `throttled` (a failed attempt past
+    /// the failure limit), `rate_limited` (a valid key past its request rate) or
+    /// `insufficient_scope` (a valid key below the scope the route needs).
     pub outcome: String,
     /// A non-reversible fingerprint of the presented key, never the key.
     pub key_fingerprint: Option<String>,
     pub key_id: Option<String>,
     pub method: String,
     pub endpoint: String,
+    /// The effective client address: behind a trusted proxy, the forwarded one.
     pub client_addr: Option<String>,
+}
+
+/// What an API key may do: `read` (every `GET` outside `/api/v1/admin`), `train` (`read`,
+/// plus training, dataset uploads, prediction and generation) or `admin` (everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    Read,
+    Train,
+    Admin,
+}
+
+impl From<KeyScope> for Scope {
+    fn from(s: KeyScope) -> Self {
+        match s {
+            KeyScope::Read => Self::Read,
+            KeyScope::Train => Self::Train,
+            KeyScope::Admin => Self::Admin,
+        }
+    }
+}
+
+impl From<Scope> for KeyScope {
+    fn from(s: Scope) -> Self {
+        match s {
+            Scope::Read => Self::Read,
+            Scope::Train => Self::Train,
+            Scope::Admin => Self::Admin,
+        }
+    }
+}
+
+/// `POST /api/v1/admin/keys` body. Unknown fields are rejected.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Who uses the key: 1 to 64 printable characters.
+    #[schema(example = "telegram-bot")]
+    pub label: String,
+    pub scope: KeyScope,
+    /// Lifetime such as `30d`, `12h`, `90m`, `45s` or `2w` (at most 36500d); the key never
+    /// expires when absent.
+    #[serde(default)]
+    #[schema(example = "30d")]
+    pub expires_in: Option<String>,
+}
+
+/// A managed API key as listed: never the key itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyInfo {
+    /// `key_` and 8 hex digits; `DELETE /api/v1/admin/keys/{id}` revokes the key.
+    pub id: String,
+    /// A non-reversible fingerprint of the key, as the audit log shows it.
+    pub fingerprint: String,
+    pub label: String,
+    pub scope: KeyScope,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub status: &'static str,
+}
+
+impl KeyInfo {
+    /// The listing of `record` at `now`.
+    #[must_use]
+    pub fn of(record: &ApiKeyRecord, now: time::OffsetDateTime) -> Self {
+        Self {
+            id: record.id.clone(),
+            fingerprint: record.fingerprint.clone(),
+            label: record.label.clone(),
+            scope: record.scope.into(),
+            created_at: iso8601(record.created_at),
+            expires_at: record.expires_at.map(iso8601),
+            revoked_at: record.revoked_at.map(iso8601),
+            status: record.status(now).as_str(),
+        }
+    }
+}
+
+/// A key just created: the key itself, shown only in this answer (only its hash is stored),
+/// and its listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    /// The API key: send it as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    pub key: String,
+    #[serde(flatten)]
+    pub info: KeyInfo,
 }

@@ -8,7 +8,12 @@ use actix_web::{
 };
 use serde::Serialize;
 use trainyard_domain::{
-    auth::AuthError, catalog::CatalogError, inference::InferenceError, manager::ManagerError, ports::StoreError, ConfigErrors, NameError,
+    auth::{retry_secs, AuthError, KeyError},
+    catalog::CatalogError,
+    inference::InferenceError,
+    manager::ManagerError,
+    ports::StoreError,
+    ConfigErrors, NameError,
 };
 
 /// Every error code the API returns. [`ErrorCode::status`] is the one table of statuses.
@@ -29,6 +34,8 @@ pub enum ErrorCode {
     ApiKeyInvalid,
     ApiKeyExpired,
     ApiKeyRevoked,
+    InsufficientScope,
+    TooManyRequests,
     NotFound,
     SessionNotFound,
     ModelNotFound,
@@ -63,6 +70,8 @@ impl ErrorCode {
             | C::InsufficientMemory => StatusCode::BAD_REQUEST,
             C::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
             C::ApiKeyMissing | C::ApiKeyInvalid | C::ApiKeyExpired | C::ApiKeyRevoked => StatusCode::UNAUTHORIZED,
+            C::InsufficientScope => StatusCode::FORBIDDEN,
+            C::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             C::NotFound | C::SessionNotFound | C::ModelNotFound | C::DatasetNotFound => StatusCode::NOT_FOUND,
             C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             C::Conflict => StatusCode::CONFLICT,
@@ -88,6 +97,8 @@ impl ErrorCode {
             StatusCode::PRECONDITION_FAILED => Self::PreconditionFailed,
             StatusCode::RANGE_NOT_SATISFIABLE => Self::RangeNotSatisfiable,
             StatusCode::UNAUTHORIZED => Self::ApiKeyInvalid,
+            StatusCode::FORBIDDEN => Self::InsufficientScope,
+            StatusCode::TOO_MANY_REQUESTS => Self::TooManyRequests,
             StatusCode::UNPROCESSABLE_ENTITY => Self::ValidationError,
             StatusCode::CONFLICT => Self::Conflict,
             StatusCode::SERVICE_UNAVAILABLE => Self::StorageBusy,
@@ -106,6 +117,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: serde_json::Value,
+    /// Seconds for a `Retry-After` header (429; 503 always sends one).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -124,7 +137,14 @@ struct Envelope<'a> {
 impl ApiError {
     /// An error with no details.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: serde_json::Value::Null }
+        Self { code, message: message.into(), details: serde_json::Value::Null, retry_after: None }
+    }
+
+    /// Adds a `Retry-After` of `seconds`.
+    #[must_use]
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// Adds structured details.
@@ -158,7 +178,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let mut res = HttpResponse::build(self.status_code());
         res.insert_header((header::CONTENT_TYPE, "application/json"));
-        if self.code == ErrorCode::StorageBusy {
+        if let Some(seconds) = self.retry_after {
+            res.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        } else if self.code == ErrorCode::StorageBusy {
             res.insert_header((header::RETRY_AFTER, "1"));
         }
         if self.code.status() == StatusCode::UNAUTHORIZED {
@@ -232,9 +254,30 @@ impl From<AuthError> for ApiError {
             AuthError::Invalid => ErrorCode::ApiKeyInvalid,
             AuthError::Expired => ErrorCode::ApiKeyExpired,
             AuthError::Revoked => ErrorCode::ApiKeyRevoked,
+            AuthError::Throttled { retry_after } | AuthError::RateLimited { retry_after } => {
+                let seconds = retry_secs(*retry_after);
+                return Self::new(ErrorCode::TooManyRequests, e.to_string())
+                    .with_details(serde_json::json!({ "retry_after_seconds": seconds }))
+                    .with_retry_after(seconds);
+            }
+            AuthError::InsufficientScope { required, held } => {
+                return Self::new(ErrorCode::InsufficientScope, e.to_string())
+                    .with_details(serde_json::json!({ "required_scope": required.as_str(), "key_scope": held.as_str() }));
+            }
             AuthError::Store(s) => return s.clone().into(),
         };
         Self::new(code, e.to_string())
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::InvalidLabel(_) => {
+                Self::new(ErrorCode::BadRequest, e.to_string()).with_details(serde_json::json!({ "field": "label" }))
+            }
+            KeyError::Store(s) => s.into(),
+        }
     }
 }
 
@@ -257,7 +300,9 @@ mod tests {
 
     use super::*;
 
-    const ALL: [ErrorCode; 29] = [
+    const ALL: [ErrorCode; 31] = [
+        ErrorCode::InsufficientScope,
+        ErrorCode::TooManyRequests,
         ErrorCode::InvalidModel,
         ErrorCode::InsufficientMemory,
         ErrorCode::PreconditionFailed,

@@ -10,7 +10,9 @@ pub mod dto;
 pub mod error;
 pub mod host_check;
 mod openapi;
+mod proxy;
 mod routes;
+mod throttle;
 pub mod tls;
 mod upload;
 
@@ -32,6 +34,8 @@ use trainyard_domain::{
 
 pub use error::{ApiError, ErrorCode};
 pub use openapi::openapi_json;
+pub use proxy::TrustedProxies;
+pub use throttle::{GovernorLimiter, Limits};
 
 /// Largest accepted JSON body.
 pub const JSON_LIMIT_BYTES: usize = 1024 * 1024;
@@ -97,6 +101,8 @@ pub struct AppState {
     pub auth_store: Arc<dyn AuthStore>,
     pub monitor: Arc<dyn SystemMonitor>,
     pub limits: UploadLimits,
+    /// Whose `X-Forwarded-For` names the client.
+    pub proxies: TrustedProxies,
 }
 
 impl fmt::Debug for AppState {

@@ -11,10 +11,11 @@ use actix_web::{
     body::{EitherBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     error::{JsonPayloadError, PathError, QueryPayloadError},
-    http::header,
+    http::{header, Method},
     middleware::Next,
-    web, Error, HttpRequest, HttpResponse,
+    web, Error, HttpRequest, HttpResponse, Route,
 };
+use trainyard_domain::auth::Scope;
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -30,30 +31,88 @@ where
     web::block(f).await?.map_err(Into::into)
 }
 
-/// Registers every route. Each path is one resource, so a wrong method gets a 405.
+/// Who may call a route: anyone, or a key of at least a scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Public,
+    Key(Scope),
+}
+
+/// One route: its method, its path pattern, who may call it, and its handler.
+pub(crate) struct RouteSpec {
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    pub(crate) access: Access,
+    handler: fn(Route) -> Route,
+}
+
+const fn route(method: Method, path: &'static str, access: Access, handler: fn(Route) -> Route) -> RouteSpec {
+    RouteSpec { method, path, access, handler }
+}
+
+const READ: Access = Access::Key(Scope::Read);
+const TRAIN: Access = Access::Key(Scope::Train);
+const ADMIN: Access = Access::Key(Scope::Admin);
+
+/// Every route, the one list the router ([`register`]), the auth middleware ([`access_for`])
+/// and the OpenAPI document's `x-required-scope` read: a route exists only with its access.
+/// `read`: every `GET` outside `/api/v1/admin`; `train`: sessions, dataset uploads,
+/// prediction and generation; `admin`: model uploads, deletions, keys and the audit log.
+pub(crate) static ROUTES: &[RouteSpec] = &[
+    route(Method::GET, "/health", Access::Public, |r| r.to(health)),
+    route(Method::GET, "/", Access::Public, |r| r.to(root)),
+    route(Method::GET, "/redoc", Access::Public, |r| r.to(redoc)),
+    route(Method::POST, "/api/v1/training/start", TRAIN, |r| r.to(start_training)),
+    route(Method::GET, "/api/v1/training/sessions", READ, |r| r.to(list_sessions)),
+    route(Method::GET, "/api/v1/training/queue", READ, |r| r.to(list_queue)),
+    route(Method::DELETE, "/api/v1/training/queue/{session_id}", TRAIN, |r| r.to(cancel_queued)),
+    route(Method::POST, "/api/v1/training/{session_id}/stop", TRAIN, |r| r.to(stop_training)),
+    route(Method::GET, "/api/v1/training/{session_id}/status", READ, |r| r.to(session_status)),
+    route(Method::GET, "/api/v1/training/{session_id}/metrics", READ, |r| r.to(session_metrics)),
+    route(Method::GET, "/api/v1/training/{session_id}/history", READ, |r| r.to(session_history)),
+    route(Method::GET, "/api/v1/training/{session_id}/logs", READ, |r| r.to(session_logs)),
+    route(Method::GET, "/api/v1/architectures", READ, |r| r.to(list_architectures)),
+    route(Method::GET, "/api/v1/system/info", READ, |r| r.to(system_info)),
+    route(Method::GET, "/api/v1/models", READ, |r| r.to(list_models)),
+    route(Method::POST, "/api/v1/models", ADMIN, |r| r.to(upload_model)),
+    route(Method::GET, "/api/v1/models/{name}", READ, |r| r.to(download_model)),
+    route(Method::DELETE, "/api/v1/models/{name}", ADMIN, |r| r.to(delete_model)),
+    route(Method::POST, "/api/v1/models/{name}/generate", TRAIN, |r| r.to(generate)),
+    route(Method::POST, "/api/v1/models/{name}/predict", TRAIN, |r| r.to(predict)),
+    route(Method::GET, "/api/v1/datasets", READ, |r| r.to(list_datasets)),
+    route(Method::POST, "/api/v1/datasets", TRAIN, |r| r.to(upload_dataset)),
+    route(Method::GET, "/api/v1/datasets/{name}", READ, |r| r.to(get_dataset)),
+    route(Method::DELETE, "/api/v1/datasets/{name}", ADMIN, |r| r.to(delete_dataset)),
+    route(Method::GET, "/api/v1/admin/audit", ADMIN, |r| r.to(audit_log)),
+    route(Method::GET, "/api/v1/admin/keys", ADMIN, |r| r.to(list_keys)),
+    route(Method::POST, "/api/v1/admin/keys", ADMIN, |r| r.to(create_key)),
+    route(Method::DELETE, "/api/v1/admin/keys/{id}", ADMIN, |r| r.to(revoke_key)),
+];
+
+/// Registers every route of [`ROUTES`] and the API docs. Each path is one resource, so a
+/// wrong method gets a 405.
 pub(crate) fn register(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/health").route(web::get().to(health)))
-        .service(web::resource("/").route(web::get().to(root)))
-        .service(web::resource("/redoc").route(web::get().to(redoc)))
-        .service(crate::openapi::swagger_ui())
-        .service(web::resource("/api/v1/training/start").route(web::post().to(start_training)))
-        .service(web::resource("/api/v1/training/sessions").route(web::get().to(list_sessions)))
-        .service(web::resource("/api/v1/training/queue").route(web::get().to(list_queue)))
-        .service(web::resource("/api/v1/training/queue/{session_id}").route(web::delete().to(cancel_queued)))
-        .service(web::resource("/api/v1/training/{session_id}/stop").route(web::post().to(stop_training)))
-        .service(web::resource("/api/v1/training/{session_id}/status").route(web::get().to(session_status)))
-        .service(web::resource("/api/v1/training/{session_id}/metrics").route(web::get().to(session_metrics)))
-        .service(web::resource("/api/v1/training/{session_id}/history").route(web::get().to(session_history)))
-        .service(web::resource("/api/v1/training/{session_id}/logs").route(web::get().to(session_logs)))
-        .service(web::resource("/api/v1/architectures").route(web::get().to(list_architectures)))
-        .service(web::resource("/api/v1/system/info").route(web::get().to(system_info)))
-        .service(web::resource("/api/v1/models").route(web::get().to(list_models)).route(web::post().to(upload_model)))
-        .service(web::resource("/api/v1/models/{name}").route(web::get().to(download_model)).route(web::delete().to(delete_model)))
-        .service(web::resource("/api/v1/models/{name}/generate").route(web::post().to(generate)))
-        .service(web::resource("/api/v1/models/{name}/predict").route(web::post().to(predict)))
-        .service(web::resource("/api/v1/datasets").route(web::get().to(list_datasets)).route(web::post().to(upload_dataset)))
-        .service(web::resource("/api/v1/datasets/{name}").route(web::get().to(get_dataset)).route(web::delete().to(delete_dataset)))
-        .service(web::resource("/api/v1/admin/audit").route(web::get().to(audit_log)));
+    cfg.service(crate::openapi::swagger_ui());
+    let mut paths: Vec<&str> = Vec::new();
+    for spec in ROUTES {
+        if paths.contains(&spec.path) {
+            continue;
+        }
+        paths.push(spec.path);
+        let resource = ROUTES
+            .iter()
+            .filter(|r| r.path == spec.path)
+            .fold(web::resource(spec.path), |resource, r| resource.route((r.handler)(web::method(r.method.clone()))));
+        cfg.service(resource);
+    }
+}
+
+/// The access a request needs, from its method and the route pattern its path matches.
+/// `HEAD` is a `GET`. A path no route matches (a 404), or a method its route lacks (a 405),
+/// needs a key of any scope, so that nothing is learnt about routes without one.
+pub(crate) fn access_for(method: &Method, pattern: Option<&str>) -> Access {
+    let method = if method == Method::HEAD { &Method::GET } else { method };
+    pattern.and_then(|p| ROUTES.iter().find(|r| r.path == p && r.method == method)).map_or(READ, |r| r.access)
 }
 
 /// The default service: an unknown route.

@@ -4,14 +4,14 @@
 use rusqlite::{params, OptionalExtension, Row};
 use time::OffsetDateTime;
 use trainyard_domain::{
-    auth::{ApiKeyHash, ApiKeyRecord, AuditEntry, AuthOutcome},
+    auth::{ApiKeyHash, ApiKeyRecord, AuditEntry, AuthOutcome, Scope},
     ports::{AuthStore, StoreError},
 };
 
 use super::SqliteStore;
 use crate::{codec, db::conflict_as};
 
-const KEY_COLUMNS: &str = "id, label, hash, fingerprint, created_at, expires_at, revoked_at";
+const KEY_COLUMNS: &str = "id, label, hash, fingerprint, created_at, expires_at, revoked_at, scope";
 
 /// A key's columns as SQLite returns them.
 struct KeyRow {
@@ -22,6 +22,7 @@ struct KeyRow {
     created_at: String,
     expires_at: Option<String>,
     revoked_at: Option<String>,
+    scope: String,
 }
 
 impl KeyRow {
@@ -34,6 +35,7 @@ impl KeyRow {
             created_at: r.get(4)?,
             expires_at: r.get(5)?,
             revoked_at: r.get(6)?,
+            scope: r.get(7)?,
         })
     }
 
@@ -46,6 +48,7 @@ impl KeyRow {
             created_at: codec::parse_ts(&self.created_at)?,
             expires_at: codec::parse_ts_opt(self.expires_at.as_deref())?,
             revoked_at: codec::parse_ts_opt(self.revoked_at.as_deref())?,
+            scope: self.scope.parse::<Scope>().map_err(|e| StoreError::Corrupt(format!("API key {}: {e}", self.id)))?,
             id: self.id,
         })
     }
@@ -95,15 +98,9 @@ impl AuthStore for SqliteStore {
             (codec::ts(key.created_at)?, codec::ts_opt(key.expires_at)?, codec::ts_opt(key.revoked_at)?);
         self.db
             .write(|tx| {
-                tx.prepare_cached(&format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"))?.execute(params![
-                    key.id,
-                    key.label,
-                    key.hash.to_hex(),
-                    key.fingerprint,
-                    created_at,
-                    expires_at,
-                    revoked_at
-                ])
+                tx.prepare_cached(&format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"))?.execute(
+                    params![key.id, key.label, key.hash.to_hex(), key.fingerprint, created_at, expires_at, revoked_at, key.scope.as_str()],
+                )
             })
             .map_err(conflict_as(|| format!("API key {} or one with the same hash already exists", key.id)))?;
         Ok(())
@@ -136,7 +133,8 @@ impl AuthStore for SqliteStore {
                 .query_row([id_or_fingerprint], |r| r.get(0))
                 .optional()?;
             let Some(id) = found else { return Ok(None) };
-            tx.prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1")?.execute(params![id, revoked_at])?;
+            tx.prepare_cached("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1")?
+                .execute(params![id, revoked_at])?;
             tx.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"))?.query_row([id], KeyRow::read).map(Some)
         })?;
         row.ok_or_else(|| StoreError::NotFound(format!("API key '{id_or_fingerprint}'")))?.decode()
@@ -196,6 +194,42 @@ mod tests {
     }
 
     #[test]
+    fn a_second_revocation_keeps_the_first_time() {
+        let (_dir, store) = temp_store();
+        let key = ApiKeyRecord::new("secret-2", "bot", time_from(0, 0), None).with_scope(Scope::Read);
+        store.insert_key(&key).unwrap();
+        let first = store.revoke_key(&key.id, time_from(10, 0)).unwrap();
+        let second = store.revoke_key(&key.id, time_from(20, 0)).unwrap();
+        assert_eq!((first.revoked_at, second.revoked_at, second.scope), (Some(time_from(10, 0)), Some(time_from(10, 0)), Scope::Read));
+    }
+
+    #[test]
+    fn keys_stored_before_scopes_become_admin_and_old_audit_entries_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("../../../../migrations/0001_init.sql")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL);
+                 INSERT INTO schema_migrations VALUES (1, 'init', '2025-01-01T00:00:00Z');
+                 INSERT INTO api_keys (id, label, hash, fingerprint, created_at)
+                     VALUES ('key_0ld0ld00', 'old', '0000000000000000000000000000000000000000000000000000000000000000', 'fp_000000000000', '2025-01-01T00:00:00.000000000Z');
+                 INSERT INTO auth_logs (timestamp, outcome, method, endpoint) VALUES ('2025-01-01T00:00:00.000000000Z', 'revoked', 'GET', '/x');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::new(crate::Database::open(&path).unwrap());
+        assert_eq!(store.list_keys().unwrap()[0].scope, Scope::Admin);
+        let old = store.list_audit(10).unwrap();
+        assert_eq!((old.len(), old[0].outcome), (1, AuthOutcome::Revoked));
+        let mut entry = old[0].clone();
+        entry.outcome = AuthOutcome::InsufficientScope;
+        store.append_audit(&entry).unwrap();
+        assert_eq!(store.list_audit(1).unwrap()[0].outcome, AuthOutcome::InsufficientScope);
+    }
+
+    #[test]
     fn revoking_an_unknown_key_is_not_found() {
         let (_dir, store) = temp_store();
         assert_eq!(store.revoke_key("key_nothere", time_from(0, 0)), Err(StoreError::NotFound("API key 'key_nothere'".into())));
@@ -210,7 +244,8 @@ mod tests {
             let now = time_from(1_700_000_000, 123_456_789);
             let mut expected = Vec::new();
             for (i, (label, expires_hours, _)) in keys.iter().enumerate() {
-                let rec = ApiKeyRecord::new(&format!("key-{i}"), label, now, expires_hours.map(|h| Duration::hours(i64::from(h) + 1)));
+                let rec = ApiKeyRecord::new(&format!("key-{i}"), label, now, expires_hours.map(|h| Duration::hours(i64::from(h) + 1)))
+                    .with_scope(Scope::ALL[i % 3]);
                 store.insert_key(&rec).unwrap();
                 if store.find_key(&rec.hash).unwrap().as_ref() != Some(&rec) {
                     return TestResult::failed();
@@ -229,7 +264,7 @@ mod tests {
                 return TestResult::failed();
             }
 
-            let outcomes = [AuthOutcome::Success, AuthOutcome::Missing, AuthOutcome::Invalid, AuthOutcome::Expired, AuthOutcome::Revoked];
+            let outcomes = AuthOutcome::ALL;
             let entries: Vec<AuditEntry> = audit
                 .into_iter()
                 .enumerate()

@@ -669,3 +669,6 @@ pub struct AuditLine {
     pub endpoint: String,
     pub client_addr: Option<String>,
 }
+
+#[cfg(test)]
+mod tests;

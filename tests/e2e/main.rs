@@ -6,6 +6,8 @@ mod hostile;
 mod isolation;
 
 mod api;
+mod envelope;
+mod inputs;
 mod lifecycle;
 mod registry;
 mod text;

@@ -269,7 +269,7 @@ impl SessionManager {
                 None => errors.push("base_model", format!("model '{base}' not found; list models with GET /api/v1/models")),
                 Some(model) => {
                     if let Err(why) = p.trainer.check_base_model(config, &model) {
-                        errors.push("base_model", format!("model '{base}' cannot start this session: {why}"));
+                        errors.push("base_model", format!("model '{base}' cannot start this session: {}", failure::scrub(&why)));
                     }
                 }
             }

@@ -207,6 +207,8 @@ fn requests_the_codec_refuses_get_the_documented_status_and_the_server_keeps_ser
         ),
         ("Content-Length not a number", b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
         ("method with a NUL", b"GE\0T /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("Transfer-Encoding other than chunked", b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
+        ("HTTP/1.0 POST without Content-Length", b"POST /health HTTP/1.0\r\n\r\n".to_vec(), 400),
     ];
     // A chunked body whose chunk size is not hexadecimal: the codec fails the body under the
     // handler and closes the connection without any answer.

@@ -7,6 +7,8 @@ mod isolation;
 
 mod access;
 mod api;
+mod envelope;
+mod inputs;
 mod lifecycle;
 mod registry;
 mod text;

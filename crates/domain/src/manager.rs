@@ -22,11 +22,12 @@ use time::Duration;
 
 use crate::{
     config::{ConfigErrors, TrainingConfig, TrainingRequest},
+    failure,
     ids::{ModelName, SessionId},
     metrics::{EpochMetrics, LogEntry, LogLevel},
     ports::{
         Clock, DatasetRegistry, LogStore, MemoryEstimate, MetricsStore, ModelInspector, ModelRegistry, RunUsage, ScratchSpace,
-        SessionRepository, StopSignal, StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob,
+        SessionRepository, StopSignal, StoreError, SystemMonitor, TrainedModel, Trainer, TrainingEvents, TrainingJob,
     },
     registry::{DatasetRecord, NewModel},
     session::{Session, SessionState},
@@ -268,7 +269,7 @@ impl SessionManager {
                 None => errors.push("base_model", format!("model '{base}' not found; list models with GET /api/v1/models")),
                 Some(model) => {
                     if let Err(why) = p.trainer.check_base_model(config, &model) {
-                        errors.push("base_model", format!("model '{base}' cannot start this session: {why}"));
+                        errors.push("base_model", format!("model '{base}' cannot start this session: {}", failure::scrub(&why)));
                     }
                 }
             }
@@ -532,8 +533,14 @@ fn describe(c: &TrainingConfig) -> String {
 }
 
 impl Inner {
+    /// Appends a session log line, which clients read: server paths and internal error text
+    /// are taken out of it (see [`failure::scrub`]); the server's log keeps the line whole.
     fn log(&self, id: &SessionId, level: LogLevel, message: String) {
-        let entry = LogEntry { session_id: id.clone(), timestamp: self.ports.clock.now(), level, message };
+        let public = failure::scrub(&message);
+        if public != message {
+            tracing::warn!(session = %id, detail = %message, "session log line shown without its server detail");
+        }
+        let entry = LogEntry { session_id: id.clone(), timestamp: self.ports.clock.now(), level, message: public };
         // A log line that cannot be written must not break the operation that produced it.
         let _ = self.ports.logs.append(&entry);
     }
@@ -692,25 +699,22 @@ impl Inner {
     fn execute(&self, recorder: &mut Recorder<'_>, stop: &StopSignal) -> Result<TrainedModel, String> {
         let p = &self.ports;
         let session = recorder.session.clone();
+        let store = |e: StoreError| store_failure(&session.id, &e);
         let dataset = p
             .datasets
             .get(&session.config.dataset_name)
-            .map_err(|e| e.to_string())?
+            .map_err(store)?
             .ok_or_else(|| format!("dataset '{}' was deleted before training started", session.config.dataset_name))?;
         let mut extra_datasets = Vec::new();
         for name in &session.config.extra_datasets {
-            extra_datasets.push(
-                p.datasets
-                    .get(name)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("dataset '{name}' was deleted before training started"))?,
-            );
+            extra_datasets
+                .push(p.datasets.get(name).map_err(store)?.ok_or_else(|| format!("dataset '{name}' was deleted before training started"))?);
         }
         let base_model = match &session.config.base_model {
             None => None,
-            Some(name) => Some(p.models.get(name).map_err(|e| e.to_string())?.ok_or_else(|| format!("base model '{name}' was deleted"))?),
+            Some(name) => Some(p.models.get(name).map_err(store)?.ok_or_else(|| format!("base model '{name}' was deleted"))?),
         };
-        let scratch_dir = p.scratch.dir_for(&session.id).map_err(|e| e.to_string())?;
+        let scratch_dir = p.scratch.dir_for(&session.id).map_err(store)?;
         let job = TrainingJob {
             session_id: session.id.clone(),
             config: session.config.clone(),
@@ -722,8 +726,13 @@ impl Inner {
         let trainer = Arc::clone(&p.trainer);
         match catch_unwind(AssertUnwindSafe(|| trainer.train(&job, recorder, stop))) {
             Ok(Ok(model)) => Ok(model),
-            Ok(Err(TrainError::Data(m) | TrainError::Failed(m))) => Err(m),
-            Ok(Err(e @ TrainError::Io(_))) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                let public = e.public_message();
+                if public != e.to_string() {
+                    tracing::warn!(session = %session.id, detail = %e, "training failed; the session shows the failure without its server detail");
+                }
+                Err(public)
+            }
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -755,12 +764,14 @@ impl Inner {
                     s.transition(state, now)
                 }
                 Err(e) => {
-                    let msg = format!("could not save the trained model: {e}");
+                    tracing::error!(session = %id, detail = %e, "could not save the trained model");
+                    let msg = format!("could not save the trained model: {}", e.public_message());
                     self.log(id, LogLevel::Error, msg.clone());
                     s.fail(msg, now)
                 }
             },
             Err(msg) => {
+                let msg = failure::scrub(&msg);
                 self.log(id, LogLevel::Error, format!("training failed: {msg}"));
                 s.fail(msg, now)
             }
@@ -868,6 +879,12 @@ fn gpu_of(snap: &SystemSnapshot, device: crate::config::Device) -> Option<&crate
         crate::config::Device::Cuda(n) => snap.gpus.iter().find(|g| g.index == n),
         _ => None,
     }
+}
+
+/// A storage failure while preparing a run, as the session shows it; the log keeps the detail.
+fn store_failure(id: &SessionId, e: &StoreError) -> String {
+    tracing::error!(session = %id, detail = %e, "storage failed while preparing a training run");
+    e.public_message()
 }
 
 #[cfg(test)]

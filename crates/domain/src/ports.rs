@@ -382,6 +382,10 @@ pub enum GenerateError {
     /// The model cannot generate text (not a text model, or not a Trainyard/PyTorch char model).
     #[error("{0}")]
     Unsupported(String),
+    /// The model's output for this request is not a finite number (its weights overflow), so
+    /// there is nothing to sample from; the message says so.
+    #[error("{0}")]
+    Invalid(String),
     /// The model file could not be read or evaluated.
     #[error("{0}")]
     Failed(String),
@@ -434,6 +438,17 @@ impl PredictInput {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The first sample (counted from 0) holding a value that is not a finite number.
+    #[must_use]
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            Self::Rows(rows) => rows.iter().position(|r| !r.iter().all(|v| v.is_finite())),
+            Self::NamedRows(rows) => rows.iter().position(|r| !r.iter().all(|(_, v)| v.is_finite())),
+            Self::Arrays(arrays) => arrays.iter().position(|a| !a.values.iter().all(|v| v.is_finite())),
+            Self::Encoded(_) => None,
+        }
+    }
 }
 
 /// One sample's answer.
@@ -446,6 +461,15 @@ pub struct ClassPrediction {
     pub confidence: f64,
     /// Every class with its probability, most probable first.
     pub probabilities: Vec<(String, f64)>,
+}
+
+impl ClassPrediction {
+    /// Whether every number of the answer is a probability: finite and in 0..=1.
+    #[must_use]
+    pub fn is_probability(&self) -> bool {
+        let p = |v: f64| (0.0..=1.0).contains(&v);
+        p(self.confidence) && self.probabilities.iter().all(|(_, v)| p(*v))
+    }
 }
 
 /// Why prediction failed.

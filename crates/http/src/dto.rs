@@ -761,3 +761,6 @@ pub struct CreatedKey {
     #[serde(flatten)]
     pub info: KeyInfo,
 }
+
+#[cfg(test)]
+mod tests;

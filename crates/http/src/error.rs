@@ -10,6 +10,7 @@ use serde::Serialize;
 use trainyard_domain::{
     auth::{retry_secs, AuthError, KeyError},
     catalog::CatalogError,
+    failure,
     inference::InferenceError,
     manager::ManagerError,
     ports::StoreError,
@@ -194,7 +195,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Busy => Self::new(ErrorCode::StorageBusy, "storage is busy, retry shortly"),
-            StoreError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
+            StoreError::Conflict(m) => Self::new(ErrorCode::Conflict, failure::scrub(&m)),
             StoreError::NotFound(m) => Self::new(ErrorCode::NotFound, format!("{m} not found")),
             other @ (StoreError::Corrupt(_) | StoreError::Io(_)) => Self::internal(&other),
         }
@@ -227,9 +228,9 @@ impl From<CatalogError> for ApiError {
             CatalogError::NotFound { kind: "model", .. } => Self::new(ErrorCode::ModelNotFound, e.to_string()),
             CatalogError::NotFound { kind: "dataset", .. } => Self::new(ErrorCode::DatasetNotFound, e.to_string()),
             CatalogError::NotFound { .. } => Self::new(ErrorCode::NotFound, e.to_string()),
-            CatalogError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
-            CatalogError::Invalid(m) => Self::new(ErrorCode::InvalidDataset, m),
-            CatalogError::InvalidModel(m) => Self::new(ErrorCode::InvalidModel, m),
+            CatalogError::Conflict(m) => Self::new(ErrorCode::Conflict, failure::scrub(&m)),
+            CatalogError::Invalid(m) => Self::new(ErrorCode::InvalidDataset, adapter_text(&m)),
+            CatalogError::InvalidModel(m) => Self::new(ErrorCode::InvalidModel, adapter_text(&m)),
             CatalogError::Store(s) => s.into(),
         }
     }
@@ -239,8 +240,8 @@ impl From<InferenceError> for ApiError {
     fn from(e: InferenceError) -> Self {
         match e {
             InferenceError::NotFound(_) => Self::new(ErrorCode::ModelNotFound, e.to_string()),
-            InferenceError::Invalid(m) => Self::new(ErrorCode::BadRequest, m),
-            InferenceError::Unsupported(m) => Self::new(ErrorCode::UnsupportedModel, m),
+            InferenceError::Invalid(m) => Self::new(ErrorCode::BadRequest, adapter_text(&m)),
+            InferenceError::Unsupported(m) => Self::new(ErrorCode::UnsupportedModel, adapter_text(&m)),
             InferenceError::Failed(m) => Self::internal(&m),
             InferenceError::Store(s) => s.into(),
         }
@@ -285,6 +286,16 @@ impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         Self::internal(&e)
     }
+}
+
+/// A message an adapter (an inspector, the predictor) wrote, as a client reads it: without
+/// server paths or internal error text; the log keeps it whole.
+fn adapter_text(message: &str) -> String {
+    let public = failure::scrub(message);
+    if public != message {
+        tracing::warn!(detail = %message, "refusal shown without its server detail");
+    }
+    public
 }
 
 /// A name that failed validation, as a 400 naming the parameter.

@@ -200,3 +200,6 @@ fn write_error(e: &std::io::Error) -> ApiError {
         ApiError::internal(&format!("cannot write the upload: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests;

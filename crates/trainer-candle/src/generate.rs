@@ -60,9 +60,14 @@ impl Generator for CandleGenerator {
         let mut text = String::new();
         for _ in 0..req.max_length {
             let Some(l) = &logits else { break };
-            let scaled = (l.squeeze(0).map_err(failed)?.to_dtype(DType::F32).map_err(failed)? / req.temperature).map_err(failed)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scaled).map_err(failed)?.to_vec1::<f32>().map_err(failed)?;
-            let next = sample(&probs, rng.next_unit_f32());
+            let scores = l.squeeze(0).map_err(failed)?.to_dtype(DType::F32).map_err(failed)?.to_vec1::<f32>().map_err(failed)?;
+            let probs = tempered(&scores, req.temperature).ok_or_else(|| {
+                GenerateError::Invalid(format!(
+                    "model '{}' gives an output that is not a finite number for this prompt (its weights overflow), so there is nothing to sample",
+                    model.name
+                ))
+            })?;
+            let next = sample(&probs, f64::from(rng.next_unit_f32()));
             if let Some(c) = vocab.char_at(next) {
                 text.push(c);
             }
@@ -74,10 +79,24 @@ impl Generator for CandleGenerator {
     }
 }
 
+/// The softmax of `logits / temperature`, computed in `f64` from the largest logit down, so
+/// that every probability is finite for any temperature above 0: near 0 the largest logit takes
+/// all the mass. `None` when a logit is not finite.
+fn tempered(logits: &[f32], temperature: f64) -> Option<Vec<f64>> {
+    if logits.is_empty() || !logits.iter().all(|l| l.is_finite()) {
+        return None;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f64> = logits.iter().map(|&l| ((f64::from(l) - f64::from(max)) / temperature).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let probs: Vec<f64> = weights.into_iter().map(|w| w / total).collect();
+    probs.iter().all(|p| p.is_finite()).then_some(probs)
+}
+
 /// The index whose cumulative probability first exceeds `u` (the last one if rounding leaves
 /// `u` above the total).
-fn sample(probs: &[f32], u: f32) -> u32 {
-    let mut acc = 0.0f32;
+fn sample(probs: &[f64], u: f64) -> u32 {
+    let mut acc = 0.0f64;
     for (i, p) in probs.iter().enumerate() {
         acc += p;
         if u < acc {
@@ -98,5 +117,19 @@ mod tests {
         assert_eq!(sample(&p, 0.5), 1);
         assert_eq!(sample(&p, 0.95), 2);
         assert_eq!(sample(&p, 1.0), 2);
+    }
+
+    #[test]
+    fn any_temperature_gives_finite_probabilities_and_overflowed_logits_none() {
+        let logits = [3.0f32, -2.0, 3.5, 0.0, f32::MAX, f32::MIN];
+        for t in [1e-300, 1e-30, 1e-3, 0.5, 1.0, 10.0] {
+            let p = tempered(&logits, t).unwrap();
+            assert!(p.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)), "{t}: {p:?}");
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{t}: {p:?}");
+        }
+        let greedy = tempered(&logits[..4], 1e-30).unwrap();
+        assert_eq!(sample(&greedy, 0.999), 2, "near 0 the most probable character is picked");
+        assert_eq!(tempered(&[1.0, f32::NAN], 1.0), None);
+        assert_eq!(tempered(&[1.0, f32::INFINITY], 1.0), None);
     }
 }

@@ -126,7 +126,9 @@ impl Classifier {
                             features.join(", ")
                         )));
                     }
-                    x.extend(row.iter().zip(self.mean.iter().zip(&self.std)).map(|(v, (m, s))| standard(*v, *m, *s)));
+                    for (j, v) in row.iter().enumerate() {
+                        x.push(table_value(i, &features[j], *v, self.moments(j))?);
+                    }
                 }
                 Ok((x, vec![features.len()]))
             }
@@ -144,7 +146,7 @@ impl Classifier {
                         let v = row.iter().find(|(k, _)| k == name).map(|(_, v)| *v).ok_or_else(|| {
                             invalid(format!("sample {} lacks feature '{name}'; the model's features are {}", i + 1, features.join(", ")))
                         })?;
-                        x.push(standard(v, self.mean[j], self.std[j]));
+                        x.push(table_value(i, name, v, self.moments(j))?);
                     }
                 }
                 Ok((x, vec![features.len()]))
@@ -177,11 +179,16 @@ impl Classifier {
         }
     }
 
+    /// The training mean and standard deviation of feature or channel `i`.
+    fn moments(&self, i: usize) -> (f64, f64) {
+        (self.mean.get(i).copied().unwrap_or(0.0), self.std.get(i).copied().unwrap_or(1.0))
+    }
+
     /// Appends a CHW image in 0..=1, standardised per channel.
     fn push_image(&self, x: &mut Vec<f32>, chw: &[f32]) {
         let plane = chw.len() / self.mean.len().max(1);
         for (c, channel) in chw.chunks(plane.max(1)).enumerate() {
-            let (m, s) = (self.mean.get(c).copied().unwrap_or(0.0), self.std.get(c).copied().unwrap_or(1.0));
+            let (m, s) = self.moments(c);
             x.extend(channel.iter().map(|&v| standard(f64::from(v), m, s)));
         }
     }
@@ -219,6 +226,20 @@ impl Classifier {
 #[allow(clippy::cast_possible_truncation)]
 fn standard(v: f64, mean: f64, std: f64) -> f32 {
     ((v - mean) / std) as f32
+}
+
+/// A table value standardised as in training; refused when it is not a finite 32-bit float
+/// then (the network computes in `f32`, so 1e308 would enter it as infinity).
+fn table_value(sample: usize, feature: &str, v: f64, (mean, std): (f64, f64)) -> Result<f32, PredictError> {
+    let x = standard(v, mean, std);
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(invalid(format!(
+            "sample {}: the value {v} of feature '{feature}' is too large for the model, which computes in 32-bit floats; send values of the magnitude of its training data",
+            sample + 1
+        )))
+    }
 }
 
 fn expected_arrays(s: ImageShape) -> String {

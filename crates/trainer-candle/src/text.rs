@@ -125,7 +125,7 @@ pub(crate) struct Corpus {
 
 /// Reads a text dataset.
 pub(crate) fn read_text(path: &Path) -> Result<String, String> {
-    let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = fs::read(path).map_err(|e| format!("cannot read its file: {}", trainyard_domain::failure::io_summary(&e.to_string())))?;
     String::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 at byte {}", e.utf8_error().valid_up_to()))
 }
 

@@ -22,7 +22,8 @@ pub(crate) struct LoadedWeights {
 
 /// Reads a safetensors file onto `device`.
 pub(crate) fn load_safetensors(path: &Path, device: &Device) -> Result<LoadedWeights, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read its file: {}", trainyard_domain::failure::io_summary(&e.to_string())))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let header = header.metadata().clone().unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| format!("unreadable tensors: {e}"))?;

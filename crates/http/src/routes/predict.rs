@@ -222,7 +222,11 @@ fn flatten(sample: usize, v: &Value, shape: &[usize], out: &mut Vec<f32>) -> Res
         }
         (_, None) => {
             #[allow(clippy::cast_possible_truncation)]
-            out.push(number(sample, v)? as f32);
+            let x = number(sample, v)? as f32;
+            if !x.is_finite() {
+                return Err(bad(format!("sample {}: {v} is too large for an image value (pixels are 0 to 255, or 0 to 1)", sample + 1)));
+            }
+            out.push(x);
             Ok(())
         }
         _ => Err(bad(format!("sample {} is not rectangular: every list at one depth must have the same length", sample + 1))),
@@ -253,6 +257,7 @@ mod tests {
             json!({"inputs": []}),
             json!({"inputs": [[1, "x"]]}),
             json!({"inputs": [[1], {"a": 1}]}),
+            json!({"input": [[1e308, 0], [0, 0]]}),
             json!({"rows": [[1]]}),
             json!([1, 2]),
             json!({"inputs": [[1]], "input": [1]}),

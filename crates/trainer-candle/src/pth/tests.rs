@@ -794,6 +794,81 @@ fn property_40_arbitrary_bytes_never_panic() {
     QuickCheck::new().tests(300).quickcheck(mutated_pickle as fn(Vec<(usize, u8)>) -> bool);
 }
 
+/// A splice of a byte stream: a range removed, repeated, or replaced by other bytes.
+#[derive(Debug, Clone)]
+enum Splice {
+    Remove { at: usize, len: usize },
+    Repeat { at: usize, len: usize },
+    Insert { at: usize, bytes: Vec<u8> },
+}
+
+impl Arbitrary for Splice {
+    fn arbitrary(g: &mut Gen) -> Self {
+        let (at, len) = (usize::arbitrary(g), 1 + usize::arbitrary(g) % 16);
+        match u8::arbitrary(g) % 3 {
+            0 => Self::Remove { at, len },
+            1 => Self::Repeat { at, len },
+            _ => Self::Insert { at, bytes: Vec::arbitrary(g) },
+        }
+    }
+}
+
+fn spliced(mut bytes: Vec<u8>, splices: &[Splice]) -> Vec<u8> {
+    for s in splices {
+        let at = match s {
+            Splice::Remove { at, .. } | Splice::Repeat { at, .. } | Splice::Insert { at, .. } => at % (bytes.len() + 1),
+        };
+        match s {
+            Splice::Remove { len, .. } => drop(bytes.drain(at..(at + len).min(bytes.len()))),
+            Splice::Repeat { len, .. } => {
+                let copy = bytes[at..(at + len).min(bytes.len())].to_vec();
+                bytes.splice(at..at, copy);
+            }
+            Splice::Insert { bytes: more, .. } => drop(bytes.splice(at..at, more.iter().copied())),
+        }
+    }
+    bytes
+}
+
+#[test]
+fn property_57_spliced_checkpoints_never_panic() {
+    // Property 57: valid .pth checkpoints with ranges removed, repeated or inserted (the whole
+    // file, or the pickle inside a sound archive) never panic the reader; extends property 40.
+    fn whole(splices: Vec<Splice>) -> bool {
+        no_panic(&spliced(owner_tiny_bytes(), &splices))
+    }
+    fn pickle(splices: Vec<Splice>) -> bool {
+        let (pickle, storages) = owner_parts();
+        let storages: Vec<(&str, Vec<u8>)> =
+            storages.iter().map(|(name, bytes)| (name.rsplit('/').next().unwrap_or(name.as_str()), bytes.clone())).collect();
+        no_panic(&checkpoint(&spliced(pickle, &splices), &storages))
+    }
+    QuickCheck::new().tests(300).quickcheck(whole as fn(Vec<Splice>) -> bool);
+    QuickCheck::new().tests(300).quickcheck(pickle as fn(Vec<Splice>) -> bool);
+}
+
+/// The corpus (`tests/corpus/pth`): `ok-*` files read, `bad-*` files are refused; none panics.
+#[test]
+fn the_pth_corpus_reads_or_is_refused_as_named() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus/pth");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(no_panic(&bytes), "{name} panicked the reader");
+        let read = read_pth_bytes(&bytes);
+        if name.starts_with("ok-") {
+            assert!(read.is_ok(), "{name}: {:?}", read.err());
+        } else {
+            assert!(name.starts_with("bad-"), "corpus files are named ok-* or bad-*: {name}");
+            assert!(read.is_err(), "{name} was read");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 8, "the corpus holds {seen} files");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Checkpoints written by PyTorch itself (tests/data/README.md)
 

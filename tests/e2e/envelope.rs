@@ -183,37 +183,41 @@ fn a_key_header_that_is_not_utf8_is_a_401_envelope() {
 #[test]
 fn requests_the_codec_refuses_get_the_documented_status_and_the_server_keeps_serving() {
     let s = Server::start();
-    let hundred_kb_path = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100 * 1024)).into_bytes();
-    let many_headers = format!("GET /health HTTP/1.1\r\nHost: x\r\n{}\r\n", "X-A: b\r\n".repeat(500)).into_bytes();
+    let hundred_kb_path = format!("GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n", "a".repeat(100 * 1024)).into_bytes();
+    let many_headers = format!("GET /health HTTP/1.1\r\nHost: localhost\r\n{}\r\n", "X-A: b\r\n".repeat(500)).into_bytes();
     // Exactly 128 KiB of a head that has not ended: the codec has read every byte when it
     // refuses, so the connection closes cleanly and the answer can be read.
-    let mut huge_head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    let mut huge_head = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
     huge_head.resize(128 * 1024, b'b');
     // What is sent, and the status actix-http's codec answers with an empty body.
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("NUL byte in the path", b"GET /he\0alth HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
-        ("non-UTF-8 byte in the path", b"GET /he\xffalth HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
-        ("space in the path", b"GET /he alth HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("NUL byte in the path", b"GET /he\0alth HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 400),
+        ("non-UTF-8 byte in the path", b"GET /he\xffalth HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 400),
+        ("space in the path", b"GET /he alth HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 400),
         ("100 KB path", hundred_kb_path, 400),
         ("500 headers", many_headers, 431),
         ("128 KiB head", huge_head, 431),
-        ("header line without a colon", b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n".to_vec(), 400),
-        ("HTTP/9.9", b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("header line without a colon", b"GET /health HTTP/1.1\r\nHost: localhost\r\nno colon here\r\n\r\n".to_vec(), 400),
+        ("HTTP/9.9", b"GET /health HTTP/9.9\r\nHost: localhost\r\n\r\n".to_vec(), 400),
         ("HTTP/1.1 without Host", b"GET /health HTTP/1.1\r\n\r\n".to_vec(), 400),
         (
             "Content-Length and Transfer-Encoding",
-            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            b"POST /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
             400,
         ),
-        ("Content-Length not a number", b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
-        ("method with a NUL", b"GE\0T /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
-        ("Transfer-Encoding other than chunked", b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
+        ("Content-Length not a number", b"POST /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
+        ("method with a NUL", b"GE\0T /health HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 400),
+        (
+            "Transfer-Encoding other than chunked",
+            b"POST /health HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            400,
+        ),
         ("HTTP/1.0 POST without Content-Length", b"POST /health HTTP/1.0\r\n\r\n".to_vec(), 400),
     ];
     // A chunked body whose chunk size is not hexadecimal: the codec fails the body under the
     // handler and closes the connection without any answer.
     let bad_chunk = format!(
-        "POST /api/v1/training/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"
+        "POST /api/v1/training/start HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"
     );
     let answer = send_raw(&s, bad_chunk.as_bytes());
     assert!(answer.is_empty(), "a bad chunk size: {:?}", String::from_utf8_lossy(&answer));

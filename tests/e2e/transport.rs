@@ -7,7 +7,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -228,25 +228,42 @@ fn banner_fingerprint(s: &Server) -> String {
         .to_owned()
 }
 
+/// A server on HTTPS with `ca`'s certificate number 1 in files of a fresh directory (kept alive
+/// by the returned handle), started with `extra` flags too; and the certificate and key files
+/// and that certificate's fingerprint.
+fn tls_server(ca: &Ca, extra: &[&str]) -> (Server, tempfile::TempDir, (PathBuf, PathBuf), String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (cert, key, fp) = ca.issue(1);
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let mut extra_args = vec!["--tls-cert".into(), cert_file.display().to_string(), "--tls-key".into(), key_file.display().to_string()];
+    extra_args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let s = Server::start_with(Opts { extra_args, ..Opts::default() });
+    (s, dir, (cert_file, key_file), fp)
+}
+
+/// Connects until a new connection is served the certificate `fingerprint` (30 s at most, else
+/// `what` failed), checking on the way that each is served one of `allowed`; returns that
+/// connection and how long it took.
+fn until_served(s: &Server, client: &Arc<ClientConfig>, fingerprint: &str, allowed: &[&str], what: &str) -> (Tls, Duration) {
+    let started = Instant::now();
+    loop {
+        let fresh = tls_connect(s, client).expect("handshakes keep succeeding during the renewal");
+        let served = served_fingerprint(&fresh);
+        if served == fingerprint {
+            return (fresh, started.elapsed());
+        }
+        assert!(allowed.contains(&served.as_str()), "{what}: served {served}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}: the new certificate was not served");
+        std::thread::sleep(POLL);
+    }
+}
+
 #[test]
 fn https_serves_a_renewed_certificate_without_a_restart_or_a_dropped_connection() {
     let ca = Ca::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let (cert1, key1, fp1) = ca.issue(1);
-    std::fs::write(&cert_file, &cert1).unwrap();
-    std::fs::write(&key_file, &key1).unwrap();
-    let s = Server::start_with(Opts {
-        extra_args: vec![
-            "--tls-cert".into(),
-            cert_file.display().to_string(),
-            "--tls-key".into(),
-            key_file.display().to_string(),
-            "--keep-alive-secs".into(),
-            "300".into(),
-        ],
-        ..Opts::default()
-    });
+    let (s, _dir, (cert_file, key_file), fp1) = tls_server(&ca, &["--keep-alive-secs", "300"]);
     assert!(s.base.starts_with("https://127.0.0.1:"), "{}", s.base);
     assert_eq!(banner_fingerprint(&s), fp1);
     let client = ca.client();
@@ -266,17 +283,8 @@ fn https_serves_a_renewed_certificate_without_a_restart_or_a_dropped_connection(
     let (cert2, key2, fp2) = ca.issue(2);
     replace(&key_file, &key2);
     replace(&cert_file, &cert2);
-    let started = Instant::now();
-    loop {
-        let fresh = tls_connect(&s, &client).expect("handshakes keep succeeding during the renewal");
-        if served_fingerprint(&fresh) == fp2 {
-            break;
-        }
-        assert_eq!(served_fingerprint(&fresh), fp1);
-        assert!(started.elapsed() < Duration::from_secs(30), "the renewed certificate was not served");
-        std::thread::sleep(POLL);
-    }
-    eprintln!("renewed certificate served after {:?}", started.elapsed());
+    let (_, took) = until_served(&s, &client, &fp2, &[&fp1], "the renewal");
+    eprintln!("renewed certificate served after {took:?}");
 
     // The connection opened before the renewal still works.
     let reply = tls_health(&mut kept);
@@ -286,22 +294,7 @@ fn https_serves_a_renewed_certificate_without_a_restart_or_a_dropped_connection(
 #[test]
 fn sighup_reloads_the_certificate_when_the_files_are_not_watched() {
     let ca = Ca::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let (cert1, key1, fp1) = ca.issue(1);
-    std::fs::write(&cert_file, &cert1).unwrap();
-    std::fs::write(&key_file, &key1).unwrap();
-    let s = Server::start_with(Opts {
-        extra_args: vec![
-            "--tls-cert".into(),
-            cert_file.display().to_string(),
-            "--tls-key".into(),
-            key_file.display().to_string(),
-            "--tls-reload-secs".into(),
-            "0".into(),
-        ],
-        ..Opts::default()
-    });
+    let (s, _dir, (cert_file, key_file), fp1) = tls_server(&ca, &["--tls-reload-secs", "0"]);
     let client = ca.client();
     let (cert2, key2, fp2) = ca.issue(2);
     replace(&key_file, &key2);
@@ -310,17 +303,9 @@ fn sighup_reloads_the_certificate_when_the_files_are_not_watched() {
     assert_eq!(served_fingerprint(&tls_connect(&s, &client).unwrap()), fp1);
     let ok = std::process::Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status().unwrap().success();
     assert!(ok);
-    let started = Instant::now();
-    loop {
-        let mut fresh = tls_connect(&s, &client).expect("the server lives on after SIGHUP");
-        if served_fingerprint(&fresh) == fp2 {
-            assert_eq!(tls_health(&mut fresh).status, 200);
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "the certificate was not reloaded after SIGHUP");
-        std::thread::sleep(POLL);
-    }
-    eprintln!("SIGHUP reload served after {:?}", started.elapsed());
+    let (mut fresh, took) = until_served(&s, &client, &fp2, &[&fp1], "SIGHUP");
+    assert_eq!(tls_health(&mut fresh).status, 200);
+    eprintln!("SIGHUP reload served after {took:?}");
 }
 
 #[test]

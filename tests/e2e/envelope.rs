@@ -12,35 +12,17 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{envelope_code, Server, KEY};
-
-/// A raw answer: status, lower-cased header lines, body.
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
-fn addr(s: &Server) -> String {
-    s.base.trim_start_matches("http://").trim_end_matches('/').to_owned()
-}
+use crate::harness::{authority, envelope_code, Reply, Server, KEY};
 
 /// Sends `request` as it is and reads the answer until the server closes the connection (every
 /// request here asks for `Connection: close`, or is refused with the connection closed).
-fn send(s: &Server, request: &[u8]) -> Raw {
+fn send(s: &Server, request: &[u8]) -> Reply {
     parse(&send_raw(s, request))
 }
 
 /// Sends `request` and returns every byte answered until the server closed the connection.
 fn send_raw(s: &Server, request: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr(s)).expect("connect");
+    let mut stream = TcpStream::connect(authority(s)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     // The server may answer and close before it has read everything (a refused head, a body
     // over the limit): a failed write is then expected, and the answer is still there to read.
@@ -59,22 +41,16 @@ fn send_raw(s: &Server, request: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn parse(bytes: &[u8]) -> Raw {
+fn parse(bytes: &[u8]) -> Reply {
     let head_end =
         bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(bytes)));
-    let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line {status_line:?}"));
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
-    let mut body = bytes[head_end + 4..].to_vec();
-    if let Some(len) = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()) {
-        body.truncate(len);
-    } else if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
-        body = dechunk(&body);
+    let mut reply = Reply::of_head(&bytes[..head_end], bytes[head_end + 4..].to_vec());
+    if let Some(len) = reply.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        reply.body.truncate(len);
+    } else if reply.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        reply.body = dechunk(&reply.body);
     }
-    Raw { status, headers, body }
+    reply
 }
 
 fn dechunk(mut bytes: &[u8]) -> Vec<u8> {
@@ -103,7 +79,7 @@ fn request(method: &str, target: &str, extra: &str, body: &[u8]) -> Vec<u8> {
 
 /// Asserts the answer is the envelope (when it has a body: a HEAD answer has none) and returns
 /// its code.
-fn assert_envelope(what: &str, r: &Raw) -> String {
+fn assert_envelope(what: &str, r: &Reply) -> String {
     let content_type = r.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("application/json"), "{what}: {} with content type {content_type:?}", r.status);
     if r.body.is_empty() && what.starts_with("HEAD ") {

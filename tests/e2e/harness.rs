@@ -313,3 +313,37 @@ pub fn png(px: &[u8], h: usize, w: usize, c: usize) -> Vec<u8> {
     image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut out), px, w, h, color).unwrap();
     out
 }
+
+/// An HTTP answer read off a raw connection: status, header lines (lower-case names), body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The answer whose head (status line and header lines, without the blank line) is `head`.
+    pub fn of_head(head: &[u8], body: Vec<u8>) -> Self {
+        let text = String::from_utf8_lossy(head).into_owned();
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line {status_line:?}"));
+        let headers = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+        Self { status, headers, body }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("status {}: non-JSON body {:?}", self.status, String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// `host:port` of the server, without the scheme.
+pub fn authority(s: &Server) -> String {
+    s.base.split_once("://").map(|(_, a)| a.trim_end_matches('/').to_owned()).expect("base URL")
+}

@@ -18,44 +18,20 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime},
     ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned,
 };
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{envelope_code, multipart, Opts, Server, KEY};
+use crate::harness::{authority, envelope_code, multipart, Opts, Reply, Server, KEY};
 
 /// The pause between two looks at something awaited with a deadline.
 const POLL: Duration = Duration::from_millis(20);
 
 /// The `host:port` a server listens on, from its base URL.
-fn authority(s: &Server) -> String {
-    s.base.split_once("://").map(|(_, a)| a.trim_end_matches('/').to_owned()).expect("base URL")
-}
-
 fn port(s: &Server) -> u16 {
     authority(s).rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port")
 }
 
 fn fingerprint(der: &[u8]) -> String {
     Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
-}
-
-/// A response read off a connection: status, headers (lower-case names) and body.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("status {}: non-JSON body {:?}", self.status, String::from_utf8_lossy(&self.body)))
-    }
 }
 
 /// Reads one response with a `Content-Length` body (every answer of this server has one).
@@ -68,15 +44,11 @@ fn read_reply(stream: &mut impl Read) -> std::io::Result<Reply> {
         }
         head.push(byte[0]);
     }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let mut lines = text.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
-    let len = headers.iter().find(|(n, _)| n == "content-length").map_or(0, |(_, v)| v.parse().expect("content-length"));
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body)?;
-    Ok(Reply { status, headers, body })
+    let mut reply = Reply::of_head(&head[..head.len() - 4], Vec::new());
+    let len = reply.header("content-length").map_or(0, |v| v.parse().expect("content-length"));
+    reply.body = vec![0; len];
+    stream.read_exact(&mut reply.body)?;
+    Ok(reply)
 }
 
 /// Sends `request` (a head ending in a blank line) on a new plain connection and reads the

@@ -170,3 +170,20 @@ pub fn server(state: AppState, addr: (&str, u16), workers: usize, transport: Tra
     let addrs = bound.addrs();
     Ok((bound.run(), addrs))
 }
+
+/// The files of the fuzzing corpus `tests/corpus/{name}`: each file's name without its
+/// extension (`ok-*` to accept, `bad-*` to refuse) and its bytes. At least ten, or the corpus
+/// went missing.
+#[cfg(test)]
+pub(crate) fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus").join(name);
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            (path.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap())
+        })
+        .collect();
+    assert!(files.len() >= 10, "the corpus {name} holds {} files", files.len());
+    files
+}

@@ -469,7 +469,7 @@ impl Authenticator {
             return Ok(true);
         }
         let now = self.clock.now();
-        Ok(self.store.list_keys()?.iter().any(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > now)))
+        Ok(self.store.list_keys()?.iter().any(|k| k.status(now) == KeyStatus::Active))
     }
 
     /// Checks `presented` against the scope `ctx` needs and the attempt limits, and writes the

@@ -8,6 +8,7 @@ mod isolation;
 mod access;
 mod api;
 mod envelope;
+mod events;
 mod inputs;
 mod lifecycle;
 mod registry;

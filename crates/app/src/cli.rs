@@ -196,6 +196,9 @@ pub struct ServeArgs {
     /// header is ignored.
     #[arg(long, env = "TRAINYARD_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// Seconds between the comment lines that keep idle event streams open through proxies.
+    #[arg(long, env = "TRAINYARD_EVENTS_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events_heartbeat_secs: u64,
 }
 
 impl ServeArgs {

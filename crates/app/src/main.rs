@@ -22,7 +22,8 @@ use trainyard_domain::{
     system::human_mb,
 };
 use trainyard_http::{
-    cors, host_check::HostPolicy, tls, AppState, GovernorLimiter, Limits, Timeouts, Transport, TrustedProxies, UploadLimits,
+    cors, events::EventHub, host_check::HostPolicy, tls, AppState, GovernorLimiter, Limits, Timeouts, Transport, TrustedProxies,
+    UploadLimits,
 };
 use trainyard_monitor::CachedMonitor;
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
@@ -115,6 +116,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         monitor: monitor.clone(),
         clock: clock.clone(),
+        events: store.clone(),
     };
     let policy = SchedulerPolicy {
         max_concurrent: args.max_concurrent_sessions,
@@ -157,6 +159,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_idle_timeout: StdDuration::from_secs(args.body_idle_timeout_secs),
         },
         proxies,
+        events: EventHub::attach(&manager, StdDuration::from_secs(args.events_heartbeat_secs.max(1))),
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     actix_web::rt::System::new().block_on(async move {

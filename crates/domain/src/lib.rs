@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod events;
 pub mod failure;
 pub mod ids;
 pub mod inference;

@@ -22,6 +22,7 @@ use time::Duration;
 
 use crate::{
     config::{ConfigErrors, TrainingConfig, TrainingRequest},
+    events::{EventBus, EventKind, EventPayload, EventStore, NewEvent},
     failure,
     ids::{ModelName, SessionId},
     metrics::{EpochMetrics, LogEntry, LogLevel},
@@ -51,6 +52,8 @@ pub struct Ports {
     pub trainer: Arc<dyn Trainer>,
     pub monitor: Arc<dyn SystemMonitor>,
     pub clock: Arc<dyn Clock>,
+    /// Where session events are recorded for streams, webhooks and notifications.
+    pub events: Arc<dyn EventStore>,
 }
 
 impl fmt::Debug for Ports {
@@ -152,6 +155,7 @@ struct Inner {
     policy: SchedulerPolicy,
     sched: Mutex<Sched>,
     idle: Condvar,
+    events: Arc<EventBus>,
 }
 
 /// The session manager. Cheap to clone; all clones share one scheduler.
@@ -175,7 +179,14 @@ impl SessionManager {
     #[must_use]
     pub fn new(ports: Ports, mut policy: SchedulerPolicy) -> Self {
         policy.max_concurrent = policy.max_concurrent.max(1);
-        Self { inner: Arc::new(Inner { ports, policy, sched: Mutex::new(Sched::default()), idle: Condvar::new() }) }
+        let events = Arc::new(EventBus::new(Arc::clone(&ports.events)));
+        Self { inner: Arc::new(Inner { ports, policy, sched: Mutex::new(Sched::default()), idle: Condvar::new(), events }) }
+    }
+
+    /// The sessions' events: subscribe to them, or read back those recorded.
+    #[must_use]
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.inner.events
     }
 
     /// The policy in force.
@@ -225,6 +236,7 @@ impl SessionManager {
         let mut session = Session::queued(SessionId::generate(), config, p.clock.now());
         session.resources.estimate = estimate.as_ref().ok().copied();
         p.sessions.insert(&session)?;
+        self.inner.announce(&session);
         self.inner.log(&session.id, LogLevel::Info, format!("session created: {}", describe(&session.config)));
         match &estimate {
             Ok(e) => self.inner.log(&session.id, LogLevel::Info, format!("estimated peak memory: {}", describe_estimate(e))),
@@ -377,6 +389,7 @@ impl SessionManager {
         drop(sched);
         self.inner.idle.notify_all();
         self.inner.log(id, LogLevel::Info, "cancelled while queued".to_owned());
+        self.inner.announce(&s);
         Ok(format!("Training session {id} removed from the queue"))
     }
 
@@ -542,7 +555,28 @@ impl Inner {
         }
         let entry = LogEntry { session_id: id.clone(), timestamp: self.ports.clock.now(), level, message: public };
         // A log line that cannot be written must not break the operation that produced it.
-        let _ = self.ports.logs.append(&entry);
+        if self.ports.logs.append(&entry).is_ok() {
+            self.publish(NewEvent {
+                session_id: id.clone(),
+                kind: EventKind::Log,
+                created_at: entry.timestamp,
+                payload: EventPayload::Log(entry),
+            });
+        }
+    }
+
+    /// Publishes that `session` is now in its state.
+    fn announce(&self, session: &Session) {
+        self.publish(NewEvent::state(session, self.ports.clock.now()));
+    }
+
+    /// Records and passes on an event; one that cannot be recorded is logged on the server and
+    /// does not break what produced it.
+    fn publish(&self, event: NewEvent) {
+        let (id, kind) = (event.session_id.clone(), event.kind);
+        if let Err(e) = self.events.publish(event) {
+            tracing::warn!(session = %id, event = %kind, detail = %e, "a session event could not be recorded");
+        }
     }
 
     /// A view of `session` with what the scheduler knows of it now.
@@ -645,6 +679,7 @@ impl Inner {
             if session.transition(SessionState::Running, self.ports.clock.now()).is_err() || self.ports.sessions.update(&session).is_err() {
                 return;
             }
+            self.announce(&session);
             self.log(&session.id, LogLevel::Info, "training started".to_owned());
             self.spawn_run(&mut sched, session, false);
         }
@@ -776,8 +811,8 @@ impl Inner {
                 s.fail(msg, now)
             }
         };
-        if result.is_ok() {
-            let _ = p.sessions.update(&s);
+        if result.is_ok() && p.sessions.update(&s).is_ok() {
+            self.announce(&s);
         }
     }
 
@@ -837,6 +872,12 @@ impl TrainingEvents for Recorder<'_> {
         if let Err(e) = p.sessions.update(&self.session) {
             self.store_errors.push(e.to_string());
         }
+        self.inner.publish(NewEvent {
+            session_id: self.session.id.clone(),
+            kind: EventKind::Epoch,
+            created_at: metrics.timestamp,
+            payload: EventPayload::Epoch(metrics),
+        });
         // Wake long-polling clients; taking the lock orders this after their state read.
         drop(lock(&self.inner.sched));
         self.inner.idle.notify_all();

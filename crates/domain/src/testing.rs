@@ -14,6 +14,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::{
     auth::{ApiKeyHash, ApiKeyRecord, AuditEntry},
+    events::{Event, EventStore, NewEvent},
     ids::{DatasetName, ModelName, SessionId},
     metrics::{EpochMetrics, LogEntry, LogLevel},
     ports::{
@@ -129,6 +130,33 @@ impl LogStore for MemoryLogs {
         let all: Vec<_> = guard(&self.0).iter().filter(|e| e.session_id == *session).cloned().collect();
         let skip = all.len().saturating_sub(limit as usize);
         Ok(all.into_iter().skip(skip).collect())
+    }
+}
+
+/// Events in a vector, numbered from 1.
+#[derive(Debug, Default)]
+pub struct MemoryEvents(Mutex<Vec<Event>>);
+
+impl EventStore for MemoryEvents {
+    fn append(&self, event: NewEvent) -> Result<Event, StoreError> {
+        let mut all = guard(&self.0);
+        let id = all.len() as u64 + 1;
+        let event = Event { id, session_id: event.session_id, kind: event.kind, created_at: event.created_at, payload: event.payload };
+        all.push(event.clone());
+        Ok(event)
+    }
+
+    fn after(&self, after: u64, session: Option<&SessionId>, limit: u32) -> Result<Vec<Event>, StoreError> {
+        Ok(guard(&self.0)
+            .iter()
+            .filter(|e| e.id > after && session.is_none_or(|s| *s == e.session_id))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    fn last_id(&self) -> Result<u64, StoreError> {
+        Ok(guard(&self.0).last().map_or(0, |e| e.id))
     }
 }
 

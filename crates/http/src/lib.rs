@@ -8,6 +8,7 @@ pub mod cors;
 mod download;
 pub mod dto;
 pub mod error;
+pub mod events;
 pub mod host_check;
 mod openapi;
 mod proxy;
@@ -103,6 +104,8 @@ pub struct AppState {
     pub limits: UploadLimits,
     /// Whose `X-Forwarded-For` names the client.
     pub proxies: TrustedProxies,
+    /// The live side of the event streams.
+    pub events: events::EventHub,
 }
 
 impl fmt::Debug for AppState {

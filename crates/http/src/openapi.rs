@@ -65,7 +65,7 @@ impl Modify for Security {
     paths(
         health, root, system_info,
         start_training, stop_training, session_status, session_metrics, session_history, session_logs,
-        list_sessions, list_queue, cancel_queued, list_architectures,
+        list_sessions, list_queue, cancel_queued, list_architectures, all_events, session_events,
         list_models, upload_model, download_model, delete_model, generate, predict,
         list_datasets, get_dataset, upload_dataset, delete_dataset,
         audit_log, create_key, list_keys, revoke_key,
@@ -75,6 +75,7 @@ impl Modify for Security {
     tags(
         (name = "system", description = "health and resource usage"),
         (name = "training", description = "training sessions and the queue"),
+        (name = "events", description = "live session events (server-sent events)"),
         (name = "models", description = "the model registry"),
         (name = "datasets", description = "the dataset registry"),
         (name = "admin", description = "the authentication audit log and API keys"),

@@ -48,6 +48,7 @@ fn world(max_concurrent: usize, memory_reserve_mb: u64) -> World {
         trainer: trainer.clone(),
         monitor: monitor.clone(),
         clock: clock.clone(),
+        events: Arc::new(MemoryEvents::default()),
     };
     let policy = SchedulerPolicy { max_concurrent, memory_reserve_mb, run_memory_limit_mb: 0, retention: Duration::days(7) };
     World { manager: SessionManager::new(ports, policy), trainer, sessions, metrics, models, monitor, scratch, clock }
@@ -335,4 +336,58 @@ quickcheck! {
             && s.current_epoch == s.total_epochs()
             && w.models.get(&ModelName::new(id.as_str()).unwrap()).unwrap().is_some()
     }
+}
+
+/// Keeps every event it is told of.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<crate::events::Event>>);
+
+impl crate::events::EventListener for Collect {
+    fn on_event(&self, event: &crate::events::Event) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+// Property 70: whatever sessions do (complete, fail, panic, get cancelled while queued), each
+// one's events are `session.queued`, then `session.started` and one `epoch` per finished epoch
+// when it ran, then exactly one final event naming how it ended, with log events between; ids
+// grow; and a listener is told exactly the stored events, in id order.
+#[test]
+fn prop70_each_sessions_events_follow_its_life_and_listeners_see_them_as_stored() {
+    use crate::events::EventKind;
+    fn prop(plan: Vec<(u8, u8)>) -> bool {
+        let w = world(2, 0);
+        let seen = Arc::new(Collect::default());
+        w.manager.events().subscribe(seen.clone());
+        w.trainer.set_hold(true);
+        let mut expected = Vec::new();
+        for (what, epochs) in plan.into_iter().take(6) {
+            let epochs = u32::from(epochs % 3) + 1;
+            let dataset = ["iris", "fail-data", "panic-data", "iris"][usize::from(what % 4)];
+            let id = w.manager.start(&request(dataset, i64::from(epochs))).unwrap().view.session.id;
+            let cancelled = what % 4 == 3 && w.manager.cancel(&id).is_ok();
+            let life = match (cancelled, dataset) {
+                (true, _) => vec![EventKind::SessionQueued, EventKind::SessionStopped],
+                (false, "iris") => [vec![EventKind::SessionQueued, EventKind::SessionStarted], vec![EventKind::Epoch; epochs as usize]]
+                    .concat()
+                    .into_iter()
+                    .chain([EventKind::SessionCompleted])
+                    .collect(),
+                (false, _) => vec![EventKind::SessionQueued, EventKind::SessionStarted, EventKind::SessionFailed],
+            };
+            expected.push((id, life));
+        }
+        w.trainer.set_hold(false);
+        assert!(w.manager.wait_idle(WAIT));
+        let stored = w.manager.events().after(0, None, u32::MAX).unwrap();
+        let in_order = stored.windows(2).all(|p| p[0].id < p[1].id);
+        let told = *seen.0.lock().unwrap() == stored;
+        let lives = expected.iter().all(|(id, life)| {
+            let kinds: Vec<EventKind> = stored.iter().filter(|e| e.session_id == *id && e.kind != EventKind::Log).map(|e| e.kind).collect();
+            let last_is_final = stored.iter().rev().find(|e| e.session_id == *id).is_some_and(|e| e.kind.is_final());
+            kinds == *life && last_is_final
+        });
+        in_order && told && lives
+    }
+    quickcheck::QuickCheck::new().tests(25).rng(quickcheck::Gen::new(8)).quickcheck(prop as fn(Vec<(u8, u8)>) -> bool);
 }

@@ -20,6 +20,7 @@ use trainyard_domain::auth::Scope;
 use crate::error::{ApiError, ErrorCode};
 
 pub(crate) use self::{admin::*, catalog::*, predict::*, system::*, training::*};
+pub(crate) use crate::events::{__path_all_events, __path_session_events, all_events, session_events};
 
 /// Runs blocking work (SQLite, files) on the blocking pool and converts its error.
 pub(crate) async fn blocking<T, E, F>(f: F) -> Result<T, ApiError>
@@ -71,6 +72,8 @@ pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::GET, "/api/v1/training/{session_id}/metrics", READ, |r| r.to(session_metrics)),
     route(Method::GET, "/api/v1/training/{session_id}/history", READ, |r| r.to(session_history)),
     route(Method::GET, "/api/v1/training/{session_id}/logs", READ, |r| r.to(session_logs)),
+    route(Method::GET, "/api/v1/training/{session_id}/events", READ, |r| r.to(session_events)),
+    route(Method::GET, "/api/v1/events", READ, |r| r.to(all_events)),
     route(Method::GET, "/api/v1/architectures", READ, |r| r.to(list_architectures)),
     route(Method::GET, "/api/v1/system/info", READ, |r| r.to(system_info)),
     route(Method::GET, "/api/v1/models", READ, |r| r.to(list_models)),

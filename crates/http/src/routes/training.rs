@@ -18,7 +18,7 @@ use crate::{
 /// Most log lines one request may ask for.
 const MAX_LOG_LIMIT: u32 = 10_000;
 
-fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+pub(crate) fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(raw).map_err(|_| {
         let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
         ApiError::new(ErrorCode::SessionNotFound, format!("training session '{shown}' not found"))

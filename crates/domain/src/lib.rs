@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod ports;
 pub mod registry;
 pub mod session;
+pub mod summary;
 pub mod system;
 pub mod time_fmt;
 

@@ -378,6 +378,10 @@ fn prop70_each_sessions_events_follow_its_life_and_listeners_see_them_as_stored(
             expected.push((id, life));
         }
         w.trainer.set_hold(false);
+        for (id, _) in &expected {
+            assert!(w.manager.wait_for(id, WAIT, None).unwrap().session.state.is_terminal());
+        }
+        // The final event follows the state change a waiter sees: wait for the runs to end too.
         assert!(w.manager.wait_idle(WAIT));
         let stored = w.manager.events().after(0, None, u32::MAX).unwrap();
         let in_order = stored.windows(2).all(|p| p[0].id < p[1].id);

@@ -46,7 +46,7 @@ const REPLAY_PAGE: u32 = 256;
 /// every open stream.
 #[derive(Clone)]
 pub struct EventHub {
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<Frame>>,
     bus: Arc<EventBus>,
     heartbeat: Duration,
 }
@@ -57,13 +57,38 @@ impl std::fmt::Debug for EventHub {
     }
 }
 
-/// Passes the bus's events to the broadcast channel.
-struct Relay(broadcast::Sender<Arc<Event>>);
+/// Passes the bus's events to the broadcast channel, each written out once for every stream.
+struct Relay(broadcast::Sender<Arc<Frame>>);
 
 impl EventListener for Relay {
     fn on_event(&self, event: &Event) {
         // No receiver is not an error: nobody is listening now.
-        let _ = self.0.send(Arc::new(event.clone()));
+        if self.0.receiver_count() > 0 {
+            let _ = self.0.send(Arc::new(Frame::of(event)));
+        }
+    }
+}
+
+/// An event as a stream sends it, with what a stream needs to pick it.
+#[derive(Debug)]
+struct Frame {
+    id: u64,
+    session_id: SessionId,
+    /// It ends its session's stream.
+    last: bool,
+    bytes: Bytes,
+}
+
+impl Frame {
+    /// `event` in the `text/event-stream` format.
+    fn of(event: &Event) -> Self {
+        let data = serde_json::to_string(&event_data(event)).unwrap_or_else(|_| "null".to_owned());
+        Self {
+            id: event.id,
+            session_id: event.session_id.clone(),
+            last: event.kind.is_final(),
+            bytes: Bytes::from(format!("id: {}\nevent: {}\ndata: {data}\n\n", event.id, event.kind)),
+        }
     }
 }
 
@@ -110,12 +135,6 @@ impl From<&Event> for EventEnvelope {
     fn from(event: &Event) -> Self {
         Self { id: event.id.to_string(), event: event.kind.as_str(), created_at: iso8601(event.created_at), data: event_data(event) }
     }
-}
-
-/// One event in the `text/event-stream` format.
-fn frame(event: &Event) -> Bytes {
-    let data = serde_json::to_string(&event_data(event)).unwrap_or_else(|_| "null".to_owned());
-    Bytes::from(format!("id: {}\nevent: {}\ndata: {data}\n\n", event.id, event.kind))
 }
 
 /// The `Last-Event-ID` a reconnecting client sends (an `EventSource` does so by itself).
@@ -197,11 +216,11 @@ fn stream(feed: Feed) -> HttpResponse {
 /// One open stream: what it has sent, what it still has to read back, and the live feed.
 struct Feed {
     bus: Arc<EventBus>,
-    live: broadcast::Receiver<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Frame>>,
     session: Option<SessionId>,
     /// The id of the last event sent (or skipped as already seen by the client).
     last: u64,
-    backlog: VecDeque<Event>,
+    backlog: VecDeque<Arc<Frame>>,
     /// Whether the database may still hold events after `last` that the backlog lacks.
     replaying: bool,
     heartbeat: tokio::time::Interval,
@@ -212,7 +231,7 @@ struct Feed {
 }
 
 impl Feed {
-    fn new(hub: &EventHub, live: broadcast::Receiver<Arc<Event>>, session: Option<SessionId>, after: u64) -> Self {
+    fn new(hub: &EventHub, live: broadcast::Receiver<Arc<Frame>>, session: Option<SessionId>, after: u64) -> Self {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hub.heartbeat, hub.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
@@ -229,8 +248,8 @@ impl Feed {
         }
     }
 
-    fn wanted(&self, event: &Event) -> bool {
-        event.id > self.last && self.session.as_ref().is_none_or(|s| *s == event.session_id)
+    fn wanted(&self, frame: &Frame) -> bool {
+        frame.id > self.last && self.session.as_ref().is_none_or(|s| *s == frame.session_id)
     }
 
     /// The next bytes to send, or `None` when the stream ends.
@@ -245,20 +264,20 @@ impl Feed {
             if self.done {
                 return None;
             }
-            if let Some(event) = self.backlog.pop_front() {
-                if !self.wanted(&event) {
+            if let Some(frame) = self.backlog.pop_front() {
+                if !self.wanted(&frame) {
                     continue;
                 }
-                self.last = event.id;
-                self.done = self.session.is_some() && event.kind.is_final();
-                return Some(frame(&event));
+                self.last = frame.id;
+                self.done = self.session.is_some() && frame.last;
+                return Some(frame.bytes.clone());
             }
             if self.replaying {
                 let (bus, after, session) = (Arc::clone(&self.bus), self.last, self.session.clone());
                 match web::block(move || bus.after(after, session.as_ref(), REPLAY_PAGE)).await {
                     Ok(Ok(page)) => {
                         self.replaying = page.len() == REPLAY_PAGE as usize;
-                        self.backlog.extend(page);
+                        self.backlog.extend(page.iter().map(|e| Arc::new(Frame::of(e))));
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(detail = %e, "an event stream could not read back its events; closing it");
@@ -273,9 +292,9 @@ impl Feed {
             }
             tokio::select! {
                 received = self.live.recv() => match received {
-                    Ok(event) => {
-                        if self.wanted(&event) {
-                            self.backlog.push_back((*event).clone());
+                    Ok(frame) => {
+                        if self.wanted(&frame) {
+                            self.backlog.push_back(frame);
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {

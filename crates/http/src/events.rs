@@ -96,9 +96,14 @@ impl EventHub {
     /// A hub fed by `manager`'s events, with a comment line every `heartbeat` on idle streams.
     #[must_use]
     pub fn attach(manager: &SessionManager, heartbeat: Duration) -> Self {
-        let (live, _) = broadcast::channel(LIVE_BUFFER);
-        manager.events().subscribe(Arc::new(Relay(live.clone())));
-        Self { live, bus: Arc::clone(manager.events()), heartbeat: heartbeat.max(Duration::from_millis(100)) }
+        Self::on(Arc::clone(manager.events()), heartbeat.max(Duration::from_millis(100)), LIVE_BUFFER)
+    }
+
+    /// A hub fed by `bus`, letting streams fall `buffer` events behind.
+    fn on(bus: Arc<EventBus>, heartbeat: Duration, buffer: usize) -> Self {
+        let (live, _) = broadcast::channel(buffer);
+        bus.subscribe(Arc::new(Relay(live.clone())));
+        Self { live, bus, heartbeat }
     }
 
     /// Open streams now.
@@ -311,5 +316,123 @@ impl Feed {
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quickcheck::{Gen, QuickCheck};
+    use time::OffsetDateTime;
+    use trainyard_domain::{
+        events::{EventKind, NewEvent},
+        metrics::{LogEntry, LogLevel},
+        testing::MemoryEvents,
+    };
+
+    use super::*;
+
+    const BUFFER: usize = 8;
+
+    fn hub() -> EventHub {
+        EventHub::on(Arc::new(EventBus::new(Arc::new(MemoryEvents::default()))), Duration::from_millis(5), BUFFER)
+    }
+
+    fn publish(hub: &EventHub, session: &SessionId, kind: EventKind) -> u64 {
+        let entry =
+            LogEntry { session_id: session.clone(), timestamp: OffsetDateTime::UNIX_EPOCH, level: LogLevel::Info, message: "line".into() };
+        let event = NewEvent { session_id: session.clone(), kind, created_at: entry.timestamp, payload: EventPayload::Log(entry) };
+        hub.bus.publish(event).unwrap().id
+    }
+
+    /// What a stream sent: event ids, and whether it said it dropped the client.
+    #[derive(Debug, Default, PartialEq)]
+    struct Sent {
+        ids: Vec<u64>,
+        dropped: bool,
+        ended: bool,
+    }
+
+    impl Sent {
+        fn take(&mut self, bytes: Option<Bytes>) {
+            let Some(bytes) = bytes else {
+                self.ended = true;
+                return;
+            };
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            if let Some(id) = text.strip_prefix("id: ") {
+                self.ids.push(id.split('\n').next().unwrap().parse().unwrap());
+            } else if text.starts_with(": dropped") {
+                self.dropped = true;
+            }
+        }
+    }
+
+    fn open(hub: &EventHub, session: Option<SessionId>, after: u64) -> Feed {
+        Feed::new(hub, hub.live.subscribe(), session, after)
+    }
+
+    // Property 71: whatever the order of publishing and reading, and from whatever id a stream
+    // starts, it sends exactly the stored events after that id (of its session, for a session
+    // stream), in order and once each, except that a client more than the buffer behind on live
+    // events is told it is dropped and the stream ends: then what it got is still such a prefix.
+    #[test]
+    fn prop71_a_stream_sends_the_stored_events_after_its_start_in_order_once_or_says_it_dropped() {
+        fn prop(plan: Vec<(u8, u8)>, start: u8, per_session: bool) -> bool {
+            let sessions = [SessionId::generate(), SessionId::generate()];
+            let rt = actix_web::rt::System::new();
+            rt.block_on(async {
+                let hub = hub();
+                let mut all = Vec::new();
+                for i in 0..u64::from(start % 6) {
+                    all.push((publish(&hub, &sessions[(i % 2) as usize], EventKind::Log), (i % 2) as usize));
+                }
+                let after = all.get(usize::from(start % 4)).map_or(0, |e| e.0);
+                let mut feed = open(&hub, per_session.then(|| sessions[0].clone()), after);
+                let mut sent = Sent::default();
+                sent.take(feed.next().await);
+                for (publishes, reads) in plan.into_iter().take(12) {
+                    for _ in 0..publishes % 12 {
+                        let owner = usize::from(publishes % 3 == 0);
+                        all.push((publish(&hub, &sessions[owner], EventKind::Log), owner));
+                    }
+                    for _ in 0..reads % 4 {
+                        if !sent.ended {
+                            sent.take(feed.next().await);
+                        }
+                    }
+                }
+                let wanted: Vec<u64> = all.iter().filter(|(id, owner)| *id > after && (!per_session || *owner == 0)).map(|e| e.0).collect();
+                // Read the rest: every wanted event, or to the drop.
+                while !sent.ended && sent.ids.len() < wanted.len() {
+                    sent.take(feed.next().await);
+                }
+                let prefix = wanted.starts_with(&sent.ids);
+                prefix && (sent.ids == wanted || sent.dropped)
+            })
+        }
+        QuickCheck::new().tests(60).rng(Gen::new(20)).quickcheck(prop as fn(Vec<(u8, u8)>, u8, bool) -> bool);
+    }
+
+    #[actix_web::test]
+    async fn a_client_too_far_behind_is_dropped_and_a_session_stream_ends_with_its_final_event() {
+        let hub = hub();
+        let (s, other) = (SessionId::generate(), SessionId::generate());
+        let mut slow = open(&hub, None, 0);
+        let mut one = open(&hub, Some(s.clone()), 0);
+        let (mut slow_sent, mut one_sent) = (Sent::default(), Sent::default());
+        slow_sent.take(slow.next().await);
+        slow_sent.take(slow.next().await);
+        for _ in 0..2 * BUFFER {
+            publish(&hub, &other, EventKind::Log);
+        }
+        let last = publish(&hub, &s, EventKind::SessionCompleted);
+        while !slow_sent.ended {
+            slow_sent.take(slow.next().await);
+        }
+        assert!(slow_sent.dropped, "{slow_sent:?}");
+        while !one_sent.ended {
+            one_sent.take(one.next().await);
+        }
+        assert_eq!(one_sent, Sent { ids: vec![last], dropped: false, ended: true });
     }
 }

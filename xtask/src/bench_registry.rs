@@ -25,13 +25,13 @@ use std::{
 
 use anyhow::{bail, Context};
 
-const KEY: &str = "bench-key-0123456789";
+pub(crate) const KEY: &str = "bench-key-0123456789";
 const BLOCK: usize = 1 << 20;
 /// Each transfer runs this many times and the fastest counts: the disk is shared and noisy.
 const RUNS: usize = 3;
 
 /// Kills the server when the benchmark ends, however it ends.
-struct Server(Child);
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -41,9 +41,7 @@ impl Drop for Server {
 }
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    crate::run(root, &cargo, &["build", "--quiet", "--release", "-p", "trainyard"])?;
-    let bin = root.join("target/release/trainyard");
+    let bin = crate::build_release(root, &["-p", "trainyard"], "trainyard")?;
     let mib: u64 = std::env::var("TRAINYARD_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     let work = root.join("target/bench-registry");
     let _ = fs::remove_dir_all(&work);
@@ -67,7 +65,7 @@ fn measure(bin: &Path, work: &Path, mib: u64) -> anyhow::Result<()> {
         Ok(secs)
     })?;
 
-    let (server, addr) = start(bin, &work.join("data"))?;
+    let (server, addr) = start(bin, &work.join("data"), &[])?;
     let pid = server.0.id();
     let rss_before = status_kib(pid, "VmRSS")?;
     let hwm_before = status_kib(pid, "VmHWM")?;
@@ -178,9 +176,10 @@ fn copy_file(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Starts the server; returns it and its `host:port`.
-fn start(bin: &Path, data_dir: &Path) -> anyhow::Result<(Server, String)> {
+pub(crate) fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, String)> {
     let mut child = Command::new(bin)
         .args(["serve", "--port", "0", "--host", "127.0.0.1", "--log-level", "warn", "--memory-reserve-mb", "0"])
+        .args(extra)
         .arg("--data-dir")
         .arg(data_dir)
         .env("API_KEYS", KEY)
@@ -201,14 +200,14 @@ fn start(bin: &Path, data_dir: &Path) -> anyhow::Result<(Server, String)> {
     bail!("the server exited before it listened")
 }
 
-fn connect(addr: &str) -> anyhow::Result<TcpStream> {
+pub(crate) fn connect(addr: &str) -> anyhow::Result<TcpStream> {
     let conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(600)))?;
     Ok(conn)
 }
 
 /// Reads a response's head; returns the status and the `Content-Length`.
-fn response_head(reader: &mut impl BufRead) -> anyhow::Result<(u16, Option<u64>)> {
+pub(crate) fn response_head(reader: &mut impl BufRead) -> anyhow::Result<(u16, Option<u64>)> {
     let mut status_line = String::new();
     reader.read_line(&mut status_line)?;
     let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no HTTP status line")?;
@@ -295,7 +294,7 @@ fn download(addr: &str, to: Option<&Path>) -> anyhow::Result<u64> {
 }
 
 /// A `kB` field of `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc (Linux only)")?;
     status
         .lines()

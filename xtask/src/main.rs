@@ -7,6 +7,7 @@
 //! part of plain `bench` either) measures image-classifier training speed against PyTorch;
 //! `cuda build | check | test` builds, checks and tests the `cuda` feature (see [`cuda`]).
 
+mod bench_events;
 mod bench_memory;
 mod bench_registry;
 mod bench_vision;
@@ -32,11 +33,12 @@ fn main() -> anyhow::Result<()> {
             Some("registry") => bench_registry::run(&root),
             Some("memory") => bench_memory::run(&root),
             Some("vision") => bench_vision::run(&root),
-            Some(other) => bail!("unknown benchmark {other:?}: expected lstm, registry, memory or vision"),
+            Some("events") => bench_events::run(&root),
+            Some(other) => bail!("unknown benchmark {other:?}: expected lstm, registry, memory, vision or events"),
         },
         "cuda" => cuda::run(&root, std::env::args().nth(2).as_deref(), &std::env::args().skip(3).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry | memory | vision] | cuda <build | check | test>>");
+            eprintln!("usage: cargo xtask <ci | tidy | openapi | bench [lstm | registry | memory | vision | events] | cuda <build | check | test>>");
             eprintln!("  ci       format check, tidy, clippy with warnings denied, every test, and cuda check");
             eprintln!("  tidy     crate dependency rules and module docs");
             eprintln!("  openapi  write docs/openapi.json from the code");
@@ -45,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("    registry  model upload/download MB/s over loopback vs a file copy, and the server's peak RSS");
             eprintln!("    memory    training peak RSS and growth per architecture vs the memory estimate (minutes; not in plain bench)");
             eprintln!("    vision    image-classifier training samples/s vs PyTorch, as ratios (minutes; not in plain bench)");
+            eprintln!("    events    the server memory of 1000 idle event-stream subscribers, and training time with them (not in plain bench)");
             eprintln!("  cuda     the `cuda` feature, with NVIDIA's wheels from PyPI (no GPU or toolkit needed):");
             eprintln!("    build     the release binary, stripped and zstd-compressed, in target/cuda/");
             eprintln!("    check     cargo check --features cuda (what CI runs)");
@@ -64,10 +67,16 @@ fn bench_steps(default: usize) -> anyhow::Result<usize> {
 
 /// Builds the `memory_probe` example in release and returns its path.
 fn build_probe(root: &Path) -> anyhow::Result<PathBuf> {
+    build_release(root, &["-p", "trainyard-trainer-candle", "--example", "memory_probe"], "examples/memory_probe")
+}
+
+/// Builds `what` (cargo's package and target arguments) in release and returns the path of
+/// `artifact` in the release directory of the target directory.
+fn build_release(root: &Path, what: &[&str], artifact: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(root, &cargo, &["build", "--quiet", "--release", "-p", "trainyard-trainer-candle", "--example", "memory_probe"])?;
+    run(root, &cargo, &[&["build", "--quiet", "--release"], what].concat())?;
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
-    Ok(target.join("release/examples/memory_probe"))
+    Ok(target.join("release").join(artifact))
 }
 
 fn root() -> PathBuf {

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
+use trainyard_charts::PlottersRenderer;
 use trainyard_domain::{
     auth::Authenticator,
     catalog::Catalog,
@@ -26,7 +27,6 @@ use trainyard_http::{
     cors, events::EventHub, host_check::HostPolicy, tls, AppState, GovernorLimiter, Limits, Timeouts, Transport, TrustedProxies,
     UploadLimits,
 };
-use trainyard_charts::PlottersRenderer;
 use trainyard_monitor::CachedMonitor;
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
 use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};

@@ -53,9 +53,8 @@ const PALETTE: [RGBColor; 10] = [
 /// Registers the compiled-in fonts with plotters, once per process.
 fn fonts_ready() -> Result<(), RenderError> {
     static READY: OnceLock<bool> = OnceLock::new();
-    let ok = *READY.get_or_init(|| {
-        register_font(FAMILY, FontStyle::Normal, REGULAR).is_ok() && register_font(FAMILY, FontStyle::Bold, BOLD).is_ok()
-    });
+    let ok = *READY
+        .get_or_init(|| register_font(FAMILY, FontStyle::Normal, REGULAR).is_ok() && register_font(FAMILY, FontStyle::Bold, BOLD).is_ok());
     if ok {
         Ok(())
     } else {
@@ -82,10 +81,7 @@ impl ChartRenderer for PlottersRenderer {
     fn render(&self, spec: &ChartSpec, format: ChartFormat) -> Result<Vec<u8>, RenderError> {
         let sides = MIN_SIDE..=MAX_SIDE;
         if !sides.contains(&spec.width) || !sides.contains(&spec.height) {
-            return Err(RenderError(format!(
-                "a chart is {MIN_SIDE} to {MAX_SIDE} pixels a side, not {}x{}",
-                spec.width, spec.height
-            )));
+            return Err(RenderError(format!("a chart is {MIN_SIDE} to {MAX_SIDE} pixels a side, not {}x{}", spec.width, spec.height)));
         }
         fonts_ready()?;
         match format {

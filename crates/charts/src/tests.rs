@@ -46,7 +46,8 @@ fn svg_attr(svg: &str, name: &str) -> Option<String> {
 
 #[test]
 fn a_png_has_the_size_asked_for_and_its_title_drawn_from_the_compiled_in_font() {
-    let chart = spec(640, 480, vec![panel("loss", vec![line("training loss", &[1.0, 0.6, 0.4]), line("validation loss", &[1.1, 0.8, 0.7])])]);
+    let chart =
+        spec(640, 480, vec![panel("loss", vec![line("training loss", &[1.0, 0.6, 0.4]), line("validation loss", &[1.1, 0.8, 0.7])])]);
     let png = PlottersRenderer::new().render(&chart, ChartFormat::Png).unwrap();
     let img = decode(&png);
     assert_eq!(img.dimensions(), (640, 480));

@@ -474,13 +474,7 @@ pub fn session_chart(session: &Session, history: &[EpochMetrics], query: &ChartQ
     }
     ChartSpec {
         title: trained(session),
-        subtitle: format!(
-            "{} \u{b7} {} \u{b7} epoch {} of {}",
-            session.id,
-            session.state,
-            session.current_epoch,
-            session.total_epochs()
-        ),
+        subtitle: format!("{} \u{b7} {} \u{b7} epoch {} of {}", session.id, session.state, session.current_epoch, session.total_epochs()),
         panels,
         width: query.width,
         height: query.height,

@@ -296,7 +296,8 @@ fn prop61_chart_queries_validate_within_bounds_or_name_the_bad_field(q: AnyQuery
     let chart_ok = match ChartQuery::parse(&chart) {
         Ok(parsed) => {
             let spec = session_chart(&session(), &[epoch(1, 0.5, 0.5, None)], &parsed);
-            let kinds = [MetricKind::Loss, MetricKind::Accuracy].iter().filter(|k| parsed.metrics().iter().any(|m| m.kind() == **k)).count();
+            let kinds =
+                [MetricKind::Loss, MetricKind::Accuracy].iter().filter(|k| parsed.metrics().iter().any(|m| m.kind() == **k)).count();
             let series: usize = spec.panels.iter().map(|p| p.series.len()).sum();
             within_bounds(spec.width, spec.height)
                 && !parsed.metrics().is_empty()
@@ -316,7 +317,8 @@ fn prop61_chart_queries_validate_within_bounds_or_name_the_bad_field(q: AnyQuery
             )
         }
     };
-    let compare = RawCompareQuery { sessions: q.sessions.clone(), metric: q.metric.clone(), width: q.width.clone(), height: q.height.clone() };
+    let compare =
+        RawCompareQuery { sessions: q.sessions.clone(), metric: q.metric.clone(), width: q.width.clone(), height: q.height.clone() };
     let compare_ok = match CompareQuery::parse(&compare) {
         Ok(parsed) => {
             let sessions: Vec<(Session, Vec<EpochMetrics>)> = parsed
@@ -349,5 +351,8 @@ fn prop61_chart_queries_validate_within_bounds_or_name_the_bad_field(q: AnyQuery
 
 #[test]
 fn prop61_runs() {
-    QuickCheck::new().tests(400).rng(Gen::new(40)).quickcheck(prop61_chart_queries_validate_within_bounds_or_name_the_bad_field as fn(AnyQuery) -> bool);
+    QuickCheck::new()
+        .tests(400)
+        .rng(Gen::new(40))
+        .quickcheck(prop61_chart_queries_validate_within_bounds_or_name_the_bad_field as fn(AnyQuery) -> bool);
 }

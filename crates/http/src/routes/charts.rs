@@ -46,7 +46,12 @@ fn image(bytes: Vec<u8>, format: ChartFormat) -> HttpResponse {
         .body(bytes)
 }
 
-async fn session_chart(state: web::Data<AppState>, path: web::Path<String>, q: ChartParams, format: ChartFormat) -> Result<HttpResponse, ApiError> {
+async fn session_chart(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: ChartParams,
+    format: ChartFormat,
+) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
     let query = ChartQuery::parse(&RawChartQuery { metrics: q.metrics, width: q.width, height: q.height })?;
     let charts = state.charts.clone();

@@ -143,6 +143,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("trainyard-monitor", &["trainyard-domain"]),
     ("trainyard-http", &["trainyard-domain"]),
     ("trainyard-supervisor", &["trainyard-domain"]),
+    ("trainyard-charts", &["trainyard-domain"]),
     (
         "trainyard",
         &[
@@ -152,6 +153,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "trainyard-monitor",
             "trainyard-http",
             "trainyard-supervisor",
+            "trainyard-charts",
         ],
     ),
     ("xtask", &[]),

@@ -13,9 +13,11 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
+use trainyard_charts::PlottersRenderer;
 use trainyard_domain::{
     auth::Authenticator,
     catalog::Catalog,
+    charts::Charts,
     inference::Inference,
     manager::{Ports, SchedulerPolicy, SessionManager},
     ports::{AuthStore, SystemClock, SystemMonitor},
@@ -160,6 +162,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         proxies,
         events: EventHub::attach(&manager, StdDuration::from_secs(args.events_heartbeat_secs.max(1))),
+        charts: Charts::new(manager.clone(), Arc::new(PlottersRenderer::new())),
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     actix_web::rt::System::new().block_on(async move {

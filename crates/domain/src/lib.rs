@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod charts;
 pub mod config;
 pub mod events;
 pub mod failure;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use trainyard_domain::{
     auth::{retry_secs, AuthError, KeyError},
     catalog::CatalogError,
+    charts::{ChartError, ChartQueryErrors},
     failure,
     inference::InferenceError,
     manager::ManagerError,
@@ -206,6 +207,22 @@ impl From<ConfigErrors> for ApiError {
     fn from(e: ConfigErrors) -> Self {
         let details = serde_json::json!({ "fields": e.0 });
         Self::new(ErrorCode::InvalidConfig, e.to_string()).with_details(details)
+    }
+}
+
+impl From<ChartQueryErrors> for ApiError {
+    fn from(e: ChartQueryErrors) -> Self {
+        let details = serde_json::json!({ "fields": e.0 });
+        Self::new(ErrorCode::BadRequest, e.to_string()).with_details(details)
+    }
+}
+
+impl From<ChartError> for ApiError {
+    fn from(e: ChartError) -> Self {
+        match e {
+            ChartError::Manager(m) => m.into(),
+            ChartError::Render(r) => Self::internal(&r),
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use actix_web::{
 use trainyard_domain::{
     auth::Authenticator,
     catalog::Catalog,
+    charts::Charts,
     inference::Inference,
     manager::SessionManager,
     ports::{AuthStore, SystemMonitor},
@@ -106,6 +107,8 @@ pub struct AppState {
     pub proxies: TrustedProxies,
     /// The live side of the event streams.
     pub events: events::EventHub,
+    /// Draws session and comparison charts.
+    pub charts: Charts,
 }
 
 impl fmt::Debug for AppState {

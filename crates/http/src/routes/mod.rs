@@ -3,6 +3,7 @@
 
 mod admin;
 mod catalog;
+mod charts;
 mod predict;
 mod system;
 mod training;
@@ -19,7 +20,7 @@ use trainyard_domain::auth::Scope;
 
 use crate::error::{ApiError, ErrorCode};
 
-pub(crate) use self::{admin::*, catalog::*, predict::*, system::*, training::*};
+pub(crate) use self::{admin::*, catalog::*, charts::*, predict::*, system::*, training::*};
 pub(crate) use crate::events::{__path_all_events, __path_session_events, all_events, session_events};
 
 /// Runs blocking work (SQLite, files) on the blocking pool and converts its error.
@@ -73,6 +74,10 @@ pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::GET, "/api/v1/training/{session_id}/history", READ, |r| r.to(session_history)),
     route(Method::GET, "/api/v1/training/{session_id}/logs", READ, |r| r.to(session_logs)),
     route(Method::GET, "/api/v1/training/{session_id}/events", READ, |r| r.to(session_events)),
+    route(Method::GET, "/api/v1/training/{session_id}/chart.png", READ, |r| r.to(session_chart_png)),
+    route(Method::GET, "/api/v1/training/{session_id}/chart.svg", READ, |r| r.to(session_chart_svg)),
+    route(Method::GET, "/api/v1/charts/compare.png", READ, |r| r.to(compare_png)),
+    route(Method::GET, "/api/v1/charts/compare.svg", READ, |r| r.to(compare_svg)),
     route(Method::GET, "/api/v1/events", READ, |r| r.to(all_events)),
     route(Method::GET, "/api/v1/architectures", READ, |r| r.to(list_architectures)),
     route(Method::GET, "/api/v1/system/info", READ, |r| r.to(system_info)),

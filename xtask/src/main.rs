@@ -134,6 +134,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("trainyard-monitor", &["trainyard-domain"]),
     ("trainyard-http", &["trainyard-domain"]),
     ("trainyard-supervisor", &["trainyard-domain"]),
+    ("trainyard-notify", &["trainyard-domain"]),
     (
         "trainyard",
         &[
@@ -143,6 +144,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "trainyard-monitor",
             "trainyard-http",
             "trainyard-supervisor",
+            "trainyard-notify",
         ],
     ),
     ("xtask", &[]),

@@ -16,3 +16,4 @@ mod text;
 mod training;
 mod transport;
 mod vision;
+mod webhooks;

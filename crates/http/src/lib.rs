@@ -31,6 +31,7 @@ use trainyard_domain::{
     inference::Inference,
     manager::SessionManager,
     ports::{AuthStore, SystemMonitor},
+    webhooks::Webhooks,
 };
 
 pub use error::{ApiError, ErrorCode};
@@ -106,6 +107,8 @@ pub struct AppState {
     pub proxies: TrustedProxies,
     /// The live side of the event streams.
     pub events: events::EventHub,
+    /// The use case behind the webhook endpoints.
+    pub webhooks: Webhooks,
 }
 
 impl fmt::Debug for AppState {

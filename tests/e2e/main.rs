@@ -17,3 +17,4 @@ mod text;
 mod training;
 mod transport;
 mod vision;
+mod webhooks;

@@ -144,6 +144,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("trainyard-http", &["trainyard-domain"]),
     ("trainyard-supervisor", &["trainyard-domain"]),
     ("trainyard-charts", &["trainyard-domain"]),
+    ("trainyard-notify", &["trainyard-domain"]),
     (
         "trainyard",
         &[
@@ -154,6 +155,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "trainyard-http",
             "trainyard-supervisor",
             "trainyard-charts",
+            "trainyard-notify",
         ],
     ),
     ("xtask", &[]),

@@ -199,6 +199,19 @@ pub struct ServeArgs {
     /// Seconds between the comment lines that keep idle event streams open through proxies.
     #[arg(long, env = "TRAINYARD_EVENTS_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub events_heartbeat_secs: u64,
+    /// Let webhooks target loopback, private, link-local and metadata addresses (refused with
+    /// 400 otherwise, at creation and at each delivery). For tests and closed networks only.
+    #[arg(long, env = "TRAINYARD_WEBHOOKS_ALLOW_PRIVATE")]
+    pub webhooks_allow_private: bool,
+    /// Seconds one webhook delivery attempt may take (connecting and the answer's head); past
+    /// it the attempt failed and is retried.
+    #[arg(long, env = "TRAINYARD_WEBHOOK_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub webhook_timeout_secs: u64,
+    /// The unit of the webhook retry schedule, in milliseconds: retries come 10, 20, 60, 150
+    /// and 360 units after each failure (0 s, 10 s, 30 s, 1.5 min, 4 min, 10 min with the
+    /// default). Lower it only in tests.
+    #[arg(long, env = "TRAINYARD_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub webhook_retry_base_ms: u64,
 }
 
 impl ServeArgs {

@@ -18,16 +18,21 @@ use trainyard_domain::{
     auth::Authenticator,
     catalog::Catalog,
     charts::Charts,
+    events::Event,
     inference::Inference,
     manager::{Ports, SchedulerPolicy, SessionManager},
     ports::{AuthStore, SystemClock, SystemMonitor},
     system::human_mb,
+    webhooks::{HostResolver, RetrySchedule, WebhookStore, Webhooks},
 };
 use trainyard_http::{
-    cors, events::EventHub, host_check::HostPolicy, tls, AppState, GovernorLimiter, Limits, Timeouts, Transport, TrustedProxies,
-    UploadLimits,
+    cors,
+    events::{EventEnvelope, EventHub},
+    host_check::HostPolicy,
+    tls, AppState, GovernorLimiter, Limits, Timeouts, Transport, TrustedProxies, UploadLimits,
 };
 use trainyard_monitor::CachedMonitor;
+use trainyard_notify::{Notifier, NotifierConfig, SystemResolver};
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
 use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};
 use trainyard_trainer_candle::{gpu, CandleGenerator, CandlePredictor, CandleTrainer, FileInspector, FileModelInspector};
@@ -129,12 +134,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let manager = SessionManager::new(ports, policy);
     let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()), Arc::new(CandlePredictor::new()));
     let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), model_inspector, store.clone());
+    let webhook_store: Arc<dyn WebhookStore> = store.clone();
+    let resolver: Arc<dyn HostResolver> = Arc::new(SystemResolver);
+    let webhooks = Webhooks::new(webhook_store.clone(), resolver.clone(), clock.clone(), args.webhooks_allow_private);
     let auth_store: Arc<dyn AuthStore> = store;
     let proxies = TrustedProxies::parse(&args.trusted_proxies).map_err(anyhow::Error::msg).context("--trusted-proxies")?;
     let limiter = GovernorLimiter::new(Limits {
         failures_per_minute: args.auth_failures_per_minute,
         requests_per_key_per_minute: args.rate_limit_per_key,
     });
+    let notifier = Notifier::start(
+        webhook_store,
+        manager.events(),
+        clock.clone(),
+        resolver,
+        Arc::new(|event: &Event| serde_json::to_vec(&EventEnvelope::from(event)).unwrap_or_default()),
+        NotifierConfig {
+            allow_private: args.webhooks_allow_private,
+            timeout: StdDuration::from_secs(args.webhook_timeout_secs),
+            schedule: RetrySchedule::new(time::Duration::milliseconds(i64::try_from(args.webhook_retry_base_ms).unwrap_or(1000))),
+        },
+    )
+    .context("starting webhook delivery")?;
     let authenticator = Arc::new(Authenticator::new(&args.keys(), auth_store.clone(), clock).with_limiter(Arc::new(limiter)));
 
     if args.examples {
@@ -163,6 +184,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         proxies,
         events: EventHub::attach(&manager, StdDuration::from_secs(args.events_heartbeat_secs.max(1))),
         charts: Charts::new(manager.clone(), Arc::new(PlottersRenderer::new())),
+        webhooks,
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     actix_web::rt::System::new().block_on(async move {
@@ -185,6 +207,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if !manager.shutdown(StdDuration::from_secs(args.shutdown_timeout_secs)) {
             tracing::warn!("some sessions did not stop in time");
         }
+        // Deliveries not yet made (the sessions' last events among them) go out at the next start.
+        notifier.stop();
         tracing::info!("shutdown complete");
         anyhow::Ok(())
     })

@@ -20,6 +20,7 @@ pub mod session;
 pub mod summary;
 pub mod system;
 pub mod time_fmt;
+pub mod webhooks;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

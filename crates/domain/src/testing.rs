@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Condvar, Mutex, PoisonError,
+        Arc, Condvar, Mutex, PoisonError,
     },
     time::Duration as StdDuration,
 };
@@ -25,6 +25,7 @@ use crate::{
     registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelInfo, ModelRecord, NewDataset, NewModel},
     session::{Session, SessionState},
     system::SystemSnapshot,
+    webhooks::{AttemptRecord, Delivery, DeliveryId, DeliveryState, DueDelivery, Webhook, WebhookId, WebhookStore},
 };
 
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -157,6 +158,144 @@ impl EventStore for MemoryEvents {
 
     fn last_id(&self) -> Result<u64, StoreError> {
         Ok(guard(&self.0).last().map_or(0, |e| e.id))
+    }
+}
+
+/// Webhooks and their deliveries in memory, fed from the events of a [`MemoryEvents`].
+#[derive(Debug)]
+pub struct MemoryWebhooks {
+    events: Arc<MemoryEvents>,
+    tables: Mutex<WebhookTables>,
+}
+
+#[derive(Debug, Default)]
+struct WebhookTables {
+    /// Each webhook with the last event id recorded before it.
+    hooks: Vec<(Webhook, u64)>,
+    /// Each delivery with its enqueue number and its event.
+    deliveries: Vec<(u64, Delivery, Event)>,
+    /// The last event enqueued.
+    cursor: u64,
+    next_seq: u64,
+}
+
+impl MemoryWebhooks {
+    /// A store fed from `events`; events already there are never delivered.
+    #[must_use]
+    pub fn new(events: Arc<MemoryEvents>) -> Self {
+        let cursor = events.last_id().unwrap_or(0);
+        Self { events, tables: Mutex::new(WebhookTables { cursor, ..WebhookTables::default() }) }
+    }
+}
+
+impl WebhookStore for MemoryWebhooks {
+    fn insert_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        let since = self.events.last_id()?;
+        let mut t = guard(&self.tables);
+        if t.hooks.iter().any(|(h, _)| h.id == webhook.id) {
+            return Err(StoreError::Conflict(format!("webhook {}", webhook.id)));
+        }
+        t.hooks.push((webhook.clone(), since));
+        Ok(())
+    }
+
+    fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        Ok(guard(&self.tables).hooks.iter().map(|(h, _)| h.clone()).collect())
+    }
+
+    fn webhook(&self, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
+        Ok(guard(&self.tables).hooks.iter().find(|(h, _)| h.id == *id).map(|(h, _)| h.clone()))
+    }
+
+    fn delete_webhook(&self, id: &WebhookId) -> Result<bool, StoreError> {
+        let mut t = guard(&self.tables);
+        let before = t.hooks.len();
+        t.hooks.retain(|(h, _)| h.id != *id);
+        t.deliveries.retain(|(_, d, _)| d.webhook_id != *id);
+        Ok(t.hooks.len() < before)
+    }
+
+    fn enqueue_new_events(&self, at: OffsetDateTime, limit: u32) -> Result<u32, StoreError> {
+        let cursor = guard(&self.tables).cursor;
+        let events = self.events.after(cursor, None, limit)?;
+        let mut t = guard(&self.tables);
+        for event in &events {
+            let wanted: Vec<WebhookId> =
+                t.hooks.iter().filter(|(h, since)| event.id > *since && h.events.matches(event.kind)).map(|(h, _)| h.id.clone()).collect();
+            for webhook_id in wanted {
+                let seq = t.next_seq;
+                t.next_seq += 1;
+                let delivery = Delivery {
+                    id: DeliveryId::generate(),
+                    webhook_id,
+                    event_id: event.id,
+                    event: event.kind,
+                    session_id: event.session_id.clone(),
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    last_status: None,
+                    last_error: None,
+                    created_at: at,
+                    last_attempt_at: None,
+                    next_attempt_at: Some(at),
+                };
+                t.deliveries.push((seq, delivery, event.clone()));
+            }
+            t.cursor = event.id;
+        }
+        Ok(u32::try_from(events.len()).unwrap_or(u32::MAX))
+    }
+
+    fn due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
+        let t = guard(&self.tables);
+        let mut first: Vec<&(u64, Delivery, Event)> = Vec::new();
+        for entry in t.deliveries.iter().filter(|(_, d, _)| d.next_attempt_at.is_some_and(|n| n <= now)) {
+            let key = |e: &(u64, Delivery, Event)| (e.1.next_attempt_at, e.0);
+            match first.iter_mut().find(|f| f.1.webhook_id == entry.1.webhook_id) {
+                Some(f) if key(entry) < key(*f) => *f = entry,
+                Some(_) => {}
+                None => first.push(entry),
+            }
+        }
+        first.sort_by_key(|e| (e.1.next_attempt_at, e.0));
+        Ok(first
+            .into_iter()
+            .take(limit as usize)
+            .filter_map(|(_, d, event)| {
+                let (hook, _) = t.hooks.iter().find(|(h, _)| h.id == d.webhook_id)?;
+                Some(DueDelivery {
+                    id: d.id.clone(),
+                    webhook_id: d.webhook_id.clone(),
+                    url: hook.url.clone(),
+                    secret: hook.secret.clone(),
+                    event: event.clone(),
+                    attempts: d.attempts,
+                })
+            })
+            .collect())
+    }
+
+    fn next_due_after(&self, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, StoreError> {
+        Ok(guard(&self.tables).deliveries.iter().filter_map(|(_, d, _)| d.next_attempt_at).filter(|n| *n > now).min())
+    }
+
+    fn record_attempt(&self, id: &DeliveryId, record: &AttemptRecord) -> Result<bool, StoreError> {
+        let mut t = guard(&self.tables);
+        let Some((_, d, _)) = t.deliveries.iter_mut().find(|(_, d, _)| d.id == *id && d.state == DeliveryState::Pending) else {
+            return Ok(false);
+        };
+        d.state = record.state;
+        d.attempts = record.attempts;
+        d.last_status = record.last_status;
+        d.last_error.clone_from(&record.last_error);
+        d.last_attempt_at = Some(record.last_attempt_at);
+        d.next_attempt_at = record.next_attempt_at;
+        Ok(true)
+    }
+
+    fn deliveries(&self, webhook: &WebhookId, limit: u32) -> Result<Vec<Delivery>, StoreError> {
+        let t = guard(&self.tables);
+        Ok(t.deliveries.iter().rev().filter(|(_, d, _)| d.webhook_id == *webhook).take(limit as usize).map(|(_, d, _)| d.clone()).collect())
     }
 }
 

@@ -762,5 +762,7 @@ pub struct CreatedKey {
     pub info: KeyInfo,
 }
 
+pub mod webhooks;
+
 #[cfg(test)]
 mod tests;

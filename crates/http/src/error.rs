@@ -15,6 +15,7 @@ use trainyard_domain::{
     inference::InferenceError,
     manager::ManagerError,
     ports::StoreError,
+    webhooks::{AddressError, WebhookError},
     ConfigErrors, NameError,
 };
 
@@ -53,6 +54,9 @@ pub enum ErrorCode {
     Internal,
     RequestTimeout,
     HostNotAllowed,
+    InvalidWebhook,
+    WebhookAddressRefused,
+    WebhookNotFound,
 }
 
 impl ErrorCode {
@@ -69,12 +73,14 @@ impl ErrorCode {
             | C::InvalidDataset
             | C::InvalidModel
             | C::UnsupportedModel
-            | C::InsufficientMemory => StatusCode::BAD_REQUEST,
+            | C::InsufficientMemory
+            | C::InvalidWebhook
+            | C::WebhookAddressRefused => StatusCode::BAD_REQUEST,
             C::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
             C::ApiKeyMissing | C::ApiKeyInvalid | C::ApiKeyExpired | C::ApiKeyRevoked => StatusCode::UNAUTHORIZED,
             C::InsufficientScope => StatusCode::FORBIDDEN,
             C::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            C::NotFound | C::SessionNotFound | C::ModelNotFound | C::DatasetNotFound => StatusCode::NOT_FOUND,
+            C::NotFound | C::SessionNotFound | C::ModelNotFound | C::DatasetNotFound | C::WebhookNotFound => StatusCode::NOT_FOUND,
             C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             C::Conflict => StatusCode::CONFLICT,
             C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -299,6 +305,30 @@ impl From<KeyError> for ApiError {
     }
 }
 
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        let field = |name: &str| serde_json::json!({ "field": name });
+        match e {
+            WebhookError::InvalidUrl(_) => Self::new(ErrorCode::InvalidWebhook, e.to_string()).with_details(field("url")),
+            WebhookError::Address(AddressError::Unresolvable { .. }) => {
+                Self::new(ErrorCode::InvalidWebhook, failure::scrub(&e.to_string())).with_details(field("url"))
+            }
+            WebhookError::Address(AddressError::Refused { address, class, .. }) => {
+                Self::new(ErrorCode::WebhookAddressRefused, e.to_string()).with_details(serde_json::json!({
+                    "field": "url",
+                    "address": address.to_string(),
+                    "address_class": class.as_str(),
+                }))
+            }
+            WebhookError::InvalidEvents(_) => Self::new(ErrorCode::InvalidWebhook, e.to_string()).with_details(field("events")),
+            WebhookError::InvalidSecret(_) => Self::new(ErrorCode::InvalidWebhook, e.to_string()).with_details(field("secret")),
+            WebhookError::NotFound(_) => Self::new(ErrorCode::WebhookNotFound, e.to_string()),
+            WebhookError::TooMany => Self::new(ErrorCode::Conflict, e.to_string()),
+            WebhookError::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         Self::internal(&e)
@@ -328,7 +358,7 @@ mod tests {
 
     use super::*;
 
-    const ALL: [ErrorCode; 31] = [
+    const ALL: [ErrorCode; 34] = [
         ErrorCode::InsufficientScope,
         ErrorCode::TooManyRequests,
         ErrorCode::InvalidModel,
@@ -360,6 +390,9 @@ mod tests {
         ErrorCode::Internal,
         ErrorCode::RequestTimeout,
         ErrorCode::HostNotAllowed,
+        ErrorCode::InvalidWebhook,
+        ErrorCode::WebhookAddressRefused,
+        ErrorCode::WebhookNotFound,
     ];
 
     quickcheck! {

@@ -32,6 +32,7 @@ use trainyard_domain::{
     inference::Inference,
     manager::SessionManager,
     ports::{AuthStore, SystemMonitor},
+    webhooks::Webhooks,
 };
 
 pub use error::{ApiError, ErrorCode};
@@ -109,6 +110,8 @@ pub struct AppState {
     pub events: events::EventHub,
     /// Draws session and comparison charts.
     pub charts: Charts,
+    /// The use case behind the webhook endpoints.
+    pub webhooks: Webhooks,
 }
 
 impl fmt::Debug for AppState {

@@ -1,18 +1,22 @@
-//! [`SqliteStore`]: the session, metrics, log, event and auth ports over one [`Database`].
+//! [`SqliteStore`]: the session, metrics, log, event, webhook and auth ports over one
+//! [`Database`].
 
 mod auth;
 mod events;
 mod logs;
 mod metrics;
 mod sessions;
+mod webhooks;
 
 use crate::Database;
 
-/// Sessions, metrics, logs, events, API keys and the auth audit log, in SQLite. Implements
+/// Sessions, metrics, logs, events, webhooks and their deliveries, API keys and the auth audit
+/// log, in SQLite. Implements
 /// [`SessionRepository`](trainyard_domain::ports::SessionRepository),
 /// [`MetricsStore`](trainyard_domain::ports::MetricsStore),
 /// [`LogStore`](trainyard_domain::ports::LogStore),
-/// [`EventStore`](trainyard_domain::events::EventStore) and
+/// [`EventStore`](trainyard_domain::events::EventStore),
+/// [`WebhookStore`](trainyard_domain::webhooks::WebhookStore) and
 /// [`AuthStore`](trainyard_domain::ports::AuthStore).
 ///
 /// Metrics and log lines belong to a session: recording them for a session that does not

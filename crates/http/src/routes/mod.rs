@@ -7,6 +7,7 @@ mod charts;
 mod predict;
 mod system;
 mod training;
+mod webhooks;
 
 use actix_web::{
     body::{EitherBody, MessageBody},
@@ -20,7 +21,7 @@ use trainyard_domain::auth::Scope;
 
 use crate::error::{ApiError, ErrorCode};
 
-pub(crate) use self::{admin::*, catalog::*, charts::*, predict::*, system::*, training::*};
+pub(crate) use self::{admin::*, catalog::*, charts::*, predict::*, system::*, training::*, webhooks::*};
 pub(crate) use crate::events::{__path_all_events, __path_session_events, all_events, session_events};
 
 /// Runs blocking work (SQLite, files) on the blocking pool and converts its error.
@@ -58,8 +59,9 @@ const ADMIN: Access = Access::Key(Scope::Admin);
 
 /// Every route, the one list the router ([`register`]), the auth middleware ([`access_for`])
 /// and the OpenAPI document's `x-required-scope` read: a route exists only with its access.
-/// `read`: every `GET` outside `/api/v1/admin`; `train`: sessions, dataset uploads,
-/// prediction and generation; `admin`: model uploads, deletions, keys and the audit log.
+/// `read`: every `GET` outside `/api/v1/admin` and `/api/v1/webhooks`; `train`: sessions,
+/// dataset uploads, prediction and generation; `admin`: model uploads, deletions, keys, the
+/// audit log and webhooks (whose URLs may hold credentials).
 pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::GET, "/health", Access::Public, |r| r.to(health)),
     route(Method::GET, "/", Access::Public, |r| r.to(root)),
@@ -95,6 +97,10 @@ pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::GET, "/api/v1/admin/keys", ADMIN, |r| r.to(list_keys)),
     route(Method::POST, "/api/v1/admin/keys", ADMIN, |r| r.to(create_key)),
     route(Method::DELETE, "/api/v1/admin/keys/{id}", ADMIN, |r| r.to(revoke_key)),
+    route(Method::GET, "/api/v1/webhooks", ADMIN, |r| r.to(list_webhooks)),
+    route(Method::POST, "/api/v1/webhooks", ADMIN, |r| r.to(create_webhook)),
+    route(Method::DELETE, "/api/v1/webhooks/{id}", ADMIN, |r| r.to(delete_webhook)),
+    route(Method::GET, "/api/v1/webhooks/{id}/deliveries", ADMIN, |r| r.to(webhook_deliveries)),
 ];
 
 /// Registers every route of [`ROUTES`] and the API docs. Each path is one resource, so a

@@ -11,12 +11,12 @@ use super::SqliteStore;
 use crate::{codec, db::missing_as};
 
 /// An event's columns as SQLite returns them.
-struct EventRow {
-    id: i64,
-    session_id: String,
-    kind: String,
-    created_at: String,
-    data: String,
+pub(super) struct EventRow {
+    pub(super) id: i64,
+    pub(super) session_id: String,
+    pub(super) kind: String,
+    pub(super) created_at: String,
+    pub(super) data: String,
 }
 
 impl EventRow {
@@ -24,7 +24,7 @@ impl EventRow {
         Ok(Self { id: r.get(0)?, session_id: r.get(1)?, kind: r.get(2)?, created_at: r.get(3)?, data: r.get(4)? })
     }
 
-    fn decode(self) -> Result<Event, StoreError> {
+    pub(super) fn decode(self) -> Result<Event, StoreError> {
         Ok(Event {
             id: codec::to_u64(self.id, "event id")?,
             session_id: SessionId::parse(&self.session_id).map_err(|e| codec::corrupt("event session id", e))?,

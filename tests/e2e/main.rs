@@ -7,6 +7,7 @@ mod isolation;
 
 mod access;
 mod api;
+mod cli;
 mod envelope;
 mod events;
 mod inputs;

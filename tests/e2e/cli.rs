@@ -69,11 +69,8 @@ fn trainyard(args: &[&str]) -> Run {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let run = Run {
-        code: status.code().unwrap_or(-1),
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    };
+    let run =
+        Run { code: status.code().unwrap_or(-1), stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() };
     eprintln!("trainyard {}: exit {}\n{}", args.join(" "), run.code, run.stderr);
     run
 }
@@ -118,7 +115,21 @@ fn upload_train_watch_status_logs_and_download_through_the_client() {
     // With --json: one event a line, ending with session.completed; --set reaches the body.
     let run = client(
         &s,
-        &["train", "--arch", "mlp", "--dataset", "iris", "--epochs", "3", "--set", "batch_size=16", "--set", "hidden_sizes=[8]", "--watch", "--json"],
+        &[
+            "train",
+            "--arch",
+            "mlp",
+            "--dataset",
+            "iris",
+            "--epochs",
+            "3",
+            "--set",
+            "batch_size=16",
+            "--set",
+            "hidden_sizes=[8]",
+            "--watch",
+            "--json",
+        ],
     );
     assert_eq!(run.code, 0, "{run:?}");
     let events = run.json_lines();
@@ -221,7 +232,12 @@ fn a_stopped_or_cancelled_session_makes_watch_exit_1() {
 fn exit_codes_for_usage_errors_unreachable_servers_and_refused_keys() {
     let s = Server::start();
     // Usage errors: clap's exit 2.
-    for args in [vec!["frobnicate"], vec!["status"], vec!["train", "--dataset", "iris"], vec!["train", "--arch", "mlp", "--dataset", "iris", "--set", "epochs"]] {
+    for args in [
+        vec!["frobnicate"],
+        vec!["status"],
+        vec!["train", "--dataset", "iris"],
+        vec!["train", "--arch", "mlp", "--dataset", "iris", "--set", "epochs"],
+    ] {
         let run = client(&s, &args);
         assert_eq!(run.code, 2, "{args:?}: {run:?}");
     }

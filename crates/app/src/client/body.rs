@@ -63,7 +63,7 @@ mod tests {
     fn train_args(argv: &[&str]) -> TrainArgs {
         use clap::Parser;
 
-        use crate::cli::{ClientCommand, Cli, Command};
+        use crate::cli::{Cli, ClientCommand, Command};
         match Cli::try_parse_from(argv).map(|c| c.command) {
             Ok(Some(Command::Client(ClientCommand::Train(args)))) => args,
             other => panic!("{argv:?}: {other:?}"),
@@ -73,13 +73,28 @@ mod tests {
     #[test]
     fn flags_become_the_api_fields_and_set_overrides_them() {
         let args = train_args(&["trainyard", "train", "--arch", "mlp", "--dataset", "iris", "--epochs", "3", "--lr", "0.01"]);
-        assert_eq!(
-            training_body(&args),
-            json!({"model_architecture": "mlp", "dataset_name": "iris", "epochs": 3, "learning_rate": 0.01})
-        );
+        assert_eq!(training_body(&args), json!({"model_architecture": "mlp", "dataset_name": "iris", "epochs": 3, "learning_rate": 0.01}));
         let args = train_args(&[
-            "trainyard", "train", "--arch", "custom_ai_model", "--dataset", "a", "--dataset", "b", "--batch-size", "8", "--epochs", "3",
-            "--set", "epochs=5", "--set", "hidden_size=64", "--set", "optimizer=sgd", "--set", "epochs=7",
+            "trainyard",
+            "train",
+            "--arch",
+            "custom_ai_model",
+            "--dataset",
+            "a",
+            "--dataset",
+            "b",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "3",
+            "--set",
+            "epochs=5",
+            "--set",
+            "hidden_size=64",
+            "--set",
+            "optimizer=sgd",
+            "--set",
+            "epochs=7",
         ]);
         assert_eq!(
             training_body(&args),

@@ -83,7 +83,9 @@ pub fn datasets(client: &Client, action: Option<DatasetsAction>, json: bool) -> 
             output::table(&["NAME", "FORMAT", "SAMPLES", "DIMENSIONS", "SIZE", "CREATED"], &rows);
             Ok(EXIT_OK)
         }
-        DatasetsAction::Upload { file, name, overwrite } => upload(client, "/api/v1/datasets", "dataset_name", &file, name, overwrite, json),
+        DatasetsAction::Upload { file, name, overwrite } => {
+            upload(client, "/api/v1/datasets", "dataset_name", &file, name, overwrite, json)
+        }
         DatasetsAction::Info { name } => {
             let d = client.get_json(&format!("/api/v1/datasets/{}", segment(&name)))?;
             if json {
@@ -118,7 +120,15 @@ fn items(list: &Value) -> impl Iterator<Item = &Value> {
 }
 
 /// Uploads `file` to `route` under `name` (default: the file name without its extension).
-fn upload(client: &Client, route: &str, name_param: &str, file: &Path, name: Option<String>, overwrite: bool, json: bool) -> Result<i32, Failure> {
+fn upload(
+    client: &Client,
+    route: &str,
+    name_param: &str,
+    file: &Path,
+    name: Option<String>,
+    overwrite: bool,
+    json: bool,
+) -> Result<i32, Failure> {
     let name = match name {
         Some(n) => n,
         None => file

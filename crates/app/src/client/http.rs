@@ -251,10 +251,9 @@ impl Client {
                 let body = res.into_string().unwrap_or_default();
                 let (message, fields) = envelope(status, &body);
                 match status {
-                    401 if self.key.is_none() => Failure::KeyRefused(format!(
-                        "{} needs an API key: pass --key or set TRAINYARD_KEY ({message})",
-                        self.base
-                    )),
+                    401 if self.key.is_none() => {
+                        Failure::KeyRefused(format!("{} needs an API key: pass --key or set TRAINYARD_KEY ({message})", self.base))
+                    }
                     401 => Failure::KeyRefused(format!(
                         "the key was refused by {}: {message} (pass the right key with --key or TRAINYARD_KEY)",
                         self.base
@@ -270,7 +269,8 @@ impl Client {
                     text.push_str(": ");
                     text.push_str(&part);
                 }
-                let mut message = format!("cannot reach the server at {}: {text}; is the server running? (set --server or TRAINYARD_URL)", self.base);
+                let mut message =
+                    format!("cannot reach the server at {}: {text}; is the server running? (set --server or TRAINYARD_URL)", self.base);
                 if self.base.starts_with("https://") && text.to_ascii_lowercase().contains("certificate") {
                     message.push_str("; for a server with a self-signed certificate, pass it with --ca-cert");
                 }
@@ -327,7 +327,8 @@ fn envelope(status: u16, body: &str) -> (String, Vec<String>) {
         let text: String = body.trim().chars().take(300).collect();
         return (if text.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {text}") }, Vec::new());
     };
-    let message = v["error"]["message"].as_str().or_else(|| v["detail"].as_str()).map_or_else(|| format!("HTTP {status}: {v}"), str::to_owned);
+    let message =
+        v["error"]["message"].as_str().or_else(|| v["detail"].as_str()).map_or_else(|| format!("HTTP {status}: {v}"), str::to_owned);
     let fields = v["error"]["details"]["fields"]
         .as_array()
         .map(|fields| {

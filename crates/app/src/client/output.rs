@@ -94,6 +94,9 @@ mod tests {
         assert_eq!(time(&Value::Null), "-");
         assert_eq!(text(&Value::Null), "-");
         assert_eq!(text(&json!(3)), "3");
-        assert_eq!(log_line(&json!({"timestamp": "2024-01-15T10:30:00Z", "level": "INFO", "message": "hi"})), "2024-01-15 10:30:00 INFO    hi");
+        assert_eq!(
+            log_line(&json!({"timestamp": "2024-01-15T10:30:00Z", "level": "INFO", "message": "hi"})),
+            "2024-01-15 10:30:00 INFO    hi"
+        );
     }
 }

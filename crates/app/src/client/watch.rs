@@ -173,14 +173,18 @@ impl View {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                let (epoch, total) = (data["current_epoch"].as_u64().unwrap_or_default(), data["total_epochs"].as_u64().unwrap_or(self.total));
+                let (epoch, total) =
+                    (data["current_epoch"].as_u64().unwrap_or_default(), data["total_epochs"].as_u64().unwrap_or(self.total));
                 let line = match end {
                     Ending::Completed => {
                         let model = data["model_name"].as_str().map(|m| format!("; model {m}")).unwrap_or_default();
                         format!("session {session} completed: {epoch}/{total} epochs{model}")
                     }
                     Ending::Failed => {
-                        format!("session {session} failed at epoch {epoch}/{total}: {}", data["error_message"].as_str().unwrap_or("no reason given"))
+                        format!(
+                            "session {session} failed at epoch {epoch}/{total}: {}",
+                            data["error_message"].as_str().unwrap_or("no reason given")
+                        )
                     }
                     Ending::Stopped => format!("session {session} stopped at epoch {epoch}/{total}"),
                 };

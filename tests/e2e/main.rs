@@ -8,6 +8,7 @@ mod isolation;
 mod access;
 mod api;
 mod charts;
+mod cli;
 mod envelope;
 mod events;
 mod inputs;

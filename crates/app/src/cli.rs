@@ -1,6 +1,7 @@
 //! Command-line and environment configuration. Every setting has a flag; the old server's
 //! environment variables (`API_KEYS`, `API_HOST`, `API_PORT`, `DATABASE_PATH`, `MODELS_DIR`,
-//! `DATASETS_DIR`, `MAX_CONCURRENT_SESSIONS`) are honoured.
+//! `DATASETS_DIR`, `MAX_CONCURRENT_SESSIONS`) are honoured. The client commands (`train`,
+//! `sessions`, `models`, ...) talk to a server over HTTP (`crate::client`).
 
 use std::path::PathBuf;
 
@@ -31,6 +32,8 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    #[command(flatten)]
+    Client(ClientCommand),
     /// Internal: train one session handed over on standard input, reporting on standard
     /// output. The server starts one such process per running session.
     #[command(hide = true)]
@@ -56,6 +59,246 @@ pub enum KeysAction {
     List,
     /// Revoke a key by id (`key_...`) or fingerprint (`fp_...`).
     Revoke { id_or_fingerprint: String },
+}
+
+/// How a client command reaches its server, and how it answers. Given after the command
+/// (`trainyard sessions --json`); the options of `models` and `datasets` also go after their
+/// action.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The server's URL (http:// or https://).
+    #[arg(long, env = "TRAINYARD_URL", default_value = "http://127.0.0.1:8000", value_parser = server_url, global = true)]
+    pub server: String,
+    /// The API key, sent as `Authorization: Bearer KEY`.
+    #[arg(long, env = "TRAINYARD_KEY", hide_env_values = true, global = true)]
+    pub key: Option<String>,
+    /// For an https server: trust only the certificates in this PEM file instead of the public
+    /// roots, such as a self-signed server's DATA_DIR/tls/cert.pem.
+    #[arg(long, env = "TRAINYARD_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Machine-readable output: the server's JSON (event streams as JSON lines), no progress
+    /// bars.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `--server`: an http or https URL, without a trailing slash.
+fn server_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['?', '#']) => Ok(url.to_owned()),
+        _ => Err(format!("'{raw}' is not an http:// or https:// server URL (such as http://127.0.0.1:8000)")),
+    }
+}
+
+/// Commands that talk to a running server over HTTP.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Start a training session on the server (and follow it with --watch).
+    Train(TrainArgs),
+    /// List the server's training sessions, oldest first.
+    Sessions {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Show a session's state and progress.
+    Status {
+        /// The session id (`sess_...`).
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Follow a session live until it ends: a progress bar over its epochs with the latest
+    /// loss and accuracy, and its log lines. Exits 1 when it fails or is stopped.
+    Watch {
+        /// The session id (`sess_...`).
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Print a session's log lines.
+    Logs {
+        /// The session id (`sess_...`).
+        id: String,
+        /// How many of the newest lines to print (1 to 10000); ignored with --follow.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// Print every line from the session's start, then new lines as they come, until the
+        /// session ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Stop a running session (its weights are saved) or cancel a queued one.
+    Stop {
+        /// The session id (`sess_...`).
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Take a queued session out of the queue.
+    Cancel {
+        /// The session id (`sess_...`).
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// List, upload, download or remove models (`trainyard models` alone lists them).
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// List, upload, inspect or remove datasets (`trainyard datasets` alone lists them).
+    Datasets {
+        #[command(subcommand)]
+        action: Option<DatasetsAction>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Generate text with a text model (the char-LSTM).
+    Generate {
+        /// The model's name in the registry.
+        model: String,
+        /// The text to continue.
+        #[arg(default_value = "")]
+        prompt: String,
+        /// Characters to generate (1 to 10000) [server default: 200].
+        #[arg(long)]
+        max_length: Option<u32>,
+        /// Sampling temperature, above 0 and at most 10 [server default: 0.8].
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Makes the output reproducible [default: random].
+        #[arg(long)]
+        seed: Option<u64>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Save a session's loss and accuracy chart as a PNG file.
+    Chart {
+        /// The session id (`sess_...`).
+        id: String,
+        /// The PNG file to write (`-` for standard output).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+impl ClientCommand {
+    /// The connection options of any client command.
+    #[must_use]
+    pub fn connection(&self) -> &Connection {
+        match self {
+            Self::Train(args) => &args.conn,
+            Self::Sessions { conn }
+            | Self::Status { conn, .. }
+            | Self::Watch { conn, .. }
+            | Self::Logs { conn, .. }
+            | Self::Stop { conn, .. }
+            | Self::Cancel { conn, .. }
+            | Self::Models { conn, .. }
+            | Self::Datasets { conn, .. }
+            | Self::Generate { conn, .. }
+            | Self::Chart { conn, .. } => conn,
+        }
+    }
+}
+
+/// `trainyard train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The architecture (`model_architecture`): mlp, cnn, resnet18, custom_ai_model, ...
+    /// (`GET /api/v1/architectures` lists them).
+    #[arg(long)]
+    pub arch: String,
+    /// The dataset's name (`dataset_name`); repeat it to train a text model on several.
+    #[arg(long, required = true)]
+    pub dataset: Vec<String>,
+    /// Epochs (1 to 1000) [server default: 10].
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Learning rate (`learning_rate`, 0.0001 to 1) [server default: 0.001].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Batch size (1 to 1024) [server default: 32].
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// Any other field of the start request, as field=value: the value is read as JSON when
+    /// it is JSON (`hidden_sizes=[64,32]`, `dropout=0.2`, `seed=7`), else as a string
+    /// (`optimizer=sgd`); repeatable, the last of a field wins, and it overrides the flags
+    /// above.
+    #[arg(long = "set", value_name = "FIELD=VALUE", value_parser = crate::client::body::parse_set)]
+    pub set: Vec<(String, serde_json::Value)>,
+    /// Follow the session until it ends, as `trainyard watch` does; exits 1 when it fails or
+    /// is stopped.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// List models, newest first.
+    List,
+    /// Upload a model file (safetensors, a PyTorch .pth/.pt zip checkpoint or ONNX).
+    Upload {
+        /// The file to upload.
+        file: PathBuf,
+        /// Its name in the registry [default: the file name without its extension].
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace a model of the same name.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Download a model file; its content is checked against the server's SHA-256.
+    Download {
+        /// The model's name.
+        name: String,
+        /// Where to write it (`-` for standard output) [default: the server's file name,
+        /// NAME.EXT, in the current directory].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Remove a model.
+    Rm {
+        /// The model's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetsAction {
+    /// List datasets, oldest first.
+    List,
+    /// Upload a dataset file (CSV, TSV, text, NumPy, image archives, IDX, CIFAR-10).
+    Upload {
+        /// The file to upload.
+        file: PathBuf,
+        /// Its name in the registry [default: the file name without its extension].
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace a dataset of the same name.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Show one dataset with its statistics.
+    Info {
+        /// The dataset's name.
+        name: String,
+    },
+    /// Remove a dataset.
+    Rm {
+        /// The dataset's name.
+        name: String,
+    },
 }
 
 /// Where state lives.
@@ -240,5 +483,52 @@ impl ServeArgs {
     #[must_use]
     pub fn keys(&self) -> Vec<String> {
         self.api_keys.iter().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_stays_the_default_and_client_options_follow_their_command() {
+        let cli = Cli::try_parse_from(["trainyard", "--port", "0"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.port, 0);
+        assert!(matches!(Cli::try_parse_from(["trainyard", "serve", "--port", "0"]).unwrap().command, Some(Command::Serve(_))));
+
+        let argv = ["trainyard", "models", "upload", "m.pth", "--name", "m", "--json", "--server", "https://h:1/", "--key", "k"];
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(Command::Client(ClientCommand::Models { action: Some(ModelsAction::Upload { file, name, overwrite }), conn })) => {
+                assert_eq!((file, name.as_deref(), overwrite), (PathBuf::from("m.pth"), Some("m"), false));
+                assert!(conn.json);
+                assert_eq!((conn.server.as_str(), conn.key.as_deref()), ("https://h:1", Some("k")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match Cli::try_parse_from(["trainyard", "datasets", "--json"]).unwrap().command {
+            Some(Command::Client(ClientCommand::Datasets { action: None, conn })) => assert!(conn.json),
+            other => panic!("{other:?}"),
+        }
+        for wrong in [
+            &["trainyard", "sessions", "--server", "ftp://h"][..],
+            &["trainyard", "sessions", "--server", "http://"],
+            &["trainyard", "status"],
+            &["trainyard", "train", "--arch", "mlp"],
+            &["trainyard", "train", "--arch", "mlp", "--dataset", "d", "--set", "novalue"],
+            &["trainyard", "logs", "sess_x", "--limit", "0"],
+            &["trainyard", "chart", "sess_x"],
+            &["trainyard", "frobnicate"],
+        ] {
+            let err = Cli::try_parse_from(wrong).expect_err(&format!("{wrong:?}"));
+            assert_eq!(err.exit_code(), 2, "{wrong:?}");
+        }
     }
 }

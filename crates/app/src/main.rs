@@ -1,7 +1,9 @@
 //! The `trainyard` binary: reads configuration, builds the adapters, wires them into the
-//! domain's services and the HTTP server, and runs until SIGINT or SIGTERM.
+//! domain's services and the HTTP server, and runs until SIGINT or SIGTERM; or, as a client,
+//! runs one command against a server.
 
 mod cli;
+mod client;
 mod examples;
 mod keys;
 
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", trainyard_http::openapi_json());
             Ok(())
         }
+        Some(Command::Client(command)) => std::process::exit(client::run(command)),
         Some(Command::RunSession) => {
             trainyard_trainer_candle::configure_cpu_threads();
             // Standard error reaches the server's log; warnings and worse are enough there.

@@ -199,6 +199,10 @@ pub struct ServeArgs {
     /// Seconds between the comment lines that keep idle event streams open through proxies.
     #[arg(long, env = "TRAINYARD_EVENTS_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub events_heartbeat_secs: u64,
+    /// Serve GET /metrics (Prometheus) without an API key, for scrapers that cannot send one;
+    /// every other route still needs a key.
+    #[arg(long, env = "TRAINYARD_METRICS_PUBLIC")]
+    pub metrics_public: bool,
 }
 
 impl ServeArgs {

@@ -22,7 +22,7 @@ use trainyard_domain::{
     system::human_mb,
 };
 use trainyard_http::{
-    cors, events::EventHub, host_check::HostPolicy, tls, AppState, GovernorLimiter, Limits, Timeouts, Transport, TrustedProxies,
+    cors, events::EventHub, host_check::HostPolicy, tls, AppState, GovernorLimiter, Limits, Metrics, Timeouts, Transport, TrustedProxies,
     UploadLimits,
 };
 use trainyard_monitor::CachedMonitor;
@@ -125,6 +125,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retention: time::Duration::days(i64::from(args.retention_days)),
     };
     let manager = SessionManager::new(ports, policy);
+    let metrics = Metrics::attach(&manager, args.metrics_public);
     let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()), Arc::new(CandlePredictor::new()));
     let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), model_inspector, store.clone());
     let auth_store: Arc<dyn AuthStore> = store;
@@ -160,6 +161,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         proxies,
         events: EventHub::attach(&manager, StdDuration::from_secs(args.events_heartbeat_secs.max(1))),
+        metrics,
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     actix_web::rt::System::new().block_on(async move {

@@ -13,6 +13,7 @@ mod envelope;
 mod events;
 mod inputs;
 mod lifecycle;
+mod metrics;
 mod registry;
 mod text;
 mod training;

@@ -455,6 +455,10 @@ pub struct ServeArgs {
     /// default). Lower it only in tests.
     #[arg(long, env = "TRAINYARD_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub webhook_retry_base_ms: u64,
+    /// Serve GET /metrics (Prometheus) without an API key, for scrapers that cannot send one;
+    /// every other route still needs a key.
+    #[arg(long, env = "TRAINYARD_METRICS_PUBLIC")]
+    pub metrics_public: bool,
 }
 
 impl ServeArgs {

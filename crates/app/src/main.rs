@@ -31,7 +31,7 @@ use trainyard_http::{
     cors,
     events::{EventEnvelope, EventHub},
     host_check::HostPolicy,
-    tls, AppState, GovernorLimiter, Limits, Timeouts, Transport, TrustedProxies, UploadLimits,
+    tls, AppState, GovernorLimiter, Limits, Metrics, Timeouts, Transport, TrustedProxies, UploadLimits,
 };
 use trainyard_monitor::CachedMonitor;
 use trainyard_notify::{Notifier, NotifierConfig, SystemResolver};
@@ -135,6 +135,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retention: time::Duration::days(i64::from(args.retention_days)),
     };
     let manager = SessionManager::new(ports, policy);
+    let metrics = Metrics::attach(&manager, args.metrics_public);
     let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()), Arc::new(CandlePredictor::new()));
     let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), model_inspector, store.clone());
     let webhook_store: Arc<dyn WebhookStore> = store.clone();
@@ -188,6 +189,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         events: EventHub::attach(&manager, StdDuration::from_secs(args.events_heartbeat_secs.max(1))),
         charts: Charts::new(manager.clone(), Arc::new(PlottersRenderer::new())),
         webhooks,
+        metrics,
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     actix_web::rt::System::new().block_on(async move {

@@ -378,6 +378,24 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
+impl AuthError {
+    /// The audited outcome this refusal is; `None` for a store failure, which is no outcome
+    /// of the attempt.
+    #[must_use]
+    pub fn outcome(&self) -> Option<AuthOutcome> {
+        match self {
+            Self::Missing => Some(AuthOutcome::Missing),
+            Self::Invalid => Some(AuthOutcome::Invalid),
+            Self::Expired => Some(AuthOutcome::Expired),
+            Self::Revoked => Some(AuthOutcome::Revoked),
+            Self::Throttled { .. } => Some(AuthOutcome::Throttled),
+            Self::RateLimited { .. } => Some(AuthOutcome::RateLimited),
+            Self::InsufficientScope { .. } => Some(AuthOutcome::InsufficientScope),
+            Self::Store(_) => None,
+        }
+    }
+}
+
 /// Whole seconds to wait, rounded up, at least 1: the value of a `Retry-After` header.
 #[must_use]
 pub fn retry_secs(wait: StdDuration) -> u64 {
@@ -500,12 +518,7 @@ impl Authenticator {
                 Ok(()) => None,
             }
         };
-        let outcome = match &refusal {
-            Some(AuthError::Throttled { .. }) => AuthOutcome::Throttled,
-            Some(AuthError::RateLimited { .. }) => AuthOutcome::RateLimited,
-            Some(AuthError::InsufficientScope { .. }) => AuthOutcome::InsufficientScope,
-            _ => checked.outcome,
-        };
+        let outcome = refusal.as_ref().and_then(AuthError::outcome).unwrap_or(checked.outcome);
         self.store.append_audit(&AuditEntry {
             timestamp: now,
             outcome,
@@ -683,6 +696,41 @@ mod tests {
             Err(AuthError::RateLimited { retry_after: StdDuration::from_secs(3) })
         );
         assert_eq!(store.list_audit(1).unwrap()[0].outcome, AuthOutcome::RateLimited);
+    }
+
+    #[test]
+    fn every_refusal_names_the_outcome_it_was_audited_with() {
+        let (auth, store, clock) = setup(&["good-key-0123"]);
+        let auth = auth.with_limiter(Arc::new(CountingLimiter { failures: 3, requests: 2, ..CountingLimiter::default() }));
+        let now = clock.now();
+        store.insert_key(&ApiKeyRecord::new("k-exp", "bot", now - Duration::days(2), Some(Duration::days(1)))).unwrap();
+        store.insert_key(&ApiKeyRecord::new("k-read", "ro", now, None).with_scope(Scope::Read)).unwrap();
+        let admin = AttemptContext { required: Scope::Admin, ..ctx() };
+        let attempts = [
+            auth.authenticate(None, &ctx()),
+            auth.authenticate(Some("bad"), &ctx()),
+            auth.authenticate(Some("k-exp"), &ctx()),
+            auth.authenticate(Some("bad"), &ctx()),
+            auth.authenticate(Some("k-read"), &admin),
+            auth.authenticate(Some("good-key-0123"), &ctx()),
+            auth.authenticate(Some("good-key-0123"), &ctx()),
+        ];
+        let refused: Vec<Option<AuthOutcome>> = attempts.iter().map(|a| a.as_ref().err().and_then(AuthError::outcome)).collect();
+        let audited: Vec<AuthOutcome> = store.list_audit(10).unwrap().into_iter().rev().map(|e| e.outcome).collect();
+        let expected = [
+            AuthOutcome::Missing,
+            AuthOutcome::Invalid,
+            AuthOutcome::Expired,
+            AuthOutcome::Throttled,
+            AuthOutcome::InsufficientScope,
+            AuthOutcome::Success,
+            AuthOutcome::RateLimited,
+        ];
+        assert_eq!(audited, expected);
+        for (refusal, outcome) in refused.iter().zip(expected) {
+            assert_eq!(*refusal, (outcome != AuthOutcome::Success).then_some(outcome));
+        }
+        assert_eq!(AuthError::Store(StoreError::Busy).outcome(), None, "a store failure is no outcome of the attempt");
     }
 
     #[test]

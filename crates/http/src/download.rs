@@ -19,6 +19,7 @@ use actix_web::{
     web::{self, Bytes},
     HttpMessage, HttpRequest, HttpResponse, ResponseError,
 };
+use prometheus_client::metrics::counter::Counter;
 use trainyard_domain::registry::ContentHash;
 
 use crate::error::{ApiError, ErrorCode};
@@ -75,11 +76,13 @@ fn answer(req: &HttpRequest, etag: Option<&EntityTag>, len: u64) -> Answer {
 }
 
 /// Serves the file at `path`, named `download_name` for the client, with `hash` as its ETag.
+/// Each chunk is added to `sent_bytes` as it is handed to the connection.
 pub(crate) async fn file_response(
     req: &HttpRequest,
     path: PathBuf,
     hash: Option<&ContentHash>,
     download_name: String,
+    sent_bytes: Counter,
 ) -> Result<HttpResponse, ApiError> {
     let shown = path.display().to_string();
     let (mut file, len) = web::block(move || {
@@ -132,7 +135,7 @@ pub(crate) async fn file_response(
     if status == actix_web::http::StatusCode::PARTIAL_CONTENT {
         res.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", start + length - 1)));
     }
-    Ok(res.body(SizedStream::new(length, chunks(file, length))))
+    Ok(res.body(SizedStream::new(length, chunks(file, length, sent_bytes))))
 }
 
 /// A read of the next chunk, running on the blocking pool: the file comes back with the bytes.
@@ -152,15 +155,17 @@ fn read_ahead(mut file: File, want: u64) -> PendingRead {
 }
 
 /// `remaining` bytes of `file` from where it stands. The next chunk is read while the current
-/// one is being sent, so disk and socket work at once; at most two chunks are in memory.
-fn chunks(file: File, remaining: u64) -> impl futures_util::Stream<Item = Result<Bytes, io::Error>> {
+/// one is being sent, so disk and socket work at once; at most two chunks are in memory. Each
+/// chunk is counted in `sent` as it is yielded.
+fn chunks(file: File, remaining: u64, sent: Counter) -> impl futures_util::Stream<Item = Result<Bytes, io::Error>> {
     let first = (remaining > 0).then(|| read_ahead(file, remaining.min(CHUNK)));
     let left = remaining - remaining.min(CHUNK);
-    futures_util::stream::try_unfold((first, left), |(pending, left)| async move {
+    futures_util::stream::try_unfold((first, left, sent), |(pending, left, sent)| async move {
         let Some(pending) = pending else { return Ok(None) };
         let (file, buf) = pending.await.map_err(io::Error::other)??;
         let next = (left > 0).then(|| read_ahead(file, left.min(CHUNK)));
-        Ok(Some((Bytes::from(buf), (next, left - left.min(CHUNK)))))
+        sent.inc_by(buf.len() as u64);
+        Ok(Some((Bytes::from(buf), (next, left - left.min(CHUNK), sent))))
     })
 }
 
@@ -201,5 +206,28 @@ mod tests {
         assert_eq!(ask(&[("Range", "bytes=2000-")]), Answer::Unsatisfiable);
         assert_eq!(ask(&[("Range", "bytes=abc")]), Answer::Unsatisfiable);
         assert_eq!(ask(&[("Range", "lines=1-2")]), Answer::Whole, "an unknown unit is ignored");
+    }
+
+    #[test]
+    fn the_stream_sends_and_counts_exactly_the_bytes_asked_for() {
+        use futures_util::StreamExt;
+
+        let bytes: Vec<u8> = (0..CHUNK * 2 + CHUNK / 2).map(|i| (i % 251) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.bin");
+        std::fs::write(&path, &bytes).unwrap();
+        let sent = Counter::default();
+        for (start, length) in [(0, bytes.len() as u64), (CHUNK + 7, 1000), (5, 0)] {
+            let before = sent.get();
+            let mut file = File::open(&path).unwrap();
+            file.seek(SeekFrom::Start(start)).unwrap();
+            let got: Vec<u8> = actix_web::rt::System::new().block_on(async {
+                let stream = chunks(file, length, sent.clone());
+                stream.map(|c| c.unwrap().to_vec()).collect::<Vec<_>>().await.concat()
+            });
+            let range = usize::try_from(start).unwrap()..usize::try_from(start + length).unwrap();
+            assert_eq!(got, bytes[range], "bytes {start}+{length}");
+            assert_eq!(sent.get() - before, length, "counted for bytes {start}+{length}");
+        }
     }
 }

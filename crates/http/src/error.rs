@@ -329,6 +329,15 @@ impl From<WebhookError> for ApiError {
     }
 }
 
+impl From<crate::metrics::MetricsError> for ApiError {
+    fn from(e: crate::metrics::MetricsError) -> Self {
+        match e {
+            crate::metrics::MetricsError::Sessions(e) => e.into(),
+            crate::metrics::MetricsError::Encode(e) => Self::internal(&e),
+        }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         Self::internal(&e)

@@ -1,5 +1,6 @@
 //! Trainyard's REST API on actix-web: routes, wire DTOs, API-key authentication with
-//! auditing, and the one error envelope; HTTPS, connection timeouts, the Host check and CORS.
+//! auditing, the one error envelope, and Prometheus metrics; HTTPS, connection timeouts, the
+//! Host check and CORS.
 //! Blocking work (SQLite, file I/O, training control) runs on actix's blocking pool, never on
 //! a worker thread.
 
@@ -10,6 +11,7 @@ pub mod dto;
 pub mod error;
 pub mod events;
 pub mod host_check;
+mod metrics;
 mod openapi;
 mod proxy;
 mod routes;
@@ -36,6 +38,7 @@ use trainyard_domain::{
 };
 
 pub use error::{ApiError, ErrorCode};
+pub use metrics::Metrics;
 pub use openapi::openapi_json;
 pub use proxy::TrustedProxies;
 pub use throttle::{GovernorLimiter, Limits};
@@ -112,6 +115,8 @@ pub struct AppState {
     pub charts: Charts,
     /// The use case behind the webhook endpoints.
     pub webhooks: Webhooks,
+    /// The Prometheus metrics, and whether `GET /metrics` needs a key.
+    pub metrics: Metrics,
 }
 
 impl fmt::Debug for AppState {
@@ -150,12 +155,14 @@ pub fn server(state: AppState, addr: (&str, u16), workers: usize, transport: Tra
     let hosts = Arc::new(hosts);
     let builder = HttpServer::new(move || {
         let hosts = hosts.clone();
+        let counts = state.metrics.clone();
         App::new()
             .wrap(from_fn(auth::require_key))
             .wrap(Condition::new(!cors_origins.is_empty(), cors::middleware(&cors_origins)))
             .wrap(from_fn(routes::envelope_fallback))
             .wrap(from_fn(move |req, next| host_check::check(hosts.clone(), req, next)))
             .wrap(Compress::default())
+            .wrap(from_fn(move |req, next| metrics::track(counts.clone(), req, next)))
             .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("trainyard::access"))
             .configure(configure(state.clone()))
             .default_service(web::to(routes::not_found))

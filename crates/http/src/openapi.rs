@@ -55,7 +55,8 @@ impl Modify for Security {
 #[openapi(
     info(
         title = "Trainyard",
-        description = "A self-hosted training-server manager. Every endpoint except `GET /health` and `GET /` needs an API key, \
+        description = "A self-hosted training-server manager. Every endpoint except `GET /health` and `GET /` (and `GET /metrics` on a server started with \
+                       `--metrics-public`) needs an API key, \
                        sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`, of the scope the operation's `x-required-scope` \
                        names or higher (read < train < admin): a lower one gets a 403 `INSUFFICIENT_SCOPE`. Failed \
                        authentications past the limit, and a key past its request rate, get a 429 `TOO_MANY_REQUESTS` with \
@@ -63,7 +64,7 @@ impl Modify for Security {
                        `{\"error\": {\"code\", \"message\", \"details\"}, \"detail\": message}`."
     ),
     paths(
-        health, root, system_info,
+        health, root, system_info, metrics,
         start_training, stop_training, session_status, session_metrics, session_history, session_logs,
         list_sessions, list_queue, cancel_queued, list_architectures, all_events, session_events,
         session_chart_png, session_chart_svg, compare_png, compare_svg,
@@ -93,9 +94,14 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// Where the OpenAPI document is served.
+pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
+/// The route pattern of Swagger UI's files, under `/docs/`.
+pub(crate) const SWAGGER_PATTERN: &str = "/docs/{_:.*}";
+
 /// Swagger UI at `/docs/`, reading `/openapi.json`.
 pub(crate) fn swagger_ui() -> SwaggerUi {
-    SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi())
+    SwaggerUi::new(SWAGGER_PATTERN).url(OPENAPI_PATH, ApiDoc::openapi())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::{io::Write, path::PathBuf, time::Duration};
 use actix_multipart::Multipart;
 use actix_web::{http::header, web, HttpRequest};
 use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use tempfile::NamedTempFile;
 use trainyard_domain::{
     catalog::Upload,
@@ -76,13 +77,15 @@ pub(crate) fn check_declared_length(req: &HttpRequest, limit: u64) -> Result<(),
 
 /// Reads the multipart field `file` into a temporary file in `staging`. Other fields are
 /// ignored; a second `file` field is an error. A wait of more than `idle_timeout` for the next
-/// bytes ends the upload with a 408 and removes the staged file.
+/// bytes ends the upload with a 408 and removes the staged file. Each byte of the file received
+/// is added to `received_bytes` as it arrives, also when the upload is refused later.
 pub(crate) async fn receive(
     req: &HttpRequest,
     payload: web::Payload,
     staging: PathBuf,
     limit: u64,
     idle_timeout: Duration,
+    received_bytes: &Counter,
 ) -> Result<Received, ApiError> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
@@ -121,6 +124,7 @@ pub(crate) async fn receive(
                 Ok(Some(Err(e))) => return Err(writer.abandon(invalid(format!("upload interrupted: {e}"))).await),
             };
             size += chunk.len() as u64;
+            received_bytes.inc_by(chunk.len() as u64);
             if size > limit {
                 return Err(writer.abandon(too_large(limit)).await);
             }

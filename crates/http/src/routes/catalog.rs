@@ -9,6 +9,7 @@ use crate::{
     download,
     dto::{Dataset, GenerateBody, GeneratedDto, Message, Model, Uploaded},
     error::{bad_name, ApiError},
+    metrics::UploadKind,
     upload, AppState,
 };
 
@@ -77,7 +78,9 @@ pub(crate) async fn upload_model(
     let catalog = state.catalog.clone();
     let check = name.clone();
     blocking(move || catalog.check_model_upload(&check, overwrite)).await?;
-    let received = upload::receive(&req, payload, state.catalog.models().staging_dir(), limit, state.limits.body_idle_timeout).await?;
+    let counted = state.metrics.upload_bytes(UploadKind::Model);
+    let received =
+        upload::receive(&req, payload, state.catalog.models().staging_dir(), limit, state.limits.body_idle_timeout, &counted).await?;
     let catalog = state.catalog.clone();
     let record = blocking(move || {
         let rec = catalog.add_model(name, &received.upload(), overwrite)?;
@@ -127,7 +130,7 @@ pub(crate) async fn download_model(
     let catalog = state.catalog.clone();
     let record = blocking(move || catalog.model(&name)).await?;
     let download_name = format!("{}.{}", record.name, record.format.extension());
-    download::file_response(&req, record.file_path, record.content_hash.as_ref(), download_name).await
+    download::file_response(&req, record.file_path, record.content_hash.as_ref(), download_name, state.metrics.download_bytes()).await
 }
 
 /// Generates text with a text model (the char-LSTM, Trainyard-trained or the owner's `.pth`).
@@ -215,7 +218,9 @@ pub(crate) async fn upload_dataset(
     let catalog = state.catalog.clone();
     let check = name.clone();
     blocking(move || catalog.check_dataset_upload(&check, overwrite)).await?;
-    let received = upload::receive(&req, payload, state.catalog.datasets().staging_dir(), limit, state.limits.body_idle_timeout).await?;
+    let counted = state.metrics.upload_bytes(UploadKind::Dataset);
+    let received =
+        upload::receive(&req, payload, state.catalog.datasets().staging_dir(), limit, state.limits.body_idle_timeout, &counted).await?;
     let catalog = state.catalog.clone();
     let record = blocking(move || {
         let rec = catalog.add_dataset(name, &received.upload(), overwrite)?;

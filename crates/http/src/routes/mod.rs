@@ -53,19 +53,27 @@ const fn route(method: Method, path: &'static str, access: Access, handler: fn(R
     RouteSpec { method, path, access, handler }
 }
 
+/// The API explorer without its trailing slash: a redirect to `/docs/`.
+pub(crate) const DOCS_PATH: &str = "/docs";
+/// The Prometheus metrics; public with `--metrics-public`.
+pub(crate) const METRICS_PATH: &str = "/metrics";
+
 const READ: Access = Access::Key(Scope::Read);
 const TRAIN: Access = Access::Key(Scope::Train);
 const ADMIN: Access = Access::Key(Scope::Admin);
 
 /// Every route, the one list the router ([`register`]), the auth middleware ([`access_for`])
 /// and the OpenAPI document's `x-required-scope` read: a route exists only with its access.
-/// `read`: every `GET` outside `/api/v1/admin` and `/api/v1/webhooks`; `train`: sessions,
-/// dataset uploads, prediction and generation; `admin`: model uploads, deletions, keys, the
-/// audit log and webhooks (whose URLs may hold credentials).
+/// `read`: every `GET` outside `/api/v1/admin` and `/api/v1/webhooks` (`/metrics` too, unless
+/// the server runs with `--metrics-public`: see [`crate::auth`]); `train`: sessions, dataset
+/// uploads, prediction and generation; `admin`: model uploads, deletions, keys, the audit log
+/// and webhooks (whose URLs may hold credentials).
 pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::GET, "/health", Access::Public, |r| r.to(health)),
     route(Method::GET, "/", Access::Public, |r| r.to(root)),
     route(Method::GET, "/redoc", Access::Public, |r| r.to(redoc)),
+    route(Method::GET, DOCS_PATH, Access::Public, |r| r.to(docs)),
+    route(Method::GET, METRICS_PATH, READ, |r| r.to(metrics)),
     route(Method::POST, "/api/v1/training/start", TRAIN, |r| r.to(start_training)),
     route(Method::GET, "/api/v1/training/sessions", READ, |r| r.to(list_sessions)),
     route(Method::GET, "/api/v1/training/queue", READ, |r| r.to(list_queue)),

@@ -3,8 +3,10 @@
 use actix_web::{http::header, web, HttpResponse};
 use trainyard_domain::time_fmt::iso8601;
 
+use super::blocking;
 use crate::{
     dto::{Health, Root, SystemInfo},
+    error::ApiError,
     AppState, SERVICE, VERSION,
 };
 
@@ -23,6 +25,35 @@ pub(crate) async fn root() -> web::Json<Root> {
 /// The old server's ReDoc address: this server's explorer lives at `/docs/`.
 pub(crate) async fn redoc() -> HttpResponse {
     HttpResponse::TemporaryRedirect().insert_header((header::LOCATION, "/docs/")).finish()
+}
+
+/// `/docs` without its slash: the explorer's files are relative to `/docs/`, so it moves there
+/// for good (308 keeps the method).
+pub(crate) async fn docs() -> HttpResponse {
+    HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish()
+}
+
+/// Prometheus metrics in the OpenMetrics text format.
+///
+/// Counted since the server started: `trainyard_http_requests_total{method,route,status}` and
+/// `trainyard_http_request_duration_seconds{method,route}` (route patterns, never raw paths;
+/// `unmatched` for unknown routes), `trainyard_auth_failures_total{outcome}`,
+/// `trainyard_upload_bytes_total{kind}`, `trainyard_download_bytes_total` and
+/// `trainyard_epochs_completed_total`. Read at each scrape: `trainyard_sessions{state}` (every
+/// state), `trainyard_queue_length`, `trainyard_running_session_samples_per_second{session_id}`,
+/// `trainyard_running_session_memory_bytes{session_id}`, and the machine's CPU, memory, disk and
+/// per-GPU gauges (`trainyard_gpu_utilization_percent{index,name}` and
+/// `trainyard_gpu_memory_{used,total}_bytes{index,name}`).
+///
+/// A server started with `--metrics-public` (`TRAINYARD_METRICS_PUBLIC`) serves it without a key.
+#[utoipa::path(
+    get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "the metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
+)]
+pub(crate) async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let state = state.into_inner();
+    let body = blocking(move || crate::metrics::scrape(&state)).await?;
+    Ok(HttpResponse::Ok().insert_header((header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)).body(body))
 }
 
 /// CPU, memory, disk and GPU usage from the monitor's cache (refreshed every 2 s).

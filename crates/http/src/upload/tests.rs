@@ -28,8 +28,14 @@ fn run(content_type: &str, body: Vec<u8>, limit: u64) -> Option<(Result<u64, Api
         let payload = web::Payload::from_request(&req, &mut payload).await.expect("payload");
         // A reader that waits forever on a finished body is a failure too (the idle timeout,
         // longer than that, must not be what ends it).
-        let received = actix_web::rt::time::timeout(HANG, receive(&req, payload, dir, limit, 6 * HANG)).await;
-        received.unwrap_or_else(|_| Err(ApiError::internal(&"the reader hung"))).map(|r| r.size)
+        let counted = Counter::default();
+        let received = actix_web::rt::time::timeout(HANG, receive(&req, payload, dir, limit, 6 * HANG, &counted)).await;
+        let received = received.unwrap_or_else(|_| Err(ApiError::internal(&"the reader hung")))?;
+        // The upload metric counts exactly the file's bytes of an upload received.
+        match counted.get() {
+            n if n == received.size => Ok(received.size),
+            n => Err(ApiError::internal(&format!("{n} bytes counted for a file of {}", received.size))),
+        }
     });
     let left = std::fs::read_dir(staging.path())
         .expect("list staging")

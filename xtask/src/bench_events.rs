@@ -74,7 +74,11 @@ fn measure(bin: &Path, work: &Path, subscribers: usize, epochs: usize) -> anyhow
     let per_subscriber_kb = grown / subscribers.max(1) as f64 / 1e3;
     let per_thousand_mb = per_subscriber_kb;
     println!("event streams (GET /api/v1/events), release build, this run:");
-    println!("server RSS {:.1} MB before, {:.1} MB with {subscribers} idle subscribers", rss_before as f64 * 1.024e-3, rss_after as f64 * 1.024e-3);
+    println!(
+        "server RSS {:.1} MB before, {:.1} MB with {subscribers} idle subscribers",
+        rss_before as f64 * 1.024e-3,
+        rss_after as f64 * 1.024e-3
+    );
     println!(
         "  {per_subscriber_kb:.1} kB per subscriber, {:.1} MB in all: {per_thousand_mb:.1} MB per thousand against the {BUDGET_MB_PER_THOUSAND} MB allowed ({})",
         grown / 1e6,

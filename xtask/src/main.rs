@@ -47,7 +47,9 @@ fn main() -> anyhow::Result<()> {
             eprintln!("    registry  model upload/download MB/s over loopback vs a file copy, and the server's peak RSS");
             eprintln!("    memory    training peak RSS and growth per architecture vs the memory estimate (minutes; not in plain bench)");
             eprintln!("    vision    image-classifier training samples/s vs PyTorch, as ratios (minutes; not in plain bench)");
-            eprintln!("    events    the server memory of 1000 idle event-stream subscribers, and training time with them (not in plain bench)");
+            eprintln!(
+                "    events    the server memory of 1000 idle event-stream subscribers, and training time with them (not in plain bench)"
+            );
             eprintln!("  cuda     the `cuda` feature, with NVIDIA's wheels from PyPI (no GPU or toolkit needed):");
             eprintln!("    build     the release binary, stripped and zstd-compressed, in target/cuda/");
             eprintln!("    check     cargo check --features cuda (what CI runs)");

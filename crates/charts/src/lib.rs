@@ -235,7 +235,7 @@ fn value_label(v: f64, span: f64, format: AxisFormat) -> String {
     let step = span / 5.0;
     let v = if v.abs() < step * 1e-6 { 0.0 } else { v };
     let magnitude = v.abs().max(span);
-    if magnitude >= 1e6 || magnitude < 1e-3 {
+    if !(1e-3..1e6).contains(&magnitude) {
         return format!("{v:.1e}{unit}");
     }
     let decimals = if step > 0.0 { to_px(-step.log10().floor()).min(6) as usize } else { 0 };

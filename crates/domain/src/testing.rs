@@ -252,7 +252,7 @@ impl WebhookStore for MemoryWebhooks {
         for entry in t.deliveries.iter().filter(|(_, d, _)| d.next_attempt_at.is_some_and(|n| n <= now)) {
             let key = |e: &(u64, Delivery, Event)| (e.1.next_attempt_at, e.0);
             match first.iter_mut().find(|f| f.1.webhook_id == entry.1.webhook_id) {
-                Some(f) if key(entry) < key(*f) => *f = entry,
+                Some(f) if key(entry) < key(f) => *f = entry,
                 Some(_) => {}
                 None => first.push(entry),
             }

@@ -219,7 +219,7 @@ mod tests {
     /// is reached), else anywhere; as IPv4, IPv6, or an IPv6 form carrying an IPv4 address.
     fn address(pick: u8, form: u8, bits: u128) -> IpAddr {
         let entry = &TABLE[usize::from(pick) % TABLE.len()];
-        let ip = if form % 2 == 0 {
+        let ip = if form.is_multiple_of(2) {
             match network(entry) {
                 IpAddr::V4(net) => {
                     let host = u32::MAX.checked_shr(u32::from(entry.1)).unwrap_or(0);

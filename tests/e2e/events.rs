@@ -3,9 +3,9 @@
 
 use std::io::{BufRead, BufReader, Read};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::harness::{envelope_code, example, Opts, Server};
+use crate::harness::{envelope_code, start_iris, Opts, Server};
 
 /// One event of a `text/event-stream`.
 #[derive(Debug, Clone)]
@@ -63,17 +63,6 @@ impl SseReader {
     fn rest(&mut self) -> Vec<Sse> {
         std::iter::from_fn(|| self.next()).collect()
     }
-}
-
-fn start_iris(s: &Server, epochs: u32) -> String {
-    let (code, v) = s.upload_file("/api/v1/datasets?dataset_name=iris", &example("iris.csv"));
-    assert!(code == 200 || code == 409, "{v}");
-    let (code, v) = s.post_json(
-        "/api/v1/training/start",
-        &json!({"model_architecture": "mlp", "dataset_name": "iris", "epochs": epochs, "batch_size": 16, "learning_rate": 0.01}),
-    );
-    assert_eq!(code, 200, "{v}");
-    v["session_id"].as_str().unwrap().to_owned()
 }
 
 fn kinds(events: &[Sse]) -> Vec<&str> {

@@ -261,6 +261,19 @@ pub fn envelope_code(v: &Value) -> String {
     v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {v}")).to_owned()
 }
 
+/// Uploads the bundled iris (once per server) and starts an mlp on it for `epochs`; returns
+/// the session id.
+pub fn start_iris(s: &Server, epochs: u32) -> String {
+    let (code, v) = s.upload_file("/api/v1/datasets?dataset_name=iris", &example("iris.csv"));
+    assert!(code == 200 || code == 409, "{v}");
+    let (code, v) = s.post_json(
+        "/api/v1/training/start",
+        &serde_json::json!({"model_architecture": "mlp", "dataset_name": "iris", "epochs": epochs, "batch_size": 16, "learning_rate": 0.01}),
+    );
+    assert_eq!(code, 200, "{v}");
+    v["session_id"].as_str().unwrap().to_owned()
+}
+
 pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/datasets").join(name)
 }

@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::harness::{envelope_code, example, status_json, Opts, Server};
+use crate::harness::{envelope_code, start_iris, status_json, Opts, Server};
 
 /// A request as the receiver read it.
 struct Received {
@@ -87,17 +87,6 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
 fn open_server(data_dir: Option<std::path::PathBuf>, extra: &[&str]) -> Server {
     let extra_args = ["--webhooks-allow-private", "--webhook-retry-base-ms", "10"].iter().chain(extra).map(|a| (*a).to_owned()).collect();
     Server::start_with(Opts { extra_args, data_dir, ..Opts::default() })
-}
-
-fn start_iris(s: &Server, epochs: u32) -> String {
-    let (code, v) = s.upload_file("/api/v1/datasets?dataset_name=iris", &example("iris.csv"));
-    assert!(code == 200 || code == 409, "{v}");
-    let (code, v) = s.post_json(
-        "/api/v1/training/start",
-        &json!({"model_architecture": "mlp", "dataset_name": "iris", "epochs": epochs, "batch_size": 16, "learning_rate": 0.01}),
-    );
-    assert_eq!(code, 200, "{v}");
-    v["session_id"].as_str().unwrap().to_owned()
 }
 
 /// Polls the webhook's delivery log until its delivery `id` is no longer pending.

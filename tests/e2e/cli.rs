@@ -190,6 +190,15 @@ fn upload_train_watch_status_logs_and_download_through_the_client() {
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 2, "no temporary file is left: {leftovers:?}");
 
+    // The session's chart, as the server draws it.
+    let chart = dir.path().join("chart.png");
+    let drawn = client(&s, &["chart", &id, "-o", path(&chart)]);
+    assert_eq!(drawn.code, 0, "{drawn:?}");
+    let (code, png, _) = s.get_bytes(&format!("/api/v1/training/{id}/chart.png"));
+    assert_eq!(code, 200);
+    let written = std::fs::read(&chart).unwrap();
+    assert!(written.starts_with(b"\x89PNG\r\n\x1a\n") && written == png, "{} bytes written, {} served", written.len(), png.len());
+
     let rm = client(&s, &["models", "rm", &model]);
     assert_eq!(rm.code, 0, "{rm:?}");
     let missing = client(&s, &["models", "download", &model, "-o", path(&dir.path().join("gone"))]);

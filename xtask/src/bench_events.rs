@@ -25,19 +25,12 @@ const BUDGET_MB_PER_THOUSAND: f64 = 50.0;
 
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
     let bin = crate::build_release(root, &["-p", "trainyard"], "trainyard")?;
-    let subscribers = env_number("TRAINYARD_BENCH_SUBSCRIBERS", 1000)?;
-    let epochs = env_number("TRAINYARD_BENCH_EPOCHS", 300)?;
+    let subscribers = crate::env_number("TRAINYARD_BENCH_SUBSCRIBERS", 1000)?;
+    let epochs = crate::env_number("TRAINYARD_BENCH_EPOCHS", 300)?;
     let work = work_dir(root)?;
     let result = measure(&bin, &work, subscribers, epochs);
     let _ = std::fs::remove_dir_all(&work);
     result
-}
-
-fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
 }
 
 fn work_dir(root: &Path) -> anyhow::Result<std::path::PathBuf> {
@@ -72,6 +65,7 @@ fn measure(bin: &Path, work: &Path, subscribers: usize, epochs: usize) -> anyhow
 
     let grown = rss_after.saturating_sub(rss_before) as f64 * 1024.0;
     let per_subscriber_kb = grown / subscribers.max(1) as f64 / 1e3;
+    // kB per subscriber is MB per thousand.
     let per_thousand_mb = per_subscriber_kb;
     println!("event streams (GET /api/v1/events), release build, this run:");
     println!(

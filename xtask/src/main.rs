@@ -61,8 +61,13 @@ fn main() -> anyhow::Result<()> {
 
 /// Timed steps of a training benchmark: `TRAINYARD_BENCH_STEPS`, else `default`.
 fn bench_steps(default: usize) -> anyhow::Result<usize> {
-    match std::env::var("TRAINYARD_BENCH_STEPS") {
-        Ok(s) => s.parse().with_context(|| format!("TRAINYARD_BENCH_STEPS={s:?} is not a number")),
+    env_number("TRAINYARD_BENCH_STEPS", default)
+}
+
+/// The number in the environment variable `name`, else `default`.
+fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(s) => s.parse().with_context(|| format!("{name}={s:?} is not a number")),
         Err(_) => Ok(default),
     }
 }

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod session;
 pub mod summary;
 pub mod system;
+pub mod telegram;
 pub mod time_fmt;
 pub mod webhooks;
 

@@ -297,6 +297,13 @@ impl WebhookStore for MemoryWebhooks {
         let t = guard(&self.tables);
         Ok(t.deliveries.iter().rev().filter(|(_, d, _)| d.webhook_id == *webhook).take(limit as usize).map(|(_, d, _)| d.clone()).collect())
     }
+
+    fn prune(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut t = guard(&self.tables);
+        let kept = t.deliveries.len();
+        t.deliveries.retain(|(_, d, _)| d.state == DeliveryState::Pending || d.last_attempt_at.is_none_or(|at| at >= before));
+        Ok((kept - t.deliveries.len()) as u64)
+    }
 }
 
 /// Model records without files.

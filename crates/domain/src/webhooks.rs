@@ -394,6 +394,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     fn record_attempt(&self, id: &DeliveryId, record: &AttemptRecord) -> Result<bool, StoreError>;
     /// A webhook's deliveries, newest first, at most `limit`.
     fn deliveries(&self, webhook: &WebhookId, limit: u32) -> Result<Vec<Delivery>, StoreError>;
+    /// Forgets deliveries delivered or failed before `before`; returns how many.
+    fn prune(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
 /// Resolves host names, so that the addresses a URL leads to can be checked.

@@ -26,6 +26,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "key_scopes", sql: include_str!("../../../migrations/0004_key_scopes.sql") },
     Migration { version: 5, name: "events", sql: include_str!("../../../migrations/0005_events.sql") },
     Migration { version: 6, name: "webhooks", sql: include_str!("../../../migrations/0006_webhooks.sql") },
+    Migration { version: 7, name: "telegram", sql: include_str!("../../../migrations/0007_telegram.sql") },
 ];
 
 /// The schema version this build writes.

@@ -6,6 +6,8 @@ mod events;
 mod logs;
 mod metrics;
 mod sessions;
+mod outbox;
+mod telegram;
 mod webhooks;
 
 use crate::Database;

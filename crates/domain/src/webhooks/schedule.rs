@@ -66,6 +66,10 @@ pub enum AttemptOutcome {
     Status(u16),
     /// No answer: the reason (timed out, connection refused, refused address...).
     NoAnswer(String),
+    /// The receiver answered with this status and said why (Telegram's `description`), and
+    /// perhaps how long to wait before trying again (Telegram's `retry_after`): the next
+    /// attempt comes no sooner than that, even when the schedule's pause is shorter.
+    Refused { status: u16, reason: String, retry_after: Option<Duration> },
 }
 
 /// Where a delivery stands.
@@ -116,7 +120,7 @@ impl AttemptRecord {
     #[must_use]
     pub fn after(made_before: u32, at: OffsetDateTime, outcome: AttemptOutcome, schedule: &RetrySchedule) -> Self {
         let attempts = made_before.saturating_add(1);
-        let (last_status, last_error) = match outcome {
+        let (last_status, last_error, not_before) = match outcome {
             AttemptOutcome::Status(code) if (200..300).contains(&code) => {
                 return Self {
                     state: DeliveryState::Delivered,
@@ -127,10 +131,13 @@ impl AttemptRecord {
                     next_attempt_at: None,
                 };
             }
-            AttemptOutcome::Status(code) => (Some(code), Some(format!("the receiver answered {code}"))),
-            AttemptOutcome::NoAnswer(reason) => (None, Some(reason)),
+            AttemptOutcome::Status(code) => (Some(code), Some(format!("the receiver answered {code}")), Duration::ZERO),
+            AttemptOutcome::NoAnswer(reason) => (None, Some(reason), Duration::ZERO),
+            AttemptOutcome::Refused { status, reason, retry_after } => {
+                (Some(status), Some(format!("the receiver answered {status}: {reason}")), retry_after.unwrap_or(Duration::ZERO))
+            }
         };
-        let next = schedule.pause_after(attempts).map(|pause| at + pause);
+        let next = schedule.pause_after(attempts).map(|pause| at + pause.max(not_before));
         Self {
             state: if next.is_some() { DeliveryState::Pending } else { DeliveryState::Failed },
             attempts,
@@ -163,6 +170,12 @@ mod tests {
         let retry = AttemptRecord::after(0, t, AttemptOutcome::Status(500), &s);
         assert_eq!((retry.state, retry.next_attempt_at), (DeliveryState::Pending, Some(t + Duration::seconds(10))));
         assert_eq!(retry.last_error.as_deref(), Some("the receiver answered 500"));
+        let limited = AttemptOutcome::Refused { status: 429, reason: "Too Many Requests".into(), retry_after: Some(Duration::seconds(35)) };
+        let limited = AttemptRecord::after(0, t, limited, &s);
+        assert_eq!((limited.last_status, limited.next_attempt_at), (Some(429), Some(t + Duration::seconds(35))));
+        assert_eq!(limited.last_error.as_deref(), Some("the receiver answered 429: Too Many Requests"));
+        let refused = AttemptOutcome::Refused { status: 400, reason: "chat not found".into(), retry_after: None };
+        assert_eq!(AttemptRecord::after(0, t, refused, &s).next_attempt_at, Some(t + Duration::seconds(10)));
         let timeout = AttemptRecord::after(1, t, AttemptOutcome::NoAnswer("timed out".into()), &s);
         assert_eq!((timeout.last_status, timeout.next_attempt_at), (None, Some(t + Duration::seconds(20))));
         let last = AttemptRecord::after(5, t, AttemptOutcome::Status(302), &s);

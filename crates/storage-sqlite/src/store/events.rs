@@ -20,7 +20,10 @@ pub(super) struct EventRow {
 }
 
 impl EventRow {
-    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+    /// The columns [`Self::read`] reads, in its order.
+    pub(super) const COLUMNS: &'static str = "id, session_id, kind, created_at, data";
+
+    pub(super) fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self { id: r.get(0)?, session_id: r.get(1)?, kind: r.get(2)?, created_at: r.get(3)?, data: r.get(4)? })
     }
 

@@ -7,13 +7,15 @@ use trainyard_domain::{
     events::EventKind,
     ports::StoreError,
     webhooks::{
-        AttemptRecord, Delivery, DeliveryId, DeliveryState, DueDelivery, EventFilter, Webhook, WebhookId, WebhookSecret, WebhookStore,
-        WebhookUrl,
+        AttemptRecord, Delivery, DeliveryId, DueDelivery, EventFilter, Webhook, WebhookId, WebhookSecret, WebhookStore, WebhookUrl,
     },
-    SessionId,
 };
 
-use super::{events::EventRow, SqliteStore};
+use super::{
+    events::EventRow,
+    outbox::{CommonRow, Outbox, COMMON_COLUMNS, COMMON_COUNT},
+    SqliteStore,
+};
 use crate::{codec, db::conflict_as};
 
 /// A webhook's columns as SQLite returns them.
@@ -43,64 +45,31 @@ impl WebhookRow {
     }
 }
 
-/// A delivery's columns, with its event's kind and session, as SQLite returns them.
-struct DeliveryRow {
-    id: String,
-    webhook_id: String,
-    event_id: i64,
-    kind: String,
-    session_id: String,
-    state: String,
-    attempts: i64,
-    last_status: Option<i64>,
-    last_error: Option<String>,
-    created_at: String,
-    last_attempt_at: Option<String>,
-    next_attempt_at: Option<String>,
+/// A delivery's columns: the common ones and its webhook.
+fn delivery_columns() -> String {
+    format!("{COMMON_COLUMNS}, d.webhook_id")
 }
 
-const DELIVERY_COLUMNS: &str = "d.id, d.webhook_id, d.event_id, e.kind, e.session_id, d.state, d.attempts, d.last_status, d.last_error, \
-                                d.created_at, d.last_attempt_at, d.next_attempt_at";
+fn read_delivery(r: &Row<'_>) -> rusqlite::Result<(CommonRow, String)> {
+    Ok((CommonRow::read(r)?, r.get(COMMON_COUNT)?))
+}
 
-impl DeliveryRow {
-    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: r.get(0)?,
-            webhook_id: r.get(1)?,
-            event_id: r.get(2)?,
-            kind: r.get(3)?,
-            session_id: r.get(4)?,
-            state: r.get(5)?,
-            attempts: r.get(6)?,
-            last_status: r.get(7)?,
-            last_error: r.get(8)?,
-            created_at: r.get(9)?,
-            last_attempt_at: r.get(10)?,
-            next_attempt_at: r.get(11)?,
-        })
-    }
-
-    fn decode(self) -> Result<Delivery, StoreError> {
-        let last_status = self
-            .last_status
-            .map(|s| u16::try_from(s).map_err(|_| StoreError::Corrupt(format!("stored status {s} is out of range"))))
-            .transpose()?;
-        Ok(Delivery {
-            id: DeliveryId::parse(&self.id).map_err(|e| codec::corrupt("delivery id", e))?,
-            webhook_id: WebhookId::parse(&self.webhook_id).map_err(|e| codec::corrupt("delivery webhook id", e))?,
-            event_id: codec::to_u64(self.event_id, "event id")?,
-            event: EventKind::parse(&self.kind).ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {:?}", self.kind)))?,
-            session_id: SessionId::parse(&self.session_id).map_err(|e| codec::corrupt("event session id", e))?,
-            state: DeliveryState::parse(&self.state)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown delivery state {:?}", self.state)))?,
-            attempts: codec::to_u32(self.attempts, "attempts")?,
-            last_status,
-            last_error: self.last_error,
-            created_at: codec::parse_ts(&self.created_at)?,
-            last_attempt_at: codec::parse_ts_opt(self.last_attempt_at.as_deref())?,
-            next_attempt_at: codec::parse_ts_opt(self.next_attempt_at.as_deref())?,
-        })
-    }
+fn decode_delivery((row, webhook_id): (CommonRow, String)) -> Result<Delivery, StoreError> {
+    let c = row.decode()?;
+    Ok(Delivery {
+        id: c.id,
+        webhook_id: WebhookId::parse(&webhook_id).map_err(|e| codec::corrupt("delivery webhook id", e))?,
+        event_id: c.event_id,
+        event: c.event,
+        session_id: c.session_id,
+        state: c.state,
+        attempts: c.attempts,
+        last_status: c.last_status,
+        last_error: c.last_error,
+        created_at: c.created_at,
+        last_attempt_at: c.last_attempt_at,
+        next_attempt_at: c.next_attempt_at,
+    })
 }
 
 /// A stored value the enqueue transaction cannot read, as the driver error that becomes
@@ -226,46 +195,28 @@ impl WebhookStore for SqliteStore {
     }
 
     fn next_due_after(&self, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, StoreError> {
-        let now = codec::ts(now)?;
-        let next: Option<String> = self.db.read(|c| {
-            c.prepare_cached("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at > ?1")?
-                .query_row([&now], |r| r.get(0))
-        })?;
-        codec::parse_ts_opt(next.as_deref())
+        Outbox::Webhooks.next_due_after(&self.db, now)
     }
 
     fn record_attempt(&self, id: &DeliveryId, record: &AttemptRecord) -> Result<bool, StoreError> {
-        let last_attempt_at = codec::ts(record.last_attempt_at)?;
-        let next_attempt_at = codec::ts_opt(record.next_attempt_at)?;
-        let changed = self.db.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE webhook_deliveries
-                 SET state = ?2, attempts = ?3, last_status = ?4, last_error = ?5, last_attempt_at = ?6, next_attempt_at = ?7
-                 WHERE id = ?1 AND state = 'pending'",
-            )?
-            .execute(params![
-                id.as_str(),
-                record.state.as_str(),
-                record.attempts,
-                record.last_status,
-                record.last_error,
-                last_attempt_at,
-                next_attempt_at
-            ])
-        })?;
-        Ok(changed > 0)
+        Outbox::Webhooks.record_attempt(&self.db, id, record)
+    }
+
+    fn prune(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        Outbox::Webhooks.prune(&self.db, before)
     }
 
     fn deliveries(&self, webhook: &WebhookId, limit: u32) -> Result<Vec<Delivery>, StoreError> {
         let rows = self.db.read(|c| {
             c.prepare_cached(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN events e ON e.id = d.event_id
-                 WHERE d.webhook_id = ?1 ORDER BY d.seq DESC LIMIT ?2"
+                "SELECT {} FROM webhook_deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.webhook_id = ?1 ORDER BY d.seq DESC LIMIT ?2",
+                delivery_columns()
             ))?
-            .query_map(params![webhook.as_str(), limit], DeliveryRow::read)?
+            .query_map(params![webhook.as_str(), limit], read_delivery)?
             .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        rows.into_iter().map(DeliveryRow::decode).collect()
+        rows.into_iter().map(decode_delivery).collect()
     }
 }
 

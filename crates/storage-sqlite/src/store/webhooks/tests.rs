@@ -7,7 +7,7 @@ use trainyard_domain::{
     events::{EventPayload, EventStore, NewEvent},
     metrics::{LogEntry, LogLevel},
     ports::SessionRepository,
-    webhooks::{AttemptOutcome, RetrySchedule},
+    webhooks::{AttemptOutcome, DeliveryState, RetrySchedule},
     Session,
 };
 
@@ -115,6 +115,9 @@ fn attempts_are_recorded_and_finished_deliveries_are_no_longer_due() {
     );
     assert_eq!(listed.last_attempt_at, Some(next));
     assert_eq!(store.next_due_after(t0()).unwrap(), None);
+    assert_eq!(store.prune(next).unwrap(), 0, "only deliveries finished before the cut go");
+    assert_eq!(store.prune(next + Duration::seconds(1)).unwrap(), 1);
+    assert!(store.deliveries(&h.id, 10).unwrap().is_empty());
 }
 
 /// What the model keeps of a delivery.

@@ -65,7 +65,7 @@ pub(crate) fn attempt(
 }
 
 /// Why a request got no answer, in words an operator reads in the delivery log.
-fn describe(t: &ureq::Transport, timeout: Duration) -> String {
+pub(crate) fn describe(t: &ureq::Transport, timeout: Duration) -> String {
     let timed_out = std::error::Error::source(t)
         .and_then(|s| s.downcast_ref::<io::Error>())
         .is_some_and(|e| matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock));

@@ -2,7 +2,8 @@
 //! HTTP to it.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -34,11 +35,13 @@ pub struct Opts {
     pub data_dir: Option<PathBuf>,
     /// Environment variables for the server (and so its training processes).
     pub env: Vec<(String, String)>,
+    /// Where the server's standard error (its log) goes; the test's own when `None`.
+    pub stderr_file: Option<PathBuf>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { keys: Some(KEY.to_owned()), extra_args: Vec::new(), data_dir: None, env: Vec::new() }
+        Self { keys: Some(KEY.to_owned()), extra_args: Vec::new(), data_dir: None, env: Vec::new(), stderr_file: None }
     }
 }
 
@@ -73,8 +76,16 @@ impl Server {
             .env_remove("MAX_CONCURRENT_SESSIONS")
             .env_remove("API_PORT")
             .env_remove("API_HOST")
+            // A developer's own bot must not be sent the tests' sessions.
+            .env_remove("TELEGRAM_BOT_TOKEN")
+            .env_remove("TELEGRAM_CHAT_IDS")
+            .env_remove("TELEGRAM_API_URL")
+            .env_remove("TELEGRAM_EVERY_EPOCHS")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &opts.stderr_file {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
+                None => Stdio::inherit(),
+            });
         if let Some(keys) = &opts.keys {
             cmd.env("API_KEYS", keys);
         }
@@ -359,4 +370,76 @@ impl Reply {
 /// `host:port` of the server, without the scheme.
 pub fn authority(s: &Server) -> String {
     s.base.split_once("://").map(|(_, a)| a.trim_end_matches('/').to_owned()).expect("base URL")
+}
+
+/// A request as the receiver read it.
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map_or_else(|| panic!("no {name} header"), |(_, v)| v.as_str())
+    }
+}
+
+/// Reads one HTTP/1.1 request with a `Content-Length` body.
+fn read_request(stream: &TcpStream) -> Option<Received> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split(' ').nth(1)?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        let (name, value) = trimmed.split_once(':')?;
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let length: usize = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length"))?.1.parse().ok()?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Received { path, headers, body })
+}
+
+/// A webhook receiver (or Bot API stand-in) on 127.0.0.1 that answers the i-th request with
+/// `statuses[i]` (the last one from then on; 0: no answer, the connection is held open) and
+/// hands each request to the test.
+pub fn receiver(statuses: Vec<u16>) -> (SocketAddr, mpsc::Receiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let Some(request) = read_request(&stream) else { continue };
+            let status = statuses.get(i).or(statuses.last()).copied().unwrap_or(200);
+            if status == 0 {
+                held.push(stream);
+            } else {
+                // The body of a Bot API answer; webhook deliveries ignore it.
+                let body = if (200..300).contains(&status) {
+                    "{\"ok\":true,\"result\":{}}".to_owned()
+                } else {
+                    format!("{{\"ok\":false,\"error_code\":{status},\"description\":\"stand-in refusal {status}\"}}")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            if tx.send(request).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
 }

@@ -2,80 +2,13 @@
 //! delivery cut by a server crash and made after the restart, the address policy, and the
 //! create / list / delete / deliveries contract.
 
-use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::harness::{envelope_code, start_iris, status_json, Opts, Server};
-
-/// A request as the receiver read it.
-struct Received {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> &str {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map_or_else(|| panic!("no {name} header"), |(_, v)| v.as_str())
-    }
-}
-
-/// Reads one HTTP/1.1 request with a `Content-Length` body.
-fn read_request(stream: &TcpStream) -> Option<Received> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let path = line.split(' ').nth(1)?.to_owned();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).ok()?;
-        let trimmed = line.trim_end();
-        if trimmed.is_empty() {
-            break;
-        }
-        let (name, value) = trimmed.split_once(':')?;
-        headers.push((name.trim().to_owned(), value.trim().to_owned()));
-    }
-    let length: usize = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length"))?.1.parse().ok()?;
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some(Received { path, headers, body })
-}
-
-/// A webhook receiver on 127.0.0.1 that answers the i-th request with `statuses[i]` (the last
-/// one from then on; 0: no answer, the connection is held open) and hands each request to the
-/// test.
-fn receiver(statuses: Vec<u16>) -> (SocketAddr, mpsc::Receiver<Received>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for (i, stream) in listener.incoming().enumerate() {
-            let Ok(mut stream) = stream else { return };
-            let Some(request) = read_request(&stream) else { continue };
-            let status = statuses.get(i).or(statuses.last()).copied().unwrap_or(200);
-            if status == 0 {
-                held.push(stream);
-            } else {
-                let _ = write!(stream, "HTTP/1.1 {status} Whatever\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            }
-            if tx.send(request).is_err() {
-                return;
-            }
-        }
-    });
-    (addr, rx)
-}
+use crate::harness::{envelope_code, receiver, start_iris, status_json, Opts, Received, Server};
 
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();

@@ -450,11 +450,27 @@ pub struct ServeArgs {
     /// it the attempt failed and is retried.
     #[arg(long, env = "TRAINYARD_WEBHOOK_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub webhook_timeout_secs: u64,
-    /// The unit of the webhook retry schedule, in milliseconds: retries come 10, 20, 60, 150
-    /// and 360 units after each failure (0 s, 10 s, 30 s, 1.5 min, 4 min, 10 min with the
-    /// default). Lower it only in tests.
+    /// The unit of the retry schedule of webhooks and Telegram messages, in milliseconds:
+    /// retries come 10, 20, 60, 150 and 360 units after each failure (0 s, 10 s, 30 s, 1.5 min,
+    /// 4 min, 10 min with the default; Telegram's retry_after is honoured on top). Lower it
+    /// only in tests.
     #[arg(long, env = "TRAINYARD_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub webhook_retry_base_ms: u64,
+    /// The Telegram bot's token (from @BotFather). With --telegram-chat-ids, every session that
+    /// completes, fails or stops is reported to those chats with a summary and its chart. The
+    /// token is never logged nor shown in --help.
+    #[arg(long = "telegram-bot-token", env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
+    pub telegram_bot_token: Option<String>,
+    /// Comma-separated chats to notify: numeric chat ids (negative for groups and channels) or
+    /// @channelname.
+    #[arg(long = "telegram-chat-ids", env = "TELEGRAM_CHAT_IDS", value_delimiter = ',')]
+    pub telegram_chat_ids: Vec<String>,
+    /// The Bot API's base URL: the public one, or a self-hosted Bot API server or proxy.
+    #[arg(long = "telegram-api-url", env = "TELEGRAM_API_URL", default_value = trainyard_domain::telegram::DEFAULT_API_URL)]
+    pub telegram_api_url: String,
+    /// Also send a progress message after every N epochs (0: only when a session ends).
+    #[arg(long = "telegram-every-epochs", env = "TELEGRAM_EVERY_EPOCHS", default_value_t = 0)]
+    pub telegram_every_epochs: u32,
     /// Serve GET /metrics (Prometheus) without an API key, for scrapers that cannot send one;
     /// every other route still needs a key.
     #[arg(long, env = "TRAINYARD_METRICS_PUBLIC")]

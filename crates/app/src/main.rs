@@ -25,6 +25,7 @@ use trainyard_domain::{
     manager::{Ports, SchedulerPolicy, SessionManager},
     ports::{AuthStore, SystemClock, SystemMonitor},
     system::human_mb,
+    telegram::{Part, TelegramComposer, TelegramSettings},
     webhooks::{HostResolver, RetrySchedule, WebhookStore, Webhooks},
 };
 use trainyard_http::{
@@ -34,7 +35,7 @@ use trainyard_http::{
     tls, AppState, GovernorLimiter, Limits, Metrics, Timeouts, Transport, TrustedProxies, UploadLimits,
 };
 use trainyard_monitor::CachedMonitor;
-use trainyard_notify::{Notifier, NotifierConfig, SystemResolver};
+use trainyard_notify::{Compose, Notifier, NotifierConfig, SystemResolver, TelegramConfig, TelegramNotifier};
 use trainyard_storage_sqlite::{Database, FileDatasetRegistry, FileModelRegistry, LocalScratch, SqliteStore};
 use trainyard_supervisor::{ProcessTrainer, RunCommand, SupervisionLimits};
 use trainyard_trainer_candle::{gpu, CandleGenerator, CandlePredictor, CandleTrainer, FileInspector, FileModelInspector};
@@ -141,12 +142,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let webhook_store: Arc<dyn WebhookStore> = store.clone();
     let resolver: Arc<dyn HostResolver> = Arc::new(SystemResolver);
     let webhooks = Webhooks::new(webhook_store.clone(), resolver.clone(), clock.clone(), args.webhooks_allow_private);
-    let auth_store: Arc<dyn AuthStore> = store;
+    let auth_store: Arc<dyn AuthStore> = store.clone();
     let proxies = TrustedProxies::parse(&args.trusted_proxies).map_err(anyhow::Error::msg).context("--trusted-proxies")?;
     let limiter = GovernorLimiter::new(Limits {
         failures_per_minute: args.auth_failures_per_minute,
         requests_per_key_per_minute: args.rate_limit_per_key,
     });
+    let schedule = RetrySchedule::new(time::Duration::milliseconds(i64::try_from(args.webhook_retry_base_ms).unwrap_or(1000)));
     let notifier = Notifier::start(
         webhook_store,
         manager.events(),
@@ -156,10 +158,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         NotifierConfig {
             allow_private: args.webhooks_allow_private,
             timeout: StdDuration::from_secs(args.webhook_timeout_secs),
-            schedule: RetrySchedule::new(time::Duration::milliseconds(i64::try_from(args.webhook_retry_base_ms).unwrap_or(1000))),
+            schedule,
         },
     )
     .context("starting webhook delivery")?;
+    // A photo upload may take longer than a webhook's POST: at least 30 s.
+    let telegram_config = TelegramConfig { timeout: StdDuration::from_secs(args.webhook_timeout_secs.max(30)), schedule };
+    let telegram = start_telegram(&args, store.clone(), &manager, clock.clone(), telegram_config)?;
     let authenticator = Arc::new(Authenticator::new(&args.keys(), auth_store.clone(), clock).with_limiter(Arc::new(limiter)));
 
     if args.examples {
@@ -214,9 +219,35 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         // Deliveries not yet made (the sessions' last events among them) go out at the next start.
         notifier.stop();
+        if let Some(telegram) = telegram {
+            telegram.stop();
+        }
         tracing::info!("shutdown complete");
         anyhow::Ok(())
     })
+}
+
+/// Starts Telegram notifications when a bot token and chats are configured.
+fn start_telegram(
+    args: &ServeArgs,
+    store: Arc<SqliteStore>,
+    manager: &SessionManager,
+    clock: Arc<SystemClock>,
+    config: TelegramConfig,
+) -> anyhow::Result<Option<TelegramNotifier>> {
+    let every = Some(args.telegram_every_epochs);
+    let settings = TelegramSettings::from_config(args.telegram_bot_token.as_deref(), &args.telegram_chat_ids, &args.telegram_api_url, every)?;
+    let Some(settings) = settings else { return Ok(None) };
+    tracing::info!(
+        chats = settings.chats.len(),
+        api = %settings.api_url,
+        every_epochs = settings.every_epochs.map_or(0, std::num::NonZeroU32::get),
+        "Telegram notifications on"
+    );
+    let composer = TelegramComposer::new(manager.clone(), Charts::new(manager.clone(), Arc::new(PlottersRenderer::new())));
+    let compose: Compose = Arc::new(move |event: &Event, part: Part| composer.compose(event, part));
+    let notifier = TelegramNotifier::start(store, manager.events(), clock, settings, compose, config).context("starting Telegram notifications")?;
+    Ok(Some(notifier))
 }
 
 /// HTTPS (the given certificate, or the self-signed one made in the data directory, its

@@ -211,9 +211,14 @@ impl<O: Outbox> Dispatcher<O> {
             while s.outbox.enqueue(s.clock.now(), ENQUEUE_PAGE)? == ENQUEUE_PAGE {}
         }
         let now = s.clock.now();
+        // A lane busy before the query may have finished its attempt during it, so the query
+        // may still show that delivery pending: leave such lanes to the round its sender's
+        // end wakes. Only this thread makes lanes busy, so a lane free before the query is
+        // read fresh.
+        let busy_before = s.shared.lock().busy.clone();
         for due in s.outbox.due(now, DUE_PAGE)? {
             let lane = O::ticket(&due).1;
-            if s.shared.lock().busy.insert(lane.clone()) {
+            if !busy_before.contains(&lane) && s.shared.lock().busy.insert(lane.clone()) {
                 s.clone().spawn(due, lane);
             }
         }

@@ -39,6 +39,21 @@ fn field<'a>(r: &'a Received, name: &str) -> &'a [u8] {
     &body[start..start + len]
 }
 
+/// `GET /api/v1/telegram` once no message is pending.
+fn settled(s: &Server) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, v) = s.get("/api/v1/telegram");
+        assert_eq!(code, 200, "{v}");
+        if v["deliveries"].as_array().unwrap().iter().all(|d| d["state"] != "pending") {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "messages still pending: {v}");
+        // A pause between two polls of the condition, not a wait for it.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_finished_session_sends_its_summary_and_chart_and_progress_every_n_epochs() {
     // The first call is refused with 502 and retried.
@@ -91,6 +106,20 @@ fn a_finished_session_sends_its_summary_and_chart_and_progress_every_n_epochs() 
     }
     let (w, h) = (photo.as_ref().unwrap().width(), photo.as_ref().unwrap().height());
     assert_eq!((w, h), (1000, 700));
+    // The message log: four messages, all delivered, the refused one on its second attempt.
+    let status = settled(&s);
+    assert_eq!((status["enabled"].as_bool(), status["every_epochs"].as_u64()), (Some(true), Some(2)), "{status}");
+    assert_eq!(status["chats"], serde_json::json!([CHAT]));
+    assert_eq!(status["api_url"], format!("http://{addr}"));
+    assert!(!status.to_string().contains("E2E-telegram_token"), "{status}");
+    let deliveries = status["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 4, "{status}");
+    let attempts: Vec<u64> = deliveries.iter().map(|d| d["attempts"].as_u64().unwrap()).collect();
+    assert_eq!(attempts.iter().sum::<u64>(), 5, "{status}");
+    assert!(deliveries.iter().all(|d| d["chat"] == CHAT && d["session_id"] == session.as_str() && d["last_status"] == 200), "{status}");
+    let parts: Vec<(&str, &str)> = deliveries.iter().map(|d| (d["event"].as_str().unwrap(), d["part"].as_str().unwrap())).collect();
+    assert_eq!(parts, [("session.completed", "photo"), ("session.completed", "message"), ("epoch", "message"), ("epoch", "message")]);
+
     s.terminate();
     assert!(requests.try_recv().is_err(), "nothing more was sent");
     let log = std::fs::read_to_string(&log).unwrap();
@@ -116,6 +145,11 @@ fn a_token_without_chats_stops_the_start_and_help_never_shows_the_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TELEGRAM_CHAT_IDS names no chat"), "{stderr}");
     assert!(!stderr.contains("E2E-telegram_token"), "{stderr}");
+
+    let off = Server::start();
+    let (code, v) = off.get("/api/v1/telegram");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v, serde_json::json!({"enabled": false, "api_url": null, "chats": [], "every_epochs": null, "deliveries": []}));
 
     let help = Command::new(bin()).args(["serve", "--help"]).env("TELEGRAM_BOT_TOKEN", TOKEN).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);

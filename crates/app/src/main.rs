@@ -25,7 +25,7 @@ use trainyard_domain::{
     manager::{Ports, SchedulerPolicy, SessionManager},
     ports::{AuthStore, SystemClock, SystemMonitor},
     system::human_mb,
-    telegram::{Part, TelegramComposer, TelegramSettings},
+    telegram::{Part, TelegramComposer, TelegramSettings, TelegramStatus},
     webhooks::{HostResolver, RetrySchedule, WebhookStore, Webhooks},
 };
 use trainyard_http::{
@@ -164,7 +164,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .context("starting webhook delivery")?;
     // A photo upload may take longer than a webhook's POST: at least 30 s.
     let telegram_config = TelegramConfig { timeout: StdDuration::from_secs(args.webhook_timeout_secs.max(30)), schedule };
-    let telegram = start_telegram(&args, store.clone(), &manager, clock.clone(), telegram_config)?;
+    let (telegram, telegram_status) = start_telegram(&args, store.clone(), &manager, clock.clone(), telegram_config)?;
     let authenticator = Arc::new(Authenticator::new(&args.keys(), auth_store.clone(), clock).with_limiter(Arc::new(limiter)));
 
     if args.examples {
@@ -194,6 +194,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         events: EventHub::attach(&manager, StdDuration::from_secs(args.events_heartbeat_secs.max(1))),
         charts: Charts::new(manager.clone(), Arc::new(PlottersRenderer::new())),
         webhooks,
+        telegram: telegram_status,
         metrics,
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));
@@ -227,17 +228,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Starts Telegram notifications when a bot token and chats are configured.
+/// Starts Telegram notifications when a bot token and chats are configured; and the status the
+/// API shows either way.
 fn start_telegram(
     args: &ServeArgs,
     store: Arc<SqliteStore>,
     manager: &SessionManager,
     clock: Arc<SystemClock>,
     config: TelegramConfig,
-) -> anyhow::Result<Option<TelegramNotifier>> {
+) -> anyhow::Result<(Option<TelegramNotifier>, TelegramStatus)> {
     let every = Some(args.telegram_every_epochs);
     let settings = TelegramSettings::from_config(args.telegram_bot_token.as_deref(), &args.telegram_chat_ids, &args.telegram_api_url, every)?;
-    let Some(settings) = settings else { return Ok(None) };
+    let status = TelegramStatus::new(settings.clone(), store.clone());
+    let Some(settings) = settings else { return Ok((None, status)) };
     tracing::info!(
         chats = settings.chats.len(),
         api = %settings.api_url,
@@ -247,7 +250,7 @@ fn start_telegram(
     let composer = TelegramComposer::new(manager.clone(), Charts::new(manager.clone(), Arc::new(PlottersRenderer::new())));
     let compose: Compose = Arc::new(move |event: &Event, part: Part| composer.compose(event, part));
     let notifier = TelegramNotifier::start(store, manager.events(), clock, settings, compose, config).context("starting Telegram notifications")?;
-    Ok(Some(notifier))
+    Ok((Some(notifier), status))
 }
 
 /// HTTPS (the given certificate, or the self-signed one made in the data directory, its

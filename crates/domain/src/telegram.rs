@@ -9,18 +9,17 @@
 //! outage loses none. The token is a secret: nothing here shows it, and
 //! [`BotToken::scrub`] takes it out of any text that might hold it.
 
-use std::{fmt, num::NonZeroU32};
+use std::{fmt, num::NonZeroU32, sync::Arc};
 
 use time::OffsetDateTime;
 
 use crate::{
     charts::{ChartFormat, ChartQuery, Charts},
     events::{Event, EventKind, EventPayload},
-    ids::SessionId,
     manager::SessionManager,
     ports::StoreError,
     summary,
-    webhooks::{AttemptRecord, DeliveryId, DeliveryState},
+    webhooks::{AttemptRecord, DeliveryId, DeliveryRecord},
 };
 
 /// The public Bot API.
@@ -304,19 +303,9 @@ impl TelegramComposer {
 /// One message on its way to one chat, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelegramDelivery {
-    pub id: DeliveryId,
     pub chat: ChatId,
     pub part: Part,
-    pub event_id: u64,
-    pub event: EventKind,
-    pub session_id: SessionId,
-    pub state: DeliveryState,
-    pub attempts: u32,
-    pub last_status: Option<u16>,
-    pub last_error: Option<String>,
-    pub created_at: OffsetDateTime,
-    pub last_attempt_at: Option<OffsetDateTime>,
-    pub next_attempt_at: Option<OffsetDateTime>,
+    pub record: DeliveryRecord,
 }
 
 /// A message whose attempt is due, with its event.
@@ -359,12 +348,48 @@ pub trait TelegramStore: Send + Sync + 'static {
     fn prune(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
+/// The use case behind `GET /api/v1/telegram`: the configuration in effect, never the token,
+/// and the newest messages with their attempts.
+#[derive(Clone)]
+pub struct TelegramStatus {
+    settings: Option<TelegramSettings>,
+    store: Arc<dyn TelegramStore>,
+}
+
+impl fmt::Debug for TelegramStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelegramStatus").field("enabled", &self.settings.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl TelegramStatus {
+    /// Over `store`, with the settings in effect (`None`: Telegram is off).
+    #[must_use]
+    pub fn new(settings: Option<TelegramSettings>, store: Arc<dyn TelegramStore>) -> Self {
+        Self { settings, store }
+    }
+
+    #[must_use]
+    pub fn settings(&self) -> Option<&TelegramSettings> {
+        self.settings.as_ref()
+    }
+
+    /// The newest messages, newest first, at most `limit`; those of an earlier configuration
+    /// too, until they are pruned.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub fn deliveries(&self, limit: u32) -> Result<Vec<TelegramDelivery>, StoreError> {
+        self.store.deliveries(limit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::metrics::EpochMetrics;
+    use crate::{ids::SessionId, metrics::EpochMetrics};
 
     const TOKEN: &str = "123456789:AAHk-secret_part_42xyz";
 

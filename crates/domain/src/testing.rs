@@ -25,7 +25,7 @@ use crate::{
     registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelInfo, ModelRecord, NewDataset, NewModel},
     session::{Session, SessionState},
     system::SystemSnapshot,
-    webhooks::{AttemptRecord, Delivery, DeliveryId, DeliveryState, DueDelivery, Webhook, WebhookId, WebhookStore},
+    webhooks::{AttemptRecord, Delivery, DeliveryId, DeliveryRecord, DeliveryState, DueDelivery, Webhook, WebhookId, WebhookStore},
 };
 
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -225,20 +225,7 @@ impl WebhookStore for MemoryWebhooks {
             for webhook_id in wanted {
                 let seq = t.next_seq;
                 t.next_seq += 1;
-                let delivery = Delivery {
-                    id: DeliveryId::generate(),
-                    webhook_id,
-                    event_id: event.id,
-                    event: event.kind,
-                    session_id: event.session_id.clone(),
-                    state: DeliveryState::Pending,
-                    attempts: 0,
-                    last_status: None,
-                    last_error: None,
-                    created_at: at,
-                    last_attempt_at: None,
-                    next_attempt_at: Some(at),
-                };
+                let delivery = Delivery { webhook_id, record: DeliveryRecord::pending(event, at) };
                 t.deliveries.push((seq, delivery, event.clone()));
             }
             t.cursor = event.id;
@@ -249,47 +236,42 @@ impl WebhookStore for MemoryWebhooks {
     fn due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
         let t = guard(&self.tables);
         let mut first: Vec<&(u64, Delivery, Event)> = Vec::new();
-        for entry in t.deliveries.iter().filter(|(_, d, _)| d.next_attempt_at.is_some_and(|n| n <= now)) {
-            let key = |e: &(u64, Delivery, Event)| (e.1.next_attempt_at, e.0);
+        for entry in t.deliveries.iter().filter(|(_, d, _)| d.record.next_attempt_at.is_some_and(|n| n <= now)) {
+            let key = |e: &(u64, Delivery, Event)| (e.1.record.next_attempt_at, e.0);
             match first.iter_mut().find(|f| f.1.webhook_id == entry.1.webhook_id) {
                 Some(f) if key(entry) < key(f) => *f = entry,
                 Some(_) => {}
                 None => first.push(entry),
             }
         }
-        first.sort_by_key(|e| (e.1.next_attempt_at, e.0));
+        first.sort_by_key(|e| (e.1.record.next_attempt_at, e.0));
         Ok(first
             .into_iter()
             .take(limit as usize)
             .filter_map(|(_, d, event)| {
                 let (hook, _) = t.hooks.iter().find(|(h, _)| h.id == d.webhook_id)?;
                 Some(DueDelivery {
-                    id: d.id.clone(),
+                    id: d.record.id.clone(),
                     webhook_id: d.webhook_id.clone(),
                     url: hook.url.clone(),
                     secret: hook.secret.clone(),
                     event: event.clone(),
-                    attempts: d.attempts,
+                    attempts: d.record.attempts,
                 })
             })
             .collect())
     }
 
     fn next_due_after(&self, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, StoreError> {
-        Ok(guard(&self.tables).deliveries.iter().filter_map(|(_, d, _)| d.next_attempt_at).filter(|n| *n > now).min())
+        Ok(guard(&self.tables).deliveries.iter().filter_map(|(_, d, _)| d.record.next_attempt_at).filter(|n| *n > now).min())
     }
 
     fn record_attempt(&self, id: &DeliveryId, record: &AttemptRecord) -> Result<bool, StoreError> {
         let mut t = guard(&self.tables);
-        let Some((_, d, _)) = t.deliveries.iter_mut().find(|(_, d, _)| d.id == *id && d.state == DeliveryState::Pending) else {
+        let Some((_, d, _)) = t.deliveries.iter_mut().find(|(_, d, _)| d.record.id == *id && d.record.state == DeliveryState::Pending) else {
             return Ok(false);
         };
-        d.state = record.state;
-        d.attempts = record.attempts;
-        d.last_status = record.last_status;
-        d.last_error.clone_from(&record.last_error);
-        d.last_attempt_at = Some(record.last_attempt_at);
-        d.next_attempt_at = record.next_attempt_at;
+        d.record.apply(record);
         Ok(true)
     }
 
@@ -301,7 +283,7 @@ impl WebhookStore for MemoryWebhooks {
     fn prune(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         let mut t = guard(&self.tables);
         let kept = t.deliveries.len();
-        t.deliveries.retain(|(_, d, _)| d.state == DeliveryState::Pending || d.last_attempt_at.is_none_or(|at| at >= before));
+        t.deliveries.retain(|(_, d, _)| d.record.state == DeliveryState::Pending || d.record.last_attempt_at.is_none_or(|at| at >= before));
         Ok((kept - t.deliveries.len()) as u64)
     }
 }

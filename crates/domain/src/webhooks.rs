@@ -22,12 +22,11 @@ use time::OffsetDateTime;
 
 pub use self::{
     address::{address_allowed, refused_class, RefusedClass},
-    schedule::{AttemptOutcome, AttemptRecord, DeliveryState, RetrySchedule},
+    schedule::{AttemptOutcome, AttemptRecord, DeliveryRecord, DeliveryState, RetrySchedule},
 };
 use crate::{
     events::{Event, EventKind},
     ports::{Clock, StoreError},
-    SessionId,
 };
 
 /// The most webhooks a server keeps: each can have a delivery in flight at any moment.
@@ -333,22 +332,8 @@ pub struct Webhook {
 /// One event on its way to one webhook, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    pub id: DeliveryId,
     pub webhook_id: WebhookId,
-    pub event_id: u64,
-    pub event: EventKind,
-    pub session_id: SessionId,
-    pub state: DeliveryState,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// The status of the last answer; `None` before the first attempt or when the last got none.
-    pub last_status: Option<u16>,
-    /// Why the last attempt failed.
-    pub last_error: Option<String>,
-    pub created_at: OffsetDateTime,
-    pub last_attempt_at: Option<OffsetDateTime>,
-    /// When the next attempt is due; `None` once delivered or failed.
-    pub next_attempt_at: Option<OffsetDateTime>,
+    pub record: DeliveryRecord,
 }
 
 /// A delivery whose attempt is due, with what sending it needs.

@@ -34,6 +34,7 @@ use trainyard_domain::{
     inference::Inference,
     manager::SessionManager,
     ports::{AuthStore, SystemMonitor},
+    telegram::TelegramStatus,
     webhooks::Webhooks,
 };
 
@@ -115,6 +116,8 @@ pub struct AppState {
     pub charts: Charts,
     /// The use case behind the webhook endpoints.
     pub webhooks: Webhooks,
+    /// Telegram notifications' configuration and message log.
+    pub telegram: TelegramStatus,
     /// The Prometheus metrics, and whether `GET /metrics` needs a key.
     pub metrics: Metrics,
 }

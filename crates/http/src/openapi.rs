@@ -71,7 +71,7 @@ impl Modify for Security {
         list_models, upload_model, download_model, delete_model, generate, predict,
         list_datasets, get_dataset, upload_dataset, delete_dataset,
         audit_log, create_key, list_keys, revoke_key,
-        create_webhook, list_webhooks, delete_webhook, webhook_deliveries,
+        create_webhook, list_webhooks, delete_webhook, webhook_deliveries, telegram_status,
     ),
     modifiers(&Security, &Scopes),
     security(("bearer" = []), ("api_key" = [])),
@@ -83,7 +83,7 @@ impl Modify for Security {
         (name = "models", description = "the model registry"),
         (name = "datasets", description = "the dataset registry"),
         (name = "admin", description = "the authentication audit log and API keys"),
-        (name = "webhooks", description = "signed POSTs of session events to URLs, retried until delivered"),
+        (name = "webhooks", description = "signed POSTs of session events to URLs, and Telegram messages, retried until delivered"),
     )
 )]
 struct ApiDoc;

@@ -128,7 +128,7 @@ impl Rig {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let newest = self.store.deliveries(hook, 1).unwrap().pop();
-            if let Some(d) = newest.filter(|d| d.state != DeliveryState::Pending) {
+            if let Some(d) = newest.filter(|d| d.record.state != DeliveryState::Pending) {
                 return d;
             }
             assert!(Instant::now() < deadline, "the delivery did not settle: {:?}", self.store.deliveries(hook, 1));
@@ -158,13 +158,13 @@ fn a_failing_receiver_gets_the_same_signed_delivery_until_it_accepts() {
     let delivery = rig.settled(&hook);
     for r in &got {
         assert_eq!(r.header("X-Trainyard-Event"), Some("session.completed"));
-        assert_eq!(r.header("X-Trainyard-Delivery"), Some(delivery.id.as_str()));
+        assert_eq!(r.header("X-Trainyard-Delivery"), Some(delivery.record.id.as_str()));
         assert_eq!(r.header("Content-Type"), Some("application/json"));
         assert_eq!(r.header("X-Trainyard-Signature").map(str::to_owned), Some(signature("0123456789abcdef-secret", &r.body)));
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body, serde_json::json!({"id": id.to_string(), "event": "session.completed"}));
     }
-    assert_eq!((delivery.state, delivery.attempts, delivery.last_status, delivery.event_id), (DeliveryState::Delivered, 3, Some(200), id));
+    assert_eq!((delivery.record.state, delivery.record.attempts, delivery.record.last_status, delivery.record.event_id), (DeliveryState::Delivered, 3, Some(200), id));
 }
 
 #[test]
@@ -175,8 +175,8 @@ fn a_receiver_that_never_accepts_fails_after_the_schedule() {
     let _notifier = rig.start(true, Duration::from_secs(5));
     rig.publish(EventKind::Log);
     let d = rig.settled(&hook);
-    assert_eq!((d.state, d.attempts, d.last_status, d.next_attempt_at), (DeliveryState::Failed, 6, Some(500), None));
-    assert_eq!(d.last_error.as_deref(), Some("the receiver answered 500"));
+    assert_eq!((d.record.state, d.record.attempts, d.record.last_status, d.record.next_attempt_at), (DeliveryState::Failed, 6, Some(500), None));
+    assert_eq!(d.record.last_error.as_deref(), Some("the receiver answered 500"));
 }
 
 #[test]
@@ -192,8 +192,8 @@ fn a_hanging_receiver_does_not_hold_up_another_webhook() {
     slow_requests.recv_timeout(Duration::from_secs(20)).expect("the slow receiver got its request");
     fast_requests.recv_timeout(Duration::from_secs(20)).expect("the fast receiver got its request");
     // The fast webhook's delivery is recorded while the slow one is still waiting for an answer.
-    assert_eq!(rig.settled(&fast_hook).state, DeliveryState::Delivered);
-    assert_eq!(rig.store.deliveries(&slow_hook, 1).unwrap()[0].state, DeliveryState::Pending);
+    assert_eq!(rig.settled(&fast_hook).record.state, DeliveryState::Delivered);
+    assert_eq!(rig.store.deliveries(&slow_hook, 1).unwrap()[0].record.state, DeliveryState::Pending);
     release_tx.send(()).unwrap();
 }
 
@@ -205,8 +205,8 @@ fn loopback_is_refused_without_allow_private_and_nothing_is_sent() {
     let _notifier = rig.start(false, Duration::from_secs(5));
     rig.publish(EventKind::SessionFailed);
     let d = rig.settled(&hook);
-    assert_eq!((d.state, d.attempts, d.last_status), (DeliveryState::Failed, 6, None));
-    let error = d.last_error.unwrap();
+    assert_eq!((d.record.state, d.record.attempts, d.record.last_status), (DeliveryState::Failed, 6, None));
+    let error = d.record.last_error.unwrap();
     assert!(error.contains("127.0.0.1") && error.contains("loopback"), "{error}");
     assert!(requests.try_recv().is_err(), "no request reached the receiver");
 }
@@ -222,5 +222,5 @@ fn deliveries_left_pending_are_sent_at_the_next_start() {
     let _notifier = rig.start(true, Duration::from_secs(5));
     let got = requests.recv_timeout(Duration::from_secs(20)).expect("the pending delivery was sent");
     assert_eq!(got.header("X-Trainyard-Event"), Some("session.completed"));
-    assert_eq!(rig.settled(&hook).state, DeliveryState::Delivered);
+    assert_eq!(rig.settled(&hook).record.state, DeliveryState::Delivered);
 }

@@ -7,6 +7,8 @@
 
 use time::{Duration, OffsetDateTime};
 
+use crate::{events::EventKind, ids::SessionId, webhooks::DeliveryId};
+
 /// The pauses between attempts, as multiples of a unit (a second in production): attempts at
 /// 0 s, 10 s, 30 s, 1.5 min, 4 min and 10 min after the first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,56 @@ impl DeliveryState {
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
         [Self::Pending, Self::Delivered, Self::Failed].into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+/// One event on its way to one receiver (a webhook, a Telegram chat), as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub event_id: u64,
+    pub event: EventKind,
+    pub session_id: SessionId,
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The status of the last answer; `None` before the first attempt or when the last got none.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub last_attempt_at: Option<OffsetDateTime>,
+    /// When the next attempt is due; `None` once delivered or failed.
+    pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+impl DeliveryRecord {
+    /// A new delivery of `event`, due at `at`.
+    #[must_use]
+    pub fn pending(event: &crate::events::Event, at: OffsetDateTime) -> Self {
+        Self {
+            id: DeliveryId::generate(),
+            event_id: event.id,
+            event: event.kind,
+            session_id: event.session_id.clone(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            created_at: at,
+            last_attempt_at: None,
+            next_attempt_at: Some(at),
+        }
+    }
+
+    /// The delivery after the attempt `record`.
+    pub fn apply(&mut self, record: &AttemptRecord) {
+        self.state = record.state;
+        self.attempts = record.attempts;
+        self.last_status = record.last_status;
+        self.last_error.clone_from(&record.last_error);
+        self.last_attempt_at = Some(record.last_attempt_at);
+        self.next_attempt_at = record.next_attempt_at;
     }
 }
 

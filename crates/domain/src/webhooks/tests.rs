@@ -9,6 +9,7 @@ use crate::{
     events::{EventPayload, EventStore, NewEvent},
     metrics::{LogEntry, LogLevel},
     testing::{FixedClock, MemoryEvents, MemoryWebhooks},
+    SessionId,
 };
 
 /// Names resolve to what the test says; others do not resolve.
@@ -182,7 +183,7 @@ fn events_go_to_the_webhooks_that_want_them_and_existed_before_them() {
     assert_eq!(store.enqueue_new_events(t0(), 1).unwrap(), 1);
     assert_eq!(store.enqueue_new_events(t0(), 10).unwrap(), 2);
     assert_eq!(store.enqueue_new_events(t0(), 10).unwrap(), 0);
-    let kinds = |id: &WebhookId| -> Vec<u64> { store.deliveries(id, 10).unwrap().iter().map(|d| d.event_id).collect() };
+    let kinds = |id: &WebhookId| -> Vec<u64> { store.deliveries(id, 10).unwrap().iter().map(|d| d.record.event_id).collect() };
     assert_eq!(kinds(&done.id), [completed.id]);
     assert_eq!(kinds(&all.id), [log.id, completed.id]);
     // One due delivery per webhook: the earliest.

@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use trainyard_domain::{
+    telegram::{TelegramDelivery, TelegramSettings},
     time_fmt::iso8601,
-    webhooks::{Delivery, NewWebhook, Webhook},
+    webhooks::{DeliveryRecord, NewWebhook, Webhook},
 };
 use utoipa::ToSchema;
 
@@ -72,7 +73,7 @@ impl From<&Webhook> for CreatedWebhook {
     }
 }
 
-/// One event on its way to one webhook.
+/// One event on its way to one webhook (or Telegram chat).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryInfo {
     /// `dlv_` and 32 hex digits: the `X-Trainyard-Delivery` header, the same on every attempt.
@@ -96,8 +97,8 @@ pub struct DeliveryInfo {
     pub next_attempt_at: Option<String>,
 }
 
-impl From<&Delivery> for DeliveryInfo {
-    fn from(d: &Delivery) -> Self {
+impl From<&DeliveryRecord> for DeliveryInfo {
+    fn from(d: &DeliveryRecord) -> Self {
         Self {
             id: d.id.to_string(),
             event: d.event.as_str(),
@@ -111,5 +112,50 @@ impl From<&Delivery> for DeliveryInfo {
             last_attempt_at: d.last_attempt_at.map(iso8601),
             next_attempt_at: d.next_attempt_at.map(iso8601),
         }
+    }
+}
+
+/// `GET /api/v1/telegram`: the Telegram configuration in effect (never the token) and the
+/// newest messages.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TelegramInfo {
+    /// Whether a bot token and chats are configured.
+    pub enabled: bool,
+    /// The Bot API's base URL; null when off.
+    pub api_url: Option<String>,
+    /// The chats notified.
+    pub chats: Vec<String>,
+    /// A progress message after every this many epochs; null for none.
+    pub every_epochs: Option<u32>,
+    /// The newest messages, newest first.
+    pub deliveries: Vec<TelegramDeliveryInfo>,
+}
+
+impl TelegramInfo {
+    #[must_use]
+    pub fn new(settings: Option<&TelegramSettings>, deliveries: &[TelegramDelivery]) -> Self {
+        Self {
+            enabled: settings.is_some(),
+            api_url: settings.map(|s| s.api_url.clone()),
+            chats: settings.map(|s| s.chats.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+            every_epochs: settings.and_then(|s| s.every_epochs).map(std::num::NonZeroU32::get),
+            deliveries: deliveries.iter().map(TelegramDeliveryInfo::from).collect(),
+        }
+    }
+}
+
+/// One part of one event's notification on its way to one chat.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TelegramDeliveryInfo {
+    pub chat: String,
+    /// `message` (sendMessage) or `photo` (sendPhoto with the session's chart).
+    pub part: &'static str,
+    #[serde(flatten)]
+    pub delivery: DeliveryInfo,
+}
+
+impl From<&TelegramDelivery> for TelegramDeliveryInfo {
+    fn from(d: &TelegramDelivery) -> Self {
+        Self { chat: d.chat.to_string(), part: d.part.as_str(), delivery: DeliveryInfo::from(&d.record) }
     }
 }

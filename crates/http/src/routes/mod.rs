@@ -109,6 +109,7 @@ pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::POST, "/api/v1/webhooks", ADMIN, |r| r.to(create_webhook)),
     route(Method::DELETE, "/api/v1/webhooks/{id}", ADMIN, |r| r.to(delete_webhook)),
     route(Method::GET, "/api/v1/webhooks/{id}/deliveries", ADMIN, |r| r.to(webhook_deliveries)),
+    route(Method::GET, "/api/v1/telegram", ADMIN, |r| r.to(telegram_status)),
 ];
 
 /// Registers every route of [`ROUTES`] and the API docs. Each path is one resource, so a

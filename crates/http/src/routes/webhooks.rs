@@ -1,13 +1,14 @@
 //! Webhooks: create (the secret is in that answer only), list, delete, and each webhook's
-//! delivery log. Every route needs an `admin` key: webhook URLs often carry credentials of
-//! their own (chat and automation services put a token in the path).
+//! delivery log; and the Telegram notifications' state and message log. Every route needs an
+//! `admin` key: webhook URLs often carry credentials of their own (chat and automation
+//! services put a token in the path), and chat ids are private.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::blocking;
 use crate::{
-    dto::webhooks::{CreateWebhook, CreatedWebhook, DeliveryInfo, WebhookInfo},
+    dto::webhooks::{CreateWebhook, CreatedWebhook, DeliveryInfo, TelegramInfo, WebhookInfo},
     error::{ApiError, ErrorCode},
     AppState,
 };
@@ -16,6 +17,18 @@ use crate::{
 pub(crate) struct DeliveriesQuery {
     /// How many deliveries, newest first (1 to 1000, default 50).
     limit: Option<u32>,
+}
+
+impl DeliveriesQuery {
+    fn limit(&self) -> Result<u32, ApiError> {
+        let limit = self.limit.unwrap_or(50);
+        if (1..=1000).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(ApiError::new(ErrorCode::BadRequest, format!("limit must be between 1 and 1000, got {limit}"))
+                .with_details(serde_json::json!({ "parameter": "limit" })))
+        }
+    }
 }
 
 /// Creates a webhook. Each event of the kinds it names is POSTed to its URL as
@@ -74,13 +87,22 @@ pub(crate) async fn webhook_deliveries(
     path: web::Path<String>,
     q: web::Query<DeliveriesQuery>,
 ) -> Result<web::Json<Vec<DeliveryInfo>>, ApiError> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(ErrorCode::BadRequest, format!("limit must be between 1 and 1000, got {limit}"))
-            .with_details(serde_json::json!({ "parameter": "limit" })));
-    }
+    let limit = q.limit()?;
     let id = path.into_inner();
     let webhooks = state.webhooks.clone();
     let deliveries = blocking(move || webhooks.deliveries(&id, limit)).await?;
-    Ok(web::Json(deliveries.iter().map(DeliveryInfo::from).collect()))
+    Ok(web::Json(deliveries.iter().map(|d| DeliveryInfo::from(&d.record)).collect()))
+}
+
+/// Telegram notifications: whether they are on, the Bot API URL, the chats and the progress
+/// interval (never the token), and the newest messages with their attempts, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/telegram", tag = "webhooks", params(DeliveriesQuery),
+    responses((status = 200, body = TelegramInfo), (status = 400, description = "limit out of range"))
+)]
+pub(crate) async fn telegram_status(state: web::Data<AppState>, q: web::Query<DeliveriesQuery>) -> Result<web::Json<TelegramInfo>, ApiError> {
+    let limit = q.limit()?;
+    let telegram = state.telegram.clone();
+    let deliveries = blocking(move || telegram.deliveries(limit)).await?;
+    Ok(web::Json(TelegramInfo::new(state.telegram.settings(), &deliveries)))
 }

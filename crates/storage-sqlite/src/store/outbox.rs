@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use trainyard_domain::{
     events::EventKind,
     ports::StoreError,
-    webhooks::{AttemptRecord, DeliveryId, DeliveryState},
+    webhooks::{AttemptRecord, DeliveryId, DeliveryRecord, DeliveryState},
     SessionId,
 };
 
@@ -75,21 +75,6 @@ pub(super) const COMMON_COLUMNS: &str = "d.id, d.event_id, e.kind, e.session_id,
 /// How many columns [`COMMON_COLUMNS`] names.
 pub(super) const COMMON_COUNT: usize = 11;
 
-/// A listed delivery's common columns, decoded.
-pub(super) struct Common {
-    pub id: DeliveryId,
-    pub event_id: u64,
-    pub event: EventKind,
-    pub session_id: SessionId,
-    pub state: DeliveryState,
-    pub attempts: u32,
-    pub last_status: Option<u16>,
-    pub last_error: Option<String>,
-    pub created_at: OffsetDateTime,
-    pub last_attempt_at: Option<OffsetDateTime>,
-    pub next_attempt_at: Option<OffsetDateTime>,
-}
-
 /// [`COMMON_COLUMNS`] as SQLite returns them.
 pub(super) struct CommonRow {
     id: String,
@@ -122,12 +107,12 @@ impl CommonRow {
         })
     }
 
-    pub(super) fn decode(self) -> Result<Common, StoreError> {
+    pub(super) fn decode(self) -> Result<DeliveryRecord, StoreError> {
         let last_status = self
             .last_status
             .map(|s| u16::try_from(s).map_err(|_| StoreError::Corrupt(format!("stored status {s} is out of range"))))
             .transpose()?;
-        Ok(Common {
+        Ok(DeliveryRecord {
             id: DeliveryId::parse(&self.id).map_err(|e| codec::corrupt("delivery id", e))?,
             event_id: codec::to_u64(self.event_id, "event id")?,
             event: EventKind::parse(&self.kind).ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {:?}", self.kind)))?,

@@ -36,22 +36,7 @@ fn read_delivery(r: &Row<'_>) -> rusqlite::Result<(CommonRow, String, String)> {
 }
 
 fn decode_delivery((row, chat_id, part_name): (CommonRow, String, String)) -> Result<TelegramDelivery, StoreError> {
-    let c = row.decode()?;
-    Ok(TelegramDelivery {
-        id: c.id,
-        chat: chat(&chat_id)?,
-        part: part(&part_name)?,
-        event_id: c.event_id,
-        event: c.event,
-        session_id: c.session_id,
-        state: c.state,
-        attempts: c.attempts,
-        last_status: c.last_status,
-        last_error: c.last_error,
-        created_at: c.created_at,
-        last_attempt_at: c.last_attempt_at,
-        next_attempt_at: c.next_attempt_at,
-    })
+    Ok(TelegramDelivery { chat: chat(&chat_id)?, part: part(&part_name)?, record: row.decode()? })
 }
 
 impl TelegramStore for SqliteStore {

@@ -55,20 +55,9 @@ fn read_delivery(r: &Row<'_>) -> rusqlite::Result<(CommonRow, String)> {
 }
 
 fn decode_delivery((row, webhook_id): (CommonRow, String)) -> Result<Delivery, StoreError> {
-    let c = row.decode()?;
     Ok(Delivery {
-        id: c.id,
         webhook_id: WebhookId::parse(&webhook_id).map_err(|e| codec::corrupt("delivery webhook id", e))?,
-        event_id: c.event_id,
-        event: c.event,
-        session_id: c.session_id,
-        state: c.state,
-        attempts: c.attempts,
-        last_status: c.last_status,
-        last_error: c.last_error,
-        created_at: c.created_at,
-        last_attempt_at: c.last_attempt_at,
-        next_attempt_at: c.next_attempt_at,
+        record: row.decode()?,
     })
 }
 

@@ -52,7 +52,7 @@ fn chats_get_events_from_when_they_were_added_in_order_and_go_with_their_message
     assert_eq!(store.enqueue_new_events(t0(), 2, &policy).unwrap(), 1);
 
     let listed: Vec<(String, Part, u64)> =
-        store.deliveries(100).unwrap().into_iter().rev().map(|d| (d.chat.to_string(), d.part, d.event_id)).collect();
+        store.deliveries(100).unwrap().into_iter().rev().map(|d| (d.chat.to_string(), d.part, d.record.event_id)).collect();
     assert_eq!(
         listed,
         [
@@ -89,15 +89,15 @@ fn attempts_are_recorded_and_finished_messages_are_pruned_by_age() {
     assert!(store.record_attempt(&due[1].id, &failed).unwrap());
     assert_eq!(store.next_due_after(t0()).unwrap(), Some(t0() + Duration::seconds(40)));
     let listed = store.deliveries(10).unwrap();
-    let retried = listed.iter().find(|d| d.id == due[1].id).unwrap();
-    assert_eq!((retried.state, retried.last_status, retried.attempts), (DeliveryState::Pending, Some(429), 1));
-    assert_eq!(retried.last_error.as_deref(), Some("the receiver answered 429: Too Many Requests: retry after 40"));
+    let retried = listed.iter().find(|d| d.record.id == due[1].id).unwrap();
+    assert_eq!((retried.record.state, retried.record.last_status, retried.record.attempts), (DeliveryState::Pending, Some(429), 1));
+    assert_eq!(retried.record.last_error.as_deref(), Some("the receiver answered 429: Too Many Requests: retry after 40"));
 
     assert_eq!(store.prune(t0()).unwrap(), 0, "only messages finished before the cut go");
     assert_eq!(store.prune(t0() + Duration::days(7)).unwrap(), 1);
     let left = store.deliveries(10).unwrap();
     assert_eq!(left.len(), 3, "the two photos and the retried message are left");
-    assert!(left.iter().all(|d| d.state == DeliveryState::Pending && d.id != due[0].id), "pending messages are never pruned");
+    assert!(left.iter().all(|d| d.record.state == DeliveryState::Pending && d.record.id != due[0].id), "pending messages are never pruned");
 }
 
 /// The model of chats and messages that property 72 holds the store to.
@@ -169,7 +169,7 @@ impl Model {
     }
 
     fn agrees(&self, store: &SqliteStore) -> bool {
-        let got: Vec<(ChatId, u64, Part)> = store.deliveries(10_000).unwrap().into_iter().rev().map(|d| (d.chat, d.event_id, d.part)).collect();
+        let got: Vec<(ChatId, u64, Part)> = store.deliveries(10_000).unwrap().into_iter().rev().map(|d| (d.chat, d.record.event_id, d.part)).collect();
         got == self.expected
     }
 }

@@ -52,10 +52,10 @@ fn webhooks_round_trip_and_go_with_their_deliveries() {
     assert_eq!(listed.len(), 1);
     let d = &listed[0];
     assert_eq!(
-        (d.event_id, d.event, &d.session_id, d.state, d.attempts),
+        (d.record.event_id, d.record.event, &d.record.session_id, d.record.state, d.record.attempts),
         (done, EventKind::SessionCompleted, &s.id, DeliveryState::Pending, 0)
     );
-    assert_eq!((d.created_at, d.next_attempt_at, d.last_attempt_at), (t0(), Some(t0()), None));
+    assert_eq!((d.record.created_at, d.record.next_attempt_at, d.record.last_attempt_at), (t0(), Some(t0()), None));
 
     let due = store.due(t0(), 10).unwrap();
     assert_eq!(due.len(), 2);
@@ -64,7 +64,7 @@ fn webhooks_round_trip_and_go_with_their_deliveries() {
     assert!(store.delete_webhook(&a.id).unwrap());
     assert!(!store.delete_webhook(&a.id).unwrap());
     assert!(store.deliveries(&a.id, 10).unwrap().is_empty());
-    assert!(!store.record_attempt(&d.id, &AttemptRecord::after(0, t0(), AttemptOutcome::Status(200), &RetrySchedule::default())).unwrap());
+    assert!(!store.record_attempt(&d.record.id, &AttemptRecord::after(0, t0(), AttemptOutcome::Status(200), &RetrySchedule::default())).unwrap());
     assert_eq!(store.due(t0(), 10).unwrap().len(), 1);
 }
 
@@ -82,7 +82,7 @@ fn events_before_the_migration_or_the_webhook_are_not_delivered() {
     store.insert_webhook(&h).unwrap();
     let late = record(&store, &s, EventKind::Log, t0());
     assert_eq!(store.enqueue_new_events(t0(), 100).unwrap(), 2);
-    let got: Vec<u64> = store.deliveries(&h.id, 10).unwrap().iter().map(|d| d.event_id).collect();
+    let got: Vec<u64> = store.deliveries(&h.id, 10).unwrap().iter().map(|d| d.record.event_id).collect();
     assert_eq!(got, [late]);
     assert!(early < late);
 }
@@ -110,10 +110,10 @@ fn attempts_are_recorded_and_finished_deliveries_are_no_longer_due() {
     assert!(!store.record_attempt(&due.id, &ok).unwrap(), "a delivered delivery takes no more attempts");
     let listed = store.deliveries(&h.id, 10).unwrap().remove(0);
     assert_eq!(
-        (listed.state, listed.attempts, listed.last_status, listed.last_error, listed.next_attempt_at),
+        (listed.record.state, listed.record.attempts, listed.record.last_status, listed.record.last_error, listed.record.next_attempt_at),
         (DeliveryState::Delivered, 2, Some(204), None, None)
     );
-    assert_eq!(listed.last_attempt_at, Some(next));
+    assert_eq!(listed.record.last_attempt_at, Some(next));
     assert_eq!(store.next_due_after(t0()).unwrap(), None);
     assert_eq!(store.prune(next).unwrap(), 0, "only deliveries finished before the cut go");
     assert_eq!(store.prune(next + Duration::seconds(1)).unwrap(), 1);
@@ -208,7 +208,7 @@ impl Model {
         for (i, h) in self.hooks.iter().enumerate() {
             let Some((h, _)) = h else { continue };
             let got: Vec<(u64, DeliveryState, u32, Option<OffsetDateTime>)> =
-                store.deliveries(&h.id, 10_000).unwrap().iter().map(|d| (d.event_id, d.state, d.attempts, d.next_attempt_at)).collect();
+                store.deliveries(&h.id, 10_000).unwrap().iter().map(|d| (d.record.event_id, d.record.state, d.record.attempts, d.record.next_attempt_at)).collect();
             let want: Vec<_> =
                 self.expected.iter().rev().filter(|e| e.hook == i).map(|e| (e.event_id, e.state, e.attempts, e.next)).collect();
             if got != want {

@@ -101,7 +101,9 @@ fn a_finished_session_sends_its_summary_and_chart_and_progress_every_n_epochs() 
         assert_eq!(distinct.iter().filter(|t| t.starts_with(&want)).count(), 1, "{want} in {texts:?}");
     }
     let summary = distinct.iter().find(|t| t.starts_with("✅ Training completed: mlp on iris")).expect("the summary");
-    for part in [format!("Session {session}"), "Epochs: 4/4".to_owned(), "Final loss ".to_owned(), "accuracy ".to_owned(), "Duration: ".to_owned()] {
+    for part in
+        [format!("Session {session}"), "Epochs: 4/4".to_owned(), "Final loss ".to_owned(), "accuracy ".to_owned(), "Duration: ".to_owned()]
+    {
         assert!(summary.contains(&part), "{part} in {summary}");
     }
     let (w, h) = (photo.as_ref().unwrap().width(), photo.as_ref().unwrap().height());

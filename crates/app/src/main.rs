@@ -155,11 +155,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         clock.clone(),
         resolver,
         Arc::new(|event: &Event| serde_json::to_vec(&EventEnvelope::from(event)).unwrap_or_default()),
-        NotifierConfig {
-            allow_private: args.webhooks_allow_private,
-            timeout: StdDuration::from_secs(args.webhook_timeout_secs),
-            schedule,
-        },
+        NotifierConfig { allow_private: args.webhooks_allow_private, timeout: StdDuration::from_secs(args.webhook_timeout_secs), schedule },
     )
     .context("starting webhook delivery")?;
     // A photo upload may take longer than a webhook's POST: at least 30 s.
@@ -238,7 +234,8 @@ fn start_telegram(
     config: TelegramConfig,
 ) -> anyhow::Result<(Option<TelegramNotifier>, TelegramStatus)> {
     let every = Some(args.telegram_every_epochs);
-    let settings = TelegramSettings::from_config(args.telegram_bot_token.as_deref(), &args.telegram_chat_ids, &args.telegram_api_url, every)?;
+    let settings =
+        TelegramSettings::from_config(args.telegram_bot_token.as_deref(), &args.telegram_chat_ids, &args.telegram_api_url, every)?;
     let status = TelegramStatus::new(settings.clone(), store.clone());
     let Some(settings) = settings else { return Ok((None, status)) };
     tracing::info!(
@@ -249,7 +246,8 @@ fn start_telegram(
     );
     let composer = TelegramComposer::new(manager.clone(), Charts::new(manager.clone(), Arc::new(PlottersRenderer::new())));
     let compose: Compose = Arc::new(move |event: &Event, part: Part| composer.compose(event, part));
-    let notifier = TelegramNotifier::start(store, manager.events(), clock, settings, compose, config).context("starting Telegram notifications")?;
+    let notifier =
+        TelegramNotifier::start(store, manager.events(), clock, settings, compose, config).context("starting Telegram notifications")?;
     Ok((Some(notifier), status))
 }
 

@@ -241,7 +241,10 @@ pub fn parts(event: &Event, every_epochs: Option<NonZeroU32>) -> &'static [Part]
 pub enum Outgoing {
     Text(String),
     /// A PNG and its caption.
-    Photo { png: Vec<u8>, caption: String },
+    Photo {
+        png: Vec<u8>,
+        caption: String,
+    },
 }
 
 /// `text` cut to at most `max` characters, with an ellipsis when it was longer.

@@ -268,7 +268,8 @@ impl WebhookStore for MemoryWebhooks {
 
     fn record_attempt(&self, id: &DeliveryId, record: &AttemptRecord) -> Result<bool, StoreError> {
         let mut t = guard(&self.tables);
-        let Some((_, d, _)) = t.deliveries.iter_mut().find(|(_, d, _)| d.record.id == *id && d.record.state == DeliveryState::Pending) else {
+        let Some((_, d, _)) = t.deliveries.iter_mut().find(|(_, d, _)| d.record.id == *id && d.record.state == DeliveryState::Pending)
+        else {
             return Ok(false);
         };
         d.record.apply(record);

@@ -17,10 +17,10 @@ mod telegram;
 mod worker;
 
 pub use notifier::{Notifier, NotifierConfig, RenderBody};
-pub use telegram::{Compose, TelegramConfig, TelegramNotifier};
-pub use worker::KEEP_FINISHED;
 pub use resolve::SystemResolver;
 pub use send::{signature, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, USER_AGENT};
+pub use telegram::{Compose, TelegramConfig, TelegramNotifier};
+pub use worker::KEEP_FINISHED;
 
 #[cfg(test)]
 mod tests;

@@ -83,7 +83,14 @@ impl Outbox for Telegram {
 }
 
 /// Makes one Bot API call.
-fn send(agent: &ureq::Agent, timeout: Duration, settings: &TelegramSettings, chat: &ChatId, id: &DeliveryId, outgoing: Outgoing) -> AttemptOutcome {
+fn send(
+    agent: &ureq::Agent,
+    timeout: Duration,
+    settings: &TelegramSettings,
+    chat: &ChatId,
+    id: &DeliveryId,
+    outgoing: Outgoing,
+) -> AttemptOutcome {
     let (api_url, token) = (&settings.api_url, &settings.token);
     let method = |name: &str| format!("{api_url}/bot{}/{name}", token.expose());
     let sent = match outgoing {
@@ -92,10 +99,8 @@ fn send(agent: &ureq::Agent, timeout: Duration, settings: &TelegramSettings, cha
             agent.post(&method("sendMessage")).set("Content-Type", "application/json").send_bytes(body.to_string().as_bytes())
         }
         Outgoing::Photo { png, caption } => {
-            let form = Multipart::new(id)
-                .field("chat_id", chat.as_str())
-                .field("caption", &caption)
-                .file("photo", "chart.png", "image/png", &png);
+            let form =
+                Multipart::new(id).field("chat_id", chat.as_str()).field("caption", &caption).file("photo", "chart.png", "image/png", &png);
             agent.post(&method("sendPhoto")).set("Content-Type", &form.content_type()).send_bytes(&form.finish())
         }
     };
@@ -114,7 +119,8 @@ fn refusal(status: u16, response: ureq::Response) -> AttemptOutcome {
     let _ = response.into_reader().take(MAX_ERROR_BODY).read_to_end(&mut body);
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let reason = answer["description"].as_str().map_or_else(|| "no description".to_owned(), |d| d.chars().take(300).collect());
-    let retry_after = answer["parameters"]["retry_after"].as_u64().map(|s| time::Duration::seconds(i64::try_from(s.min(86_400)).unwrap_or(0)));
+    let retry_after =
+        answer["parameters"]["retry_after"].as_u64().map(|s| time::Duration::seconds(i64::try_from(s.min(86_400)).unwrap_or(0)));
     AttemptOutcome::Refused { status, reason, retry_after }
 }
 

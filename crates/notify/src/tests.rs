@@ -164,7 +164,10 @@ fn a_failing_receiver_gets_the_same_signed_delivery_until_it_accepts() {
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body, serde_json::json!({"id": id.to_string(), "event": "session.completed"}));
     }
-    assert_eq!((delivery.record.state, delivery.record.attempts, delivery.record.last_status, delivery.record.event_id), (DeliveryState::Delivered, 3, Some(200), id));
+    assert_eq!(
+        (delivery.record.state, delivery.record.attempts, delivery.record.last_status, delivery.record.event_id),
+        (DeliveryState::Delivered, 3, Some(200), id)
+    );
 }
 
 #[test]
@@ -175,7 +178,10 @@ fn a_receiver_that_never_accepts_fails_after_the_schedule() {
     let _notifier = rig.start(true, Duration::from_secs(5));
     rig.publish(EventKind::Log);
     let d = rig.settled(&hook);
-    assert_eq!((d.record.state, d.record.attempts, d.record.last_status, d.record.next_attempt_at), (DeliveryState::Failed, 6, Some(500), None));
+    assert_eq!(
+        (d.record.state, d.record.attempts, d.record.last_status, d.record.next_attempt_at),
+        (DeliveryState::Failed, 6, Some(500), None)
+    );
     assert_eq!(d.record.last_error.as_deref(), Some("the receiver answered 500"));
 }
 

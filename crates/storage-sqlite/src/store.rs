@@ -5,8 +5,8 @@ mod auth;
 mod events;
 mod logs;
 mod metrics;
-mod sessions;
 mod outbox;
+mod sessions;
 mod telegram;
 mod webhooks;
 

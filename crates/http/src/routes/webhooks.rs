@@ -100,7 +100,10 @@ pub(crate) async fn webhook_deliveries(
     get, path = "/api/v1/telegram", tag = "webhooks", params(DeliveriesQuery),
     responses((status = 200, body = TelegramInfo), (status = 400, description = "limit out of range"))
 )]
-pub(crate) async fn telegram_status(state: web::Data<AppState>, q: web::Query<DeliveriesQuery>) -> Result<web::Json<TelegramInfo>, ApiError> {
+pub(crate) async fn telegram_status(
+    state: web::Data<AppState>,
+    q: web::Query<DeliveriesQuery>,
+) -> Result<web::Json<TelegramInfo>, ApiError> {
     let limit = q.limit()?;
     let telegram = state.telegram.clone();
     let deliveries = blocking(move || telegram.deliveries(limit)).await?;

@@ -45,8 +45,12 @@ fn stand_in(status: u16, body: &'static str) -> (TelegramSettings, mpsc::Receive
         }
         let mut body_in = vec![0; length];
         reader.read_exact(&mut body_in).unwrap();
-        write!(stream, "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-            .unwrap();
+        write!(
+            stream,
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
         tx.send(Seen { line: line.trim_end().to_owned(), content_type, body: body_in }).unwrap();
     });
     let settings = TelegramSettings::from_config(Some(TOKEN), &["-100200".to_owned()], &api, None).unwrap().unwrap();
@@ -92,7 +96,8 @@ fn a_photo_is_a_multipart_upload_to_send_photo() {
 
 #[test]
 fn an_error_answer_gives_its_description_and_retry_after() {
-    let (settings, _seen) = stand_in(429, r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 35","parameters":{"retry_after":35}}"#);
+    let (settings, _seen) =
+        stand_in(429, r#"{"ok":false,"error_code":429,"description":"Too Many Requests: retry after 35","parameters":{"retry_after":35}}"#);
     let outcome = call(&settings, Outgoing::Text("x".into()));
     let want = AttemptOutcome::Refused {
         status: 429,

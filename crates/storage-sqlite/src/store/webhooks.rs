@@ -55,10 +55,7 @@ fn read_delivery(r: &Row<'_>) -> rusqlite::Result<(CommonRow, String)> {
 }
 
 fn decode_delivery((row, webhook_id): (CommonRow, String)) -> Result<Delivery, StoreError> {
-    Ok(Delivery {
-        webhook_id: WebhookId::parse(&webhook_id).map_err(|e| codec::corrupt("delivery webhook id", e))?,
-        record: row.decode()?,
-    })
+    Ok(Delivery { webhook_id: WebhookId::parse(&webhook_id).map_err(|e| codec::corrupt("delivery webhook id", e))?, record: row.decode()? })
 }
 
 /// A stored value the enqueue transaction cannot read, as the driver error that becomes

@@ -63,7 +63,8 @@ fn chats_get_events_from_when_they_were_added_in_order_and_go_with_their_message
             ("@news_channel".to_owned(), Part::Photo, done),
         ]
     );
-    let due: Vec<(String, u64, Part)> = store.due(t0(), 10).unwrap().into_iter().map(|d| (d.chat.to_string(), d.event.id, d.part)).collect();
+    let due: Vec<(String, u64, Part)> =
+        store.due(t0(), 10).unwrap().into_iter().map(|d| (d.chat.to_string(), d.event.id, d.part)).collect();
     assert_eq!(due, [("111".to_owned(), started, Part::Message), ("@news_channel".to_owned(), done, Part::Message)]);
 
     store.set_chats(&chats(&["@news_channel"]), t0()).unwrap();
@@ -84,7 +85,11 @@ fn attempts_are_recorded_and_finished_messages_are_pruned_by_age() {
     assert_eq!(due.len(), 2);
     let ok = AttemptRecord::after(0, t0(), AttemptOutcome::Status(200), &schedule);
     assert!(store.record_attempt(&due[0].id, &ok).unwrap());
-    let limited = AttemptOutcome::Refused { status: 429, reason: "Too Many Requests: retry after 40".into(), retry_after: Some(Duration::seconds(40)) };
+    let limited = AttemptOutcome::Refused {
+        status: 429,
+        reason: "Too Many Requests: retry after 40".into(),
+        retry_after: Some(Duration::seconds(40)),
+    };
     let failed = AttemptRecord::after(0, t0(), limited, &schedule);
     assert!(store.record_attempt(&due[1].id, &failed).unwrap());
     assert_eq!(store.next_due_after(t0()).unwrap(), Some(t0() + Duration::seconds(40)));
@@ -169,7 +174,8 @@ impl Model {
     }
 
     fn agrees(&self, store: &SqliteStore) -> bool {
-        let got: Vec<(ChatId, u64, Part)> = store.deliveries(10_000).unwrap().into_iter().rev().map(|d| (d.chat, d.record.event_id, d.part)).collect();
+        let got: Vec<(ChatId, u64, Part)> =
+            store.deliveries(10_000).unwrap().into_iter().rev().map(|d| (d.chat, d.record.event_id, d.part)).collect();
         got == self.expected
     }
 }

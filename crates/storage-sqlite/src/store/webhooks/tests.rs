@@ -64,7 +64,9 @@ fn webhooks_round_trip_and_go_with_their_deliveries() {
     assert!(store.delete_webhook(&a.id).unwrap());
     assert!(!store.delete_webhook(&a.id).unwrap());
     assert!(store.deliveries(&a.id, 10).unwrap().is_empty());
-    assert!(!store.record_attempt(&d.record.id, &AttemptRecord::after(0, t0(), AttemptOutcome::Status(200), &RetrySchedule::default())).unwrap());
+    assert!(!store
+        .record_attempt(&d.record.id, &AttemptRecord::after(0, t0(), AttemptOutcome::Status(200), &RetrySchedule::default()))
+        .unwrap());
     assert_eq!(store.due(t0(), 10).unwrap().len(), 1);
 }
 
@@ -207,8 +209,12 @@ impl Model {
     fn agrees(&self, store: &SqliteStore) -> bool {
         for (i, h) in self.hooks.iter().enumerate() {
             let Some((h, _)) = h else { continue };
-            let got: Vec<(u64, DeliveryState, u32, Option<OffsetDateTime>)> =
-                store.deliveries(&h.id, 10_000).unwrap().iter().map(|d| (d.record.event_id, d.record.state, d.record.attempts, d.record.next_attempt_at)).collect();
+            let got: Vec<(u64, DeliveryState, u32, Option<OffsetDateTime>)> = store
+                .deliveries(&h.id, 10_000)
+                .unwrap()
+                .iter()
+                .map(|d| (d.record.event_id, d.record.state, d.record.attempts, d.record.next_attempt_at))
+                .collect();
             let want: Vec<_> =
                 self.expected.iter().rev().filter(|e| e.hook == i).map(|e| (e.event_id, e.state, e.attempts, e.next)).collect();
             if got != want {

@@ -108,48 +108,48 @@ impl WithSimd for MatMul<'_> {
         assert_eq!(rhs.width, PANEL_VECTORS * S::F32_LANES, "packed for another instruction set");
         // Accumulators take rows * PANEL_VECTORS registers; leave room for the operands.
         let max_rows = if S::REGISTER_COUNT >= 32 { 8 } else { 4 };
-        let mut r0 = 0;
-        while r0 < rows {
-            let mr = (rows - r0).min(max_rows);
-            let (a, c) = (&a[r0 * lda..], &mut c[r0 * ldc..]);
-            match mr {
-                1 => block::<S, 1>(simd, a, lda, rhs, c, ldc),
-                2 => block::<S, 2>(simd, a, lda, rhs, c, ldc),
-                3 => block::<S, 3>(simd, a, lda, rhs, c, ldc),
-                4 => block::<S, 4>(simd, a, lda, rhs, c, ldc),
-                5 => block::<S, 5>(simd, a, lda, rhs, c, ldc),
-                6 => block::<S, 6>(simd, a, lda, rhs, c, ldc),
-                7 => block::<S, 7>(simd, a, lda, rhs, c, ldc),
-                _ => block::<S, 8>(simd, a, lda, rhs, c, ldc),
+        // Panel by panel, every row block: a panel ([k][width], 16 KB for k = 256 on AVX2)
+        // comes from L2 or L3 once per product and is reused from L1 by the other row blocks.
+        let (packed, _) = S::as_simd_f32s(&rhs.data);
+        for (p, panel) in packed.chunks_exact(rhs.k * PANEL_VECTORS).enumerate() {
+            let mut r0 = 0;
+            while r0 < rows {
+                let mr = (rows - r0).min(max_rows);
+                let (a, c) = (&a[r0 * lda..], &mut c[r0 * ldc + p * rhs.width..]);
+                match mr {
+                    1 => block::<S, 1>(simd, a, lda, rhs.k, panel, c, ldc),
+                    2 => block::<S, 2>(simd, a, lda, rhs.k, panel, c, ldc),
+                    3 => block::<S, 3>(simd, a, lda, rhs.k, panel, c, ldc),
+                    4 => block::<S, 4>(simd, a, lda, rhs.k, panel, c, ldc),
+                    5 => block::<S, 5>(simd, a, lda, rhs.k, panel, c, ldc),
+                    6 => block::<S, 6>(simd, a, lda, rhs.k, panel, c, ldc),
+                    7 => block::<S, 7>(simd, a, lda, rhs.k, panel, c, ldc),
+                    _ => block::<S, 8>(simd, a, lda, rhs.k, panel, c, ldc),
+                }
+                r0 += mr;
             }
-            r0 += mr;
         }
     }
 }
 
-/// `MR` rows of the product: for each panel, `MR x PANEL_VECTORS` accumulators in registers,
-/// one broadcast of `a[r][kk]` and `PANEL_VECTORS` fused multiply-adds per row and `kk`.
+/// `MR` rows of one panel of the product: `MR x PANEL_VECTORS` accumulators in registers, one
+/// broadcast of `a[r][kk]` and `PANEL_VECTORS` fused multiply-adds per row and `kk`; the result
+/// goes to the first `PANEL_VECTORS` vectors of each of the `MR` rows of `c`.
 #[inline(always)]
-fn block<S: Simd, const MR: usize>(simd: S, a: &[f32], lda: usize, rhs: &PackedRhs, c: &mut [f32], ldc: usize) {
-    let k = rhs.k;
-    let width = rhs.width;
+fn block<S: Simd, const MR: usize>(simd: S, a: &[f32], lda: usize, k: usize, panel: &[S::f32s], c: &mut [f32], ldc: usize) {
     let rows: [&[f32]; MR] = std::array::from_fn(|r| &a[r * lda..r * lda + k]);
-    let (packed, _) = S::as_simd_f32s(&rhs.data);
-    for (p, panel) in packed.chunks_exact(k * PANEL_VECTORS).enumerate() {
-        let mut acc = [[simd.splat_f32s(0.0); PANEL_VECTORS]; MR];
-        for (kk, w) in panel.chunks_exact(PANEL_VECTORS).enumerate() {
-            for (acc_r, row) in acc.iter_mut().zip(&rows) {
-                let x = simd.splat_f32s(row[kk]);
-                for (acc_v, &w_v) in acc_r.iter_mut().zip(w) {
-                    *acc_v = simd.mul_add_f32s(x, w_v, *acc_v);
-                }
+    let mut acc = [[simd.splat_f32s(0.0); PANEL_VECTORS]; MR];
+    for (kk, w) in panel.chunks_exact(PANEL_VECTORS).enumerate() {
+        for (acc_r, row) in acc.iter_mut().zip(&rows) {
+            let x = simd.splat_f32s(row[kk]);
+            for (acc_v, &w_v) in acc_r.iter_mut().zip(w) {
+                *acc_v = simd.mul_add_f32s(x, w_v, *acc_v);
             }
         }
-        for (r, acc_r) in acc.iter().enumerate() {
-            let out = &mut c[r * ldc + p * width..r * ldc + (p + 1) * width];
-            let (out, _) = S::as_mut_simd_f32s(out);
-            out.copy_from_slice(acc_r);
-        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let (out, _) = S::as_mut_simd_f32s(&mut c[r * ldc..r * ldc + PANEL_VECTORS * S::F32_LANES]);
+        out.copy_from_slice(acc_r);
     }
 }
 

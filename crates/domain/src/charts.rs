@@ -27,8 +27,9 @@ pub const DEFAULT_HEIGHT: u32 = 700;
 /// The most sessions one comparison overlays.
 pub const MAX_COMPARE_SESSIONS: usize = 20;
 
-/// A per-epoch metric a chart can show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A per-epoch metric a chart can show, or a session be judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Metric {
     Loss,
     ValLoss,

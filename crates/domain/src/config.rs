@@ -5,7 +5,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DatasetName, ModelName};
+use crate::{
+    charts::Metric,
+    ids::{DatasetName, ModelName},
+    selection::{EarlyStopping, Keep, Mode, Selection, DEFAULT_PATIENCE, PATIENCE_RANGE},
+};
 
 /// Default learning rate when a request names none.
 pub const DEFAULT_LEARNING_RATE: f64 = 0.001;
@@ -221,6 +225,19 @@ pub struct TrainingRequest {
     pub dropout: Option<f64>,
     pub base_model: Option<String>,
     pub device: Option<String>,
+    /// Stop when a metric stops improving.
+    pub early_stopping: Option<EarlyStoppingRequest>,
+    /// `best` or `last`: which epoch's weights the model file holds.
+    pub keep: Option<String>,
+}
+
+/// `early_stopping` as received.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EarlyStoppingRequest {
+    pub metric: Option<String>,
+    pub mode: Option<String>,
+    pub patience: Option<i64>,
+    pub min_delta: Option<f64>,
 }
 
 /// Where a session trains.
@@ -306,9 +323,21 @@ pub struct TrainingConfig {
     pub base_model: Option<ModelName>,
     #[serde(default)]
     pub device: Device,
+    /// Stop when a metric has not improved for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+    /// Which epoch's weights the model file holds (`last` for sessions from before `keep`).
+    #[serde(default)]
+    pub keep: Keep,
 }
 
 impl TrainingConfig {
+    /// How the session's epochs are judged: the best one, and when to stop early.
+    #[must_use]
+    pub fn selection(&self) -> Selection {
+        Selection::new(self.early_stopping.as_ref(), self.validation_split > 0.0)
+    }
+
     /// Every dataset the session trains on, the first one first.
     pub fn datasets(&self) -> impl Iterator<Item = &DatasetName> {
         std::iter::once(&self.dataset_name).chain(self.extra_datasets.iter())
@@ -443,6 +472,17 @@ impl TrainingConfig {
             }),
         };
 
+        let has_validation = validation_split > 0.0;
+        let early_stopping = req.early_stopping.as_ref().map(|e| early_stopping(&mut errors, e, has_validation));
+        let keep = match req.keep.as_deref() {
+            None if has_validation => Keep::Best,
+            None => Keep::Last,
+            Some(raw) => Keep::parse(raw).unwrap_or_else(|| {
+                errors.push("keep", format!("unknown value {raw:?}; {}", one_of(Keep::NAMES)));
+                Keep::Last
+            }),
+        };
+
         match (model_architecture, dataset_name, errors.is_empty()) {
             (Some(model_architecture), Some(dataset_name), true) => Ok(Self {
                 model_architecture,
@@ -461,10 +501,47 @@ impl TrainingConfig {
                 dropout,
                 base_model,
                 device,
+                early_stopping,
+                keep,
             }),
             _ => Err(errors),
         }
     }
+}
+
+/// Checks `early_stopping`, naming each failing part (`early_stopping.patience`, ...).
+fn early_stopping(errors: &mut ConfigErrors, req: &EarlyStoppingRequest, has_validation: bool) -> EarlyStopping {
+    let default_metric = if has_validation { Metric::ValLoss } else { Metric::Loss };
+    let metric = match req.metric.as_deref() {
+        None => default_metric,
+        Some(raw) => match Metric::parse(raw.trim()) {
+            Some(m @ (Metric::ValLoss | Metric::ValAccuracy)) if !has_validation => {
+                errors.push(
+                    "early_stopping.metric",
+                    format!("{} needs validation data: set validation_split above 0, or use loss or accuracy", m.as_str()),
+                );
+                m
+            }
+            Some(m) => m,
+            None => {
+                errors.push("early_stopping.metric", format!("unknown metric {raw:?}; {}", one_of(Metric::NAMES)));
+                default_metric
+            }
+        },
+    };
+    let mode = match req.mode.as_deref() {
+        None => Mode::of(metric),
+        Some(raw) => Mode::parse(raw).unwrap_or_else(|| {
+            errors.push("early_stopping.mode", format!("unknown mode {raw:?}; {}", one_of(Mode::NAMES)));
+            Mode::of(metric)
+        }),
+    };
+    let patience = check_int(errors, "early_stopping.patience", req.patience, DEFAULT_PATIENCE, PATIENCE_RANGE);
+    let min_delta = req.min_delta.unwrap_or(0.0);
+    if !(min_delta.is_finite() && min_delta >= 0.0) {
+        errors.push("early_stopping.min_delta", format!("must be a number of at least 0, got {min_delta}"));
+    }
+    EarlyStopping { metric, mode, patience, min_delta }
 }
 
 /// Layer-size overrides: applied with defaults for the char-LSTM, refused for other architectures.

@@ -16,6 +16,7 @@ pub mod manager;
 pub mod metrics;
 pub mod ports;
 pub mod registry;
+pub mod selection;
 pub mod session;
 pub mod summary;
 pub mod system;
@@ -28,4 +29,4 @@ pub mod testing;
 
 pub use config::{Architecture, ConfigErrors, FieldError, LossFunction, Optimizer, TrainingConfig, TrainingRequest};
 pub use ids::{DatasetName, ModelName, NameError, SessionId};
-pub use session::{Session, SessionResources, SessionState, TransitionError};
+pub use session::{Session, SessionOutcome, SessionResources, SessionState, TransitionError};

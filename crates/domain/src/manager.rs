@@ -31,6 +31,7 @@ use crate::{
         SessionRepository, StopSignal, StoreError, SystemMonitor, TrainedModel, Trainer, TrainingEvents, TrainingJob,
     },
     registry::{DatasetRecord, NewModel},
+    selection::{Selection, Tracker},
     session::{Session, SessionState},
     system::{human_mb, SystemSnapshot},
 };
@@ -706,7 +707,17 @@ impl Inner {
 
     fn run(self: Arc<Self>, session: Session, stop: &StopSignal, resuming: bool) {
         let id = session.id.clone();
-        let mut recorder = Recorder { inner: &self, session, store_errors: Vec::new(), resuming, resume_reported: false };
+        let selection = session.config.selection();
+        let mut recorder = Recorder {
+            inner: &self,
+            session,
+            store_errors: Vec::new(),
+            resuming,
+            resume_reported: false,
+            selection,
+            tracker: Tracker::default(),
+            judged_through: None,
+        };
         let outcome = self.execute(&mut recorder, stop).map_err(|e| {
             if resuming {
                 format!("interrupted by server restart; resuming failed: {e}")
@@ -793,6 +804,7 @@ impl Inner {
                 Ok(name) => {
                     s.model_name = Some(name.clone());
                     s.current_epoch = model.epochs_completed.max(s.current_epoch);
+                    s.outcome.stopped_early = model.stopped_early;
                     let (state, what) =
                         if model.stopped { (SessionState::Stopped, "stopped") } else { (SessionState::Completed, "completed") };
                     self.log(id, LogLevel::Info, format!("training {what} after {} epochs; model saved as '{name}'", s.current_epoch));
@@ -822,7 +834,8 @@ impl Inner {
         if let Some(obj) = metadata.as_object_mut() {
             obj.insert("session_id".into(), s.id.as_str().into());
             obj.insert("epochs_completed".into(), model.epochs_completed.into());
-            obj.insert("stopped_early".into(), model.stopped.into());
+            obj.insert("stopped".into(), model.stopped.into());
+            obj.insert("stopped_early".into(), model.stopped_early.into());
             match self.ports.model_inspector.inspect(&model.file, model.format) {
                 Ok(info) => {
                     for key in ["tensor_count", "parameter_count", "dtypes"] {
@@ -855,6 +868,33 @@ struct Recorder<'a> {
     resuming: bool,
     /// The trainer said where it resumed from.
     resume_reported: bool,
+    /// How the session's epochs are judged, and where the judging stands.
+    selection: Selection,
+    tracker: Tracker,
+    /// The last epoch the tracker has seen; `None` when it must be rebuilt from the history.
+    judged_through: Option<u32>,
+}
+
+impl Recorder<'_> {
+    /// Judges the epoch just recorded: incrementally when it follows the last one judged,
+    /// else (a resumed run, a replayed epoch) by judging the stored history again.
+    fn judge(&mut self, metrics: &EpochMetrics) {
+        if self.judged_through.is_some_and(|e| e + 1 == metrics.epoch) || (self.judged_through.is_none() && metrics.epoch == 1) {
+            self.selection.observe(&mut self.tracker, metrics);
+        } else {
+            match self.inner.ports.metrics.history(&self.session.id) {
+                Ok(history) => {
+                    self.tracker = Tracker::default();
+                    for m in history.iter().filter(|m| m.epoch <= metrics.epoch) {
+                        self.selection.observe(&mut self.tracker, m);
+                    }
+                }
+                Err(e) => self.store_errors.push(e.to_string()),
+            }
+        }
+        self.judged_through = Some(metrics.epoch);
+        self.session.outcome.best = self.tracker.best;
+    }
 }
 
 impl TrainingEvents for Recorder<'_> {
@@ -869,6 +909,7 @@ impl TrainingEvents for Recorder<'_> {
             self.store_errors.push(e.to_string());
         }
         self.session.current_epoch = metrics.epoch;
+        self.judge(&metrics);
         if let Err(e) = p.sessions.update(&self.session) {
             self.store_errors.push(e.to_string());
         }
@@ -889,6 +930,7 @@ impl TrainingEvents for Recorder<'_> {
 
     fn resumed(&mut self, epoch: u32) {
         self.resume_reported = true;
+        self.judged_through = None;
         let p = &self.inner.ports;
         if let Err(e) = p.metrics.discard_after(&self.session.id, epoch) {
             self.store_errors.push(e.to_string());

@@ -310,6 +310,9 @@ pub struct TrainedModel {
     pub epochs_completed: u32,
     /// Whether the run ended because a stop was requested.
     pub stopped: bool,
+    /// Whether the run ended because its early-stopping patience ran out.
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
 /// Why a run failed.

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{config::TrainingConfig, ids::ModelName, ids::SessionId, ports::MemoryEstimate};
+use crate::{config::TrainingConfig, ids::ModelName, ids::SessionId, ports::MemoryEstimate, selection::BestEpoch};
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -85,6 +85,19 @@ pub struct Session {
     pub model_name: Option<ModelName>,
     /// Its memory: the estimate it was admitted on, and the peak its run reached.
     pub resources: SessionResources,
+    /// Its best epoch so far and whether it stopped early.
+    pub outcome: SessionOutcome,
+}
+
+/// How a session's epochs were judged (see [`crate::selection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct SessionOutcome {
+    /// Its best epoch so far by its selection metric, and the metric's value there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestEpoch>,
+    /// It ended because its early-stopping patience ran out.
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
 /// A session's memory: estimated before admission, measured while it runs.
@@ -113,6 +126,7 @@ impl Session {
             error_message: None,
             model_name: None,
             resources: SessionResources::default(),
+            outcome: SessionOutcome::default(),
         }
     }
 

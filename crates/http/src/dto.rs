@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use trainyard_domain::{
     auth::{ApiKeyRecord, Scope},
-    config::TrainingConfig,
+    config::{EarlyStoppingRequest, TrainingConfig},
     manager::SessionView,
     metrics::{EpochMetrics, LogEntry},
     registry::{size_mb, DatasetRecord, ModelRecord},
@@ -84,6 +84,35 @@ pub struct StartTraining {
     pub base_model: Option<String>,
     /// `auto` (default), `cpu` or `cuda:N`.
     pub device: Option<String>,
+    /// Stop when a metric has stopped improving; absent: train every epoch.
+    pub early_stopping: Option<EarlyStoppingBody>,
+    /// `best` (the default when validation_split is above 0): the model file holds the best
+    /// epoch's weights by the early-stopping metric, else `val_loss`; `last`: the last epoch's.
+    #[schema(example = "best")]
+    pub keep: Option<String>,
+}
+
+/// `early_stopping`: the run ends (`completed`, `stopped_early: true`) once `metric` has not
+/// improved by more than `min_delta` for `patience` epochs in a row.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingBody {
+    /// `loss`, `accuracy`, `val_loss` (the default with validation data) or `val_accuracy`.
+    #[schema(example = "val_loss")]
+    pub metric: Option<String>,
+    /// `min` or `max`; default `min` for losses, `max` for accuracies.
+    pub mode: Option<String>,
+    /// 1 to 1000 epochs; default 5.
+    #[schema(example = 5)]
+    pub patience: Option<i64>,
+    /// The least change that counts as an improvement, at least 0; default 0.
+    pub min_delta: Option<f64>,
+}
+
+impl From<EarlyStoppingBody> for EarlyStoppingRequest {
+    fn from(b: EarlyStoppingBody) -> Self {
+        Self { metric: b.metric, mode: b.mode, patience: b.patience, min_delta: b.min_delta }
+    }
 }
 
 impl From<StartTraining> for TrainingRequest {
@@ -116,6 +145,8 @@ impl From<StartTraining> for TrainingRequest {
             dropout: b.dropout,
             base_model: b.base_model,
             device: b.device,
+            early_stopping: b.early_stopping.map(Into::into),
+            keep: b.keep,
         }
     }
 }
@@ -149,6 +180,19 @@ pub struct ConfigDto {
     pub dropout: f64,
     pub base_model: Option<String>,
     pub device: String,
+    /// Early stopping as resolved (every default filled in); null when off.
+    pub early_stopping: Option<EarlyStoppingDto>,
+    /// `best` or `last`.
+    pub keep: String,
+}
+
+/// `early_stopping` with its defaults filled in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EarlyStoppingDto {
+    pub metric: &'static str,
+    pub mode: &'static str,
+    pub patience: u32,
+    pub min_delta: f64,
 }
 
 impl From<&TrainingConfig> for ConfigDto {
@@ -174,6 +218,13 @@ impl From<&TrainingConfig> for ConfigDto {
             dropout: c.dropout,
             base_model: c.base_model.as_ref().map(ToString::to_string),
             device: c.device.to_string(),
+            early_stopping: c.early_stopping.map(|e| EarlyStoppingDto {
+                metric: e.metric.as_str(),
+                mode: e.mode.as_str(),
+                patience: e.patience,
+                min_delta: e.min_delta,
+            }),
+            keep: c.keep.as_str().to_owned(),
         }
     }
 }
@@ -230,6 +281,13 @@ pub struct SessionStatus {
     pub peak_memory_mb: Option<u64>,
     /// The run process's id, while it runs.
     pub pid: Option<u32>,
+    /// The best epoch so far by the session's selection metric (its early-stopping metric, else
+    /// `val_loss`, else `loss`); with `keep: best` its weights are the model's.
+    pub best_epoch: Option<u32>,
+    /// That metric's value at the best epoch.
+    pub best_metric: Option<f64>,
+    /// The session ended because its early-stopping patience ran out.
+    pub stopped_early: bool,
     pub config: ConfigDto,
 }
 
@@ -258,6 +316,9 @@ impl From<&SessionView> for SessionStatus {
             memory_mb: v.usage.map(|u| u.memory_mb),
             peak_memory_mb: v.usage.map(|u| u.peak_memory_mb).or(s.resources.peak_memory_mb),
             pid: v.usage.and_then(|u| u.pid),
+            best_epoch: s.outcome.best.map(|b| b.epoch),
+            best_metric: s.outcome.best.map(|b| b.value),
+            stopped_early: s.outcome.stopped_early,
             config: (&s.config).into(),
         }
     }

@@ -27,6 +27,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "events", sql: include_str!("../../../migrations/0005_events.sql") },
     Migration { version: 6, name: "webhooks", sql: include_str!("../../../migrations/0006_webhooks.sql") },
     Migration { version: 7, name: "telegram", sql: include_str!("../../../migrations/0007_telegram.sql") },
+    Migration { version: 8, name: "session_outcome", sql: include_str!("../../../migrations/0008_session_outcome.sql") },
 ];
 
 /// The schema version this build writes.

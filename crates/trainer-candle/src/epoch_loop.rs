@@ -16,11 +16,12 @@ use trainyard_domain::{
     metrics::{EpochMetrics, LogLevel},
     ports::{StopSignal, TrainError, TrainedModel, TrainingEvents, TrainingJob},
     registry::ModelFormat,
+    selection::{Keep, Selection, Tracker},
 };
 
 use crate::{
     checkpoint,
-    model_meta::{FinalMetrics, Model, ModelMeta, RunRecord},
+    model_meta::{FinalMetrics, Kept, Model, ModelMeta, RunRecord},
     optim::TrainOptimizer,
     resume::{self, Checkpoint},
 };
@@ -126,6 +127,8 @@ impl Session<'_> {
             fits
         });
         let mut optimizer = TrainOptimizer::new(cfg.optimizer, task.trained_vars(), cfg.learning_rate, cfg.momentum);
+        let selection = cfg.selection();
+        let mut tracker = checkpoint.as_ref().and_then(|c| c.tracker).unwrap_or_default();
         let start_epoch = match checkpoint {
             Some(ckpt) => {
                 let grown = resume::assign(task.varmap(), &ckpt.tensors).map_err(TrainError::Data)?;
@@ -139,6 +142,7 @@ impl Session<'_> {
         let description = task.describe();
 
         let (mut completed, mut last, mut stopped, mut batches_run) = (start_epoch, None::<EpochMetrics>, false, 0u64);
+        let mut stopped_early = false;
         'epochs: for epoch in start_epoch + 1..=cfg.epochs {
             let started = Instant::now();
             let (mut loss_sum, mut batches, mut correct, mut targets, mut samples) = (0.0f64, 0u32, 0usize, 0usize, 0usize);
@@ -201,14 +205,37 @@ impl Session<'_> {
                 epoch_seconds: started.elapsed().as_secs_f64(),
                 timestamp: OffsetDateTime::now_utc(),
             };
+            let judged = selection.observe(&mut tracker, &metrics);
             // The checkpoint first, holding this epoch's metrics too: once an epoch is reported
             // finished it can be resumed from, and a crash before the report replays it.
-            resume::write(&job.scratch_dir, task.varmap(), &optimizer, &description, &metrics)?;
+            resume::write(&job.scratch_dir, task.varmap(), &optimizer, &description, &metrics, &tracker)?;
+            if judged.improved && cfg.keep == Keep::Best {
+                resume::mark_best(&job.scratch_dir)?;
+            }
             let line = epoch_line(&metrics, cfg.epochs);
             events.epoch_finished(metrics.clone());
             events.log(LogLevel::Info, line);
             last = Some(metrics);
             completed = epoch;
+            if judged.stop && epoch < cfg.epochs {
+                events.log(LogLevel::Info, selection.stop_reason(&tracker));
+                stopped_early = true;
+                break;
+            }
+        }
+        let kept = kept_epoch(cfg.keep, &selection, &tracker, last.as_ref(), stopped_early);
+        // The best epoch's weights replace the current ones unless they are the same: the last
+        // epoch was the best and no batch ran after it.
+        if let Some(k) = kept.as_ref().filter(|k| k.keep == "best" && (k.epoch != completed || stopped)) {
+            match resume::load_best(&job.scratch_dir, task.varmap(), device) {
+                Ok(()) => events.log(
+                    LogLevel::Info,
+                    format!("keeping epoch {}'s weights: the best {} ({:.4})", k.epoch, k.metric, k.value.unwrap_or(f64::NAN)),
+                ),
+                Err(why) => {
+                    return Err(TrainError::Io(format!("could not read the best epoch's weights back ({why})")));
+                }
+            }
         }
 
         let meta = ModelMeta {
@@ -221,13 +248,32 @@ impl Session<'_> {
                 datasets: std::iter::once(&job.dataset).chain(&job.extra_datasets).map(|d| d.name.as_str().to_owned()).collect(),
                 base_model: job.base_model.as_ref().map(|m| m.name.as_str().to_owned()),
                 device: device_name(device),
+                kept,
             }),
             ..description
         };
         let file = job.scratch_dir.join(MODEL_FILE_NAME);
         save(task.varmap(), &meta, &file)?;
-        Ok(TrainedModel { file, format: ModelFormat::Safetensors, metadata: meta.to_value(), epochs_completed: completed, stopped })
+        Ok(TrainedModel {
+            file,
+            format: ModelFormat::Safetensors,
+            metadata: meta.to_value(),
+            epochs_completed: completed,
+            stopped,
+            stopped_early,
+        })
     }
+}
+
+/// Which epoch's weights the model file holds: the best one by `selection` with `keep: best`
+/// (when any epoch had a value to judge), else the last; `None` before any epoch finished.
+fn kept_epoch(keep: Keep, selection: &Selection, tracker: &Tracker, last: Option<&EpochMetrics>, stopped_early: bool) -> Option<Kept> {
+    let last = last?;
+    let metric = selection.metric.as_str().to_owned();
+    Some(match (keep, tracker.best) {
+        (Keep::Best, Some(best)) => Kept { keep: "best".into(), epoch: best.epoch, metric, value: Some(best.value), stopped_early },
+        _ => Kept { keep: "last".into(), epoch: last.epoch, value: selection.metric.value(last), metric, stopped_early },
+    })
 }
 
 /// Writes the model file (to a temporary name, renamed into place).

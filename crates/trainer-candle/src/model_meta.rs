@@ -13,7 +13,7 @@
 //! | `layers`, `input_features`, `feature_names`, `label_column`, `feature_mean`, `feature_std` | the MLP |
 //! | `input_shape`, `adaptation`, `channel_mean`, `channel_std`, `pixel_scale` | image models |
 //! | `vocab_size`, `embedding_dim`, `hidden_dim`, `num_layers`, `sequence_length`, `vocabulary` | the char-LSTM |
-//! | `hyperparameters`, `final_metrics`, `epochs_completed`, `stopped`, `session_id`, `dataset`, `datasets`, `base_model`, `device` | the run that trained it |
+//! | `hyperparameters`, `final_metrics`, `epochs_completed`, `stopped`, `session_id`, `dataset`, `datasets`, `base_model`, `device`, `kept` (`{keep, epoch, metric, value, stopped_early}`) | the run that trained it |
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -117,6 +117,20 @@ pub(crate) struct RunRecord {
     /// The registry model training started from.
     pub base_model: Option<String>,
     pub device: String,
+    /// Which epoch's weights the file holds, and by what they were chosen.
+    pub kept: Option<Kept>,
+}
+
+/// The epoch a model file's weights come from (`keep: best` or `last`), the metric it was
+/// judged by and its value there, and whether the run stopped early.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Kept {
+    /// `best` or `last`.
+    pub keep: String,
+    pub epoch: u32,
+    pub metric: String,
+    pub value: Option<f64>,
+    pub stopped_early: bool,
 }
 
 /// The settings a run trained with.
@@ -342,6 +356,8 @@ struct RunWire {
     base_model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept: Option<Kept>,
 }
 
 impl From<&ModelMeta> for Wire {
@@ -410,6 +426,7 @@ impl From<&ModelMeta> for Wire {
                 datasets: Some(run.datasets.clone()),
                 base_model: run.base_model.clone(),
                 device: Some(run.device.clone()),
+                kept: run.kept.clone(),
             };
         }
         wire
@@ -501,6 +518,7 @@ fn run_record(r: RunWire) -> Result<Option<RunRecord>, String> {
         datasets: r.datasets.or(r.dataset.map(|d| vec![d])).unwrap_or_default(),
         base_model: r.base_model,
         device: r.device.unwrap_or_default(),
+        kept: r.kept,
     }))
 }
 

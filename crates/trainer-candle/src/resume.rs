@@ -9,6 +9,7 @@ use candle_nn::VarMap;
 use trainyard_domain::{
     metrics::EpochMetrics,
     ports::{TrainError, TrainingEvents},
+    selection::Tracker,
 };
 
 use crate::{
@@ -21,6 +22,8 @@ use crate::{
 
 /// The checkpoint's file name in the scratch directory.
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The best epoch's checkpoint, a second name of the checkpoint file written in that epoch.
+pub(crate) const BEST_FILE: &str = "best.safetensors";
 
 /// A checkpoint read back.
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub(crate) struct Checkpoint {
     pub description: ModelMeta,
     pub tensors: HashMap<String, Tensor>,
     metrics: Option<EpochMetrics>,
+    /// Where the judging of epochs stood after its epoch (absent from older checkpoints).
+    pub tracker: Option<Tracker>,
 }
 
 impl Checkpoint {
@@ -43,8 +48,9 @@ impl Checkpoint {
         let loaded = weights::load_safetensors(&path, device).map_err(|e| format!("unreadable checkpoint: {e}"))?;
         let epoch = loaded.header.get("epoch").and_then(|e| e.parse::<u32>().ok()).ok_or("the checkpoint names no epoch")?;
         let metrics = loaded.header.get("metrics").and_then(|m| serde_json::from_str(m).ok());
+        let tracker = loaded.header.get("selection").and_then(|t| serde_json::from_str(t).ok());
         let description = ModelMeta::from_header(&loaded.header).map_err(|e| format!("the checkpoint's model: {e}"))?;
-        Ok(Some(Self { epoch, description, tensors: loaded.tensors, metrics }))
+        Ok(Some(Self { epoch, description, tensors: loaded.tensors, metrics, tracker }))
     }
 
     /// Loads the optimizer state, then tells `events` where the run resumes and replays the
@@ -62,18 +68,21 @@ impl Checkpoint {
     }
 }
 
-/// Writes the checkpoint of a finished epoch: the model's description plus the epoch and its
-/// metrics.
+/// Writes the checkpoint of a finished epoch: the model's description plus the epoch, its
+/// metrics and where the judging of epochs stands.
 pub(crate) fn write(
     dir: &Path,
     varmap: &VarMap,
     optimizer: &TrainOptimizer,
     description: &ModelMeta,
     metrics: &EpochMetrics,
+    tracker: &Tracker,
 ) -> Result<(), TrainError> {
+    let failed = |e: serde_json::Error| TrainError::Failed(e.to_string());
     let mut header = description.to_header();
     header.insert("epoch".into(), metrics.epoch.to_string());
-    header.insert("metrics".into(), serde_json::to_string(metrics).map_err(|e| TrainError::Failed(e.to_string()))?);
+    header.insert("metrics".into(), serde_json::to_string(metrics).map_err(failed)?);
+    header.insert("selection".into(), serde_json::to_string(tracker).map_err(failed)?);
     let extra = optimizer.state().map_err(backend)?;
     checkpoint::save_with(varmap, extra, header, &dir.join(CHECKPOINT_FILE)).map_err(|e| TrainError::Io(e.to_string()))
 }
@@ -105,4 +114,23 @@ fn copy_rows(var: &Var, src: &Tensor, name: &str) -> Result<bool, String> {
         return Ok(true);
     }
     Err(format!("'{name}' has shape {have:?} but this model needs {want:?}"))
+}
+
+/// Makes the checkpoint just written the best one too: a hard link to the same file, so it
+/// costs no copy, and stays the best epoch's when later epochs replace the checkpoint (each is
+/// written to a new file renamed into place). Where links are not possible it is copied.
+pub(crate) fn mark_best(dir: &Path) -> Result<(), TrainError> {
+    let (checkpoint, best) = (dir.join(CHECKPOINT_FILE), dir.join(BEST_FILE));
+    let tmp = dir.join(format!(".{BEST_FILE}.partial"));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(&checkpoint, &tmp)
+        .or_else(|_| std::fs::copy(&checkpoint, &tmp).map(|_| ()))
+        .and_then(|()| std::fs::rename(&tmp, &best))
+        .map_err(|e| TrainError::Io(format!("could not keep the best epoch's checkpoint: {e}")))
+}
+
+/// Loads the best epoch's weights (see [`mark_best`]) into `varmap`.
+pub(crate) fn load_best(dir: &Path, varmap: &VarMap, device: &Device) -> Result<(), String> {
+    let loaded = weights::load_safetensors(&dir.join(BEST_FILE), device)?;
+    assign(varmap, &loaded.tensors).map(|_| ())
 }

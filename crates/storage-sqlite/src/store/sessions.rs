@@ -5,13 +5,13 @@ use rusqlite::{params, Row, ToSql};
 use time::OffsetDateTime;
 use trainyard_domain::{
     ports::{SessionRepository, StoreError},
-    ModelName, Session, SessionId, SessionResources, SessionState, TrainingConfig,
+    ModelName, Session, SessionId, SessionOutcome, SessionResources, SessionState, TrainingConfig,
 };
 
 use super::SqliteStore;
 use crate::{codec, db::conflict_as};
 
-const COLUMNS: &str = "id, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources";
+const COLUMNS: &str = "id, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources, outcome";
 
 /// A session's columns as SQLite returns them, before decoding.
 struct SessionRow {
@@ -25,6 +25,7 @@ struct SessionRow {
     error_message: Option<String>,
     model_name: Option<String>,
     resources: Option<String>,
+    outcome: Option<String>,
 }
 
 impl SessionRow {
@@ -40,6 +41,7 @@ impl SessionRow {
             error_message: r.get(7)?,
             model_name: r.get(8)?,
             resources: r.get(9)?,
+            outcome: r.get(10)?,
         })
     }
 
@@ -60,6 +62,10 @@ impl SessionRow {
                 None => SessionResources::default(),
                 Some(json) => serde_json::from_str(&json).map_err(|e| codec::corrupt(&field("resources"), e))?,
             },
+            outcome: match self.outcome {
+                None => SessionOutcome::default(),
+                Some(json) => serde_json::from_str(&json).map_err(|e| codec::corrupt(&field("outcome"), e))?,
+            },
             id,
         })
     }
@@ -77,6 +83,7 @@ struct Encoded<'a> {
     error_message: Option<&'a str>,
     model_name: Option<&'a str>,
     resources: Option<String>,
+    outcome: Option<String>,
 }
 
 impl<'a> Encoded<'a> {
@@ -95,6 +102,11 @@ impl<'a> Encoded<'a> {
                 None
             } else {
                 Some(serde_json::to_string(&s.resources).map_err(|e| codec::corrupt("session resources", e))?)
+            },
+            outcome: if s.outcome == SessionOutcome::default() {
+                None
+            } else {
+                Some(serde_json::to_string(&s.outcome).map_err(|e| codec::corrupt("session outcome", e))?)
             },
         })
     }
@@ -116,8 +128,8 @@ impl SessionRepository for SqliteStore {
             .write(|tx| {
                 tx.prepare_cached(
                     "INSERT INTO sessions
-                         (id, seq, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources)
-                     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                         (id, seq, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources, outcome)
+                     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?
                 .execute(params![
                     e.id,
@@ -129,7 +141,8 @@ impl SessionRepository for SqliteStore {
                     e.end_time,
                     e.error_message,
                     e.model_name,
-                    e.resources
+                    e.resources,
+                    e.outcome
                 ])
             })
             .map_err(conflict_as(|| format!("session {} already exists", session.id)))?;
@@ -142,7 +155,7 @@ impl SessionRepository for SqliteStore {
             tx.prepare_cached(
                 "UPDATE sessions
                  SET state = ?2, config = ?3, current_epoch = ?4, created_at = ?5, start_time = ?6, end_time = ?7,
-                     error_message = ?8, model_name = ?9, resources = ?10
+                     error_message = ?8, model_name = ?9, resources = ?10, outcome = ?11
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -155,7 +168,8 @@ impl SessionRepository for SqliteStore {
                 e.end_time,
                 e.error_message,
                 e.model_name,
-                e.resources
+                e.resources,
+                e.outcome
             ])
         })?;
         if changed == 0 {

@@ -80,7 +80,11 @@ fn a_run_whose_validation_loss_rises_stops_early_and_keeps_its_best_epoch() {
     let list = models.as_array().or(models["models"].as_array()).unwrap().clone();
     let model = list.iter().find(|m| m["name"] == early.as_str()).unwrap_or_else(|| panic!("{early} in {models}"));
     let kept = &model["metadata"]["kept"];
-    assert_eq!((kept["keep"].as_str(), kept["epoch"].as_u64(), kept["metric"].as_str()), (Some("best"), Some(best), Some("val_loss")), "{model}");
+    assert_eq!(
+        (kept["keep"].as_str(), kept["epoch"].as_u64(), kept["metric"].as_str()),
+        (Some("best"), Some(best), Some("val_loss")),
+        "{model}"
+    );
     assert_eq!((kept["stopped_early"].as_bool(), model["metadata"]["stopped_early"].as_bool()), (Some(true), Some(true)), "{model}");
 
     // The same seed trained to the best epoch only, keeping its last: the same model.
@@ -106,6 +110,9 @@ fn early_stopping_and_keep_are_checked_with_every_other_field() {
     for f in ["early_stopping.metric", "early_stopping.mode", "early_stopping.patience", "early_stopping.min_delta", "keep"] {
         assert!(fields.contains(&f), "{f} in {v}");
     }
-    let (code, v) = s.post_json("/api/v1/training/start", &json!({"model_architecture": "mlp", "dataset_name": "iris", "early_stopping": {"patience": 2, "wait": 1}}));
+    let (code, v) = s.post_json(
+        "/api/v1/training/start",
+        &json!({"model_architecture": "mlp", "dataset_name": "iris", "early_stopping": {"patience": 2, "wait": 1}}),
+    );
     assert_eq!(code, 422, "unknown fields are refused: {v}");
 }

@@ -332,6 +332,24 @@ pub struct TrainingConfig {
 }
 
 impl TrainingConfig {
+    /// The request fields every architecture takes (besides the architecture's own
+    /// [`Architecture::tunable_fields`]).
+    pub const COMMON_FIELDS: &'static [&'static str] = &[
+        "dataset_name",
+        "learning_rate",
+        "batch_size",
+        "epochs",
+        "optimizer",
+        "loss_function",
+        "validation_split",
+        "seed",
+        "momentum",
+        "base_model",
+        "device",
+        "early_stopping",
+        "keep",
+    ];
+
     /// How the session's epochs are judged: the best one, and when to stop early.
     #[must_use]
     pub fn selection(&self) -> Selection {

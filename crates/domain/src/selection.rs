@@ -248,7 +248,8 @@ mod tests {
     fn prop73_the_best_is_the_best_and_patience_is_counted_exactly() {
         fn prop(values: Vec<Option<i8>>, patience: u8, delta: u8, max: bool) -> bool {
             let mode = if max { Mode::Max } else { Mode::Min };
-            let es = EarlyStopping { metric: Metric::ValLoss, mode, patience: u32::from(patience % 5) + 1, min_delta: f64::from(delta % 4) };
+            let es =
+                EarlyStopping { metric: Metric::ValLoss, mode, patience: u32::from(patience % 5) + 1, min_delta: f64::from(delta % 4) };
             let s = Selection::new(Some(&es), true);
             let mut t = Tracker::default();
             let (mut reference, mut waited): (Option<f64>, u32) = (None, 0);

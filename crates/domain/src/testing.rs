@@ -632,6 +632,7 @@ impl Trainer for ScriptedTrainer {
             metadata: serde_json::json!({ "architecture": job.config.model_architecture.as_str() }),
             epochs_completed: done,
             stopped: stop.is_requested(),
+            stopped_early: false,
         })
     }
 

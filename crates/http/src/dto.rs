@@ -716,6 +716,12 @@ pub struct ArchitectureDto {
     pub dataset_formats: Vec<String>,
     pub optimizers: Vec<String>,
     pub loss_functions: Vec<String>,
+    /// Config fields every architecture takes.
+    pub training_fields: Vec<String>,
+    /// What `early_stopping.metric` may name.
+    pub early_stopping_metrics: Vec<String>,
+    /// What `keep` may be.
+    pub keep: Vec<String>,
 }
 
 /// One authentication attempt from the audit log.

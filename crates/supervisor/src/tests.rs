@@ -40,6 +40,7 @@ fn messages_round_trip_as_single_lines() {
                 metadata: serde_json::json!({"architecture": "cnn"}),
                 epochs_completed: 2,
                 stopped: true,
+                stopped_early: true,
             },
         },
         FromRun::Failed { error: TrainError::Data("no rows".into()) },

@@ -3,8 +3,10 @@
 use actix_web::web;
 use serde::Deserialize;
 use trainyard_domain::{
-    config::{Architecture, LossFunction, Optimizer},
+    charts::Metric,
+    config::{Architecture, LossFunction, Optimizer, TrainingConfig},
     registry::DatasetFormat,
+    selection::Keep,
     SessionId, TrainingRequest,
 };
 
@@ -181,6 +183,9 @@ pub(crate) async fn list_architectures() -> web::Json<Vec<ArchitectureDto>> {
                     .collect(),
                 optimizers: names(Optimizer::NAMES),
                 loss_functions: names(LossFunction::NAMES),
+                training_fields: names(TrainingConfig::COMMON_FIELDS),
+                early_stopping_metrics: names(Metric::NAMES),
+                keep: names(Keep::NAMES),
             })
             .collect(),
     )

@@ -17,8 +17,7 @@ fn run_record(datasets: &[&str], base_model: Option<&str>) -> RunRecord {
             seed: u64::MAX,
             dropout: 0.5,
             momentum: 0.875,
-            kept: None,
-    },
+        },
         final_metrics: Some(FinalMetrics { epoch: Some(3), loss: 0.125, accuracy: 0.75, val_loss: None, val_accuracy: None }),
         epochs_completed: Some(3),
         stopped: Some(true),
@@ -27,6 +26,7 @@ fn run_record(datasets: &[&str], base_model: Option<&str>) -> RunRecord {
         datasets: datasets.iter().map(|d| (*d).to_owned()).collect(),
         base_model: base_model.map(str::to_owned),
         device: "cpu".into(),
+        kept: Some(Kept { keep: "best".into(), epoch: 2, metric: "val_loss".into(), value: Some(0.25), stopped_early: true }),
     }
 }
 

@@ -15,6 +15,7 @@ mod inputs;
 mod lifecycle;
 mod metrics;
 mod registry;
+mod schedules;
 mod selection;
 mod telegram;
 mod text;

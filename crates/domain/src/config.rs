@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     charts::Metric,
     ids::{DatasetName, ModelName},
+    lr_schedule::{LrSchedule, LrScheduleKind},
     selection::{EarlyStopping, Keep, Mode, Selection, DEFAULT_PATIENCE, PATIENCE_RANGE},
 };
 
@@ -21,6 +22,8 @@ pub const DEFAULT_EPOCHS: u32 = 10;
 pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.2;
 /// Default seed, so that two runs of the same request on the CPU are identical.
 pub const DEFAULT_SEED: u64 = 42;
+/// AdamW's weight decay when the request names none (PyTorch's default).
+pub const ADAMW_DEFAULT_WEIGHT_DECAY: f64 = 0.01;
 /// Accepted learning rates, inclusive.
 pub const LEARNING_RATE_RANGE: (f64, f64) = (0.0001, 1.0);
 /// Accepted batch sizes, inclusive.
@@ -229,6 +232,24 @@ pub struct TrainingRequest {
     pub early_stopping: Option<EarlyStoppingRequest>,
     /// `best` or `last`: which epoch's weights the model file holds.
     pub keep: Option<String>,
+    /// How the learning rate changes over the run.
+    pub lr_schedule: Option<LrScheduleRequest>,
+    pub weight_decay: Option<f64>,
+    pub clip_grad_norm: Option<f64>,
+    pub label_smoothing: Option<f64>,
+}
+
+/// `lr_schedule` as received.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LrScheduleRequest {
+    pub kind: Option<String>,
+    pub step_size: Option<i64>,
+    pub gamma: Option<f64>,
+    pub min_lr: Option<f64>,
+    pub max_lr: Option<f64>,
+    pub factor: Option<f64>,
+    pub patience: Option<i64>,
+    pub warmup_epochs: Option<i64>,
 }
 
 /// `early_stopping` as received.
@@ -329,6 +350,18 @@ pub struct TrainingConfig {
     /// Which epoch's weights the model file holds (`last` for sessions from before `keep`).
     #[serde(default)]
     pub keep: Keep,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_schedule: Option<LrSchedule>,
+    /// L2 penalty (`adam`, `sgd`, `rmsprop`) or decoupled decay (`adamw`); `None`: the
+    /// optimizer's default (0.01 for `adamw`, else 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// Gradients are scaled down so that their global L2 norm is at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
+    /// Cross-entropy's label smoothing (0: none).
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 impl TrainingConfig {
@@ -348,12 +381,22 @@ impl TrainingConfig {
         "device",
         "early_stopping",
         "keep",
+        "lr_schedule",
+        "weight_decay",
+        "clip_grad_norm",
+        "label_smoothing",
     ];
 
     /// How the session's epochs are judged: the best one, and when to stop early.
     #[must_use]
     pub fn selection(&self) -> Selection {
         Selection::new(self.early_stopping.as_ref(), self.validation_split > 0.0)
+    }
+
+    /// The weight decay in effect: the configured one, else the optimizer's default.
+    #[must_use]
+    pub fn effective_weight_decay(&self) -> f64 {
+        self.weight_decay.unwrap_or(if self.optimizer == Optimizer::AdamW { ADAMW_DEFAULT_WEIGHT_DECAY } else { 0.0 })
     }
 
     /// Every dataset the session trains on, the first one first.
@@ -501,6 +544,22 @@ impl TrainingConfig {
             }),
         };
 
+        let lr_schedule = req.lr_schedule.as_ref().and_then(|r| lr_schedule(&mut errors, r, epochs, learning_rate));
+        let weight_decay = req.weight_decay;
+        if let Some(wd) = weight_decay.filter(|wd| !(wd.is_finite() && (0.0..=1.0).contains(wd))) {
+            errors.push("weight_decay", format!("must be between 0 and 1, got {wd}"));
+        }
+        let clip_grad_norm = req.clip_grad_norm;
+        if let Some(c) = clip_grad_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            errors.push("clip_grad_norm", format!("must be a number above 0, got {c}"));
+        }
+        let label_smoothing = req.label_smoothing.unwrap_or(0.0);
+        if !(label_smoothing.is_finite() && (0.0..1.0).contains(&label_smoothing)) {
+            errors.push("label_smoothing", format!("must be at least 0 and below 1, got {label_smoothing}"));
+        } else if label_smoothing > 0.0 && loss_function.is_some_and(|l| l != LossFunction::CrossEntropy) {
+            errors.push("label_smoothing", "applies only to the cross_entropy loss");
+        }
+
         match (model_architecture, dataset_name, errors.is_empty()) {
             (Some(model_architecture), Some(dataset_name), true) => Ok(Self {
                 model_architecture,
@@ -521,10 +580,98 @@ impl TrainingConfig {
                 device,
                 early_stopping,
                 keep,
+                lr_schedule,
+                weight_decay,
+                clip_grad_norm,
+                label_smoothing,
             }),
             _ => Err(errors),
         }
     }
+}
+
+/// Checks `lr_schedule`, naming each failing part (`lr_schedule.gamma`, ...); a parameter of
+/// another type is an error too.
+fn lr_schedule(errors: &mut ConfigErrors, req: &LrScheduleRequest, epochs: u32, learning_rate: f64) -> Option<LrSchedule> {
+    let before = errors.0.len();
+    let field = |name: &str| format!("lr_schedule.{name}");
+    let Some(kind) = req.kind.as_deref() else {
+        errors.push("lr_schedule.type", format!("is required; {}", one_of(LrScheduleKind::NAMES)));
+        return None;
+    };
+    let given: [(&str, bool); 6] = [
+        ("step_size", req.step_size.is_some()),
+        ("gamma", req.gamma.is_some()),
+        ("min_lr", req.min_lr.is_some()),
+        ("max_lr", req.max_lr.is_some()),
+        ("factor", req.factor.is_some()),
+        ("patience", req.patience.is_some()),
+    ];
+    let allowed: &[&str] = match kind {
+        "step" => &["step_size", "gamma"],
+        "exponential" => &["gamma"],
+        "cosine" => &["min_lr"],
+        "onecycle" => &["max_lr"],
+        "plateau" => &["factor", "patience"],
+        other => {
+            errors.push("lr_schedule.type", format!("unknown schedule {other:?}; {}", one_of(LrScheduleKind::NAMES)));
+            return None;
+        }
+    };
+    for (name, present) in given {
+        if present && !allowed.contains(&name) {
+            errors.push(&field(name), format!("does not apply to the {kind} schedule"));
+        }
+    }
+    let mut fraction = |name: &str, raw: Option<f64>, default: Option<f64>, upper_inclusive: bool| -> f64 {
+        let Some(v) = raw.or(default) else {
+            errors.push(&field(name), format!("is required by the {kind} schedule"));
+            return 1.0;
+        };
+        let ok = v.is_finite() && v > 0.0 && (v < 1.0 || (upper_inclusive && v <= 1.0));
+        if !ok {
+            errors.push(&field(name), format!("must be above 0 and {} 1, got {v}", if upper_inclusive { "at most" } else { "below" }));
+        }
+        v
+    };
+    let kind = match kind {
+        "step" => {
+            let gamma = fraction("gamma", req.gamma, Some(0.1), true);
+            if req.step_size.is_none() {
+                errors.push(&field("step_size"), "is required by the step schedule");
+            }
+            let step_size = check_int(errors, &field("step_size"), req.step_size, 1, EPOCHS_RANGE);
+            LrScheduleKind::Step { step_size, gamma }
+        }
+        "exponential" => LrScheduleKind::Exponential { gamma: fraction("gamma", req.gamma, None, true) },
+        "cosine" => {
+            let min_lr = req.min_lr.unwrap_or(0.0);
+            if !(min_lr.is_finite() && min_lr >= 0.0 && min_lr < learning_rate) {
+                errors.push(&field("min_lr"), format!("must be at least 0 and below the learning_rate ({learning_rate}), got {min_lr}"));
+            }
+            LrScheduleKind::Cosine { min_lr }
+        }
+        "onecycle" => {
+            let max_lr = req.max_lr.unwrap_or(f64::NAN);
+            let (lo, hi) = LEARNING_RATE_RANGE;
+            if req.max_lr.is_none() {
+                errors.push(&field("max_lr"), "is required by the onecycle schedule");
+            } else if !(max_lr.is_finite() && (lo..=hi).contains(&max_lr)) {
+                errors.push(&field("max_lr"), format!("must be between {lo} and {hi}, got {max_lr}"));
+            }
+            LrScheduleKind::Onecycle { max_lr }
+        }
+        _ => {
+            let factor = fraction("factor", req.factor, Some(0.1), false);
+            let patience = check_int(errors, &field("patience"), req.patience, 10, (0, 1000));
+            LrScheduleKind::Plateau { factor, patience }
+        }
+    };
+    let warmup_epochs = check_int(errors, &field("warmup_epochs"), req.warmup_epochs, 0, (0, 1000));
+    if warmup_epochs >= epochs {
+        errors.push(&field("warmup_epochs"), format!("must be fewer than the {epochs} epochs, got {warmup_epochs}"));
+    }
+    (errors.0.len() == before).then_some(LrSchedule { kind, warmup_epochs })
 }
 
 /// Checks `early_stopping`, naming each failing part (`early_stopping.patience`, ...).

@@ -12,6 +12,7 @@ pub mod events;
 pub mod failure;
 pub mod ids;
 pub mod inference;
+pub mod lr_schedule;
 pub mod manager;
 pub mod metrics;
 pub mod ports;

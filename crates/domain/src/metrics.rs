@@ -18,6 +18,9 @@ pub struct EpochMetrics {
     pub val_accuracy: Option<f64>,
     pub samples_per_second: f64,
     pub epoch_seconds: f64,
+    /// The learning rate of the epoch's last batch; `None` for epochs recorded before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
     pub timestamp: OffsetDateTime,
 }
 

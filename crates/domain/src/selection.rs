@@ -204,6 +204,7 @@ mod tests {
             val_accuracy: val_loss.map(|l| 1.0 - l),
             samples_per_second: 1.0,
             epoch_seconds: 1.0,
+            learning_rate: None,
             timestamp: OffsetDateTime::UNIX_EPOCH,
         }
     }

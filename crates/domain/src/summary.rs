@@ -124,6 +124,7 @@ mod tests {
             val_accuracy: val.map(|_| 0.9),
             samples_per_second: 1000.0,
             epoch_seconds: 0.1,
+            learning_rate: None,
             timestamp: OffsetDateTime::UNIX_EPOCH,
         }
     }

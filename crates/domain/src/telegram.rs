@@ -450,6 +450,7 @@ mod tests {
             val_accuracy: None,
             samples_per_second: 1.0,
             epoch_seconds: 1.0,
+            learning_rate: None,
             timestamp: OffsetDateTime::UNIX_EPOCH,
         })
     }

@@ -622,6 +622,7 @@ impl Trainer for ScriptedTrainer {
                 val_accuracy: Some(0.5),
                 samples_per_second: 100.0,
                 epoch_seconds: 0.01,
+                learning_rate: None,
                 timestamp: OffsetDateTime::UNIX_EPOCH,
             });
             done = epoch;

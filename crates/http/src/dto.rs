@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use trainyard_domain::{
     auth::{ApiKeyRecord, Scope},
-    config::{EarlyStoppingRequest, TrainingConfig},
+    config::{EarlyStoppingRequest, LrScheduleRequest, TrainingConfig},
     manager::SessionView,
     metrics::{EpochMetrics, LogEntry},
     registry::{size_mb, DatasetRecord, ModelRecord},
@@ -90,6 +90,56 @@ pub struct StartTraining {
     /// epoch's weights by the early-stopping metric, else `val_loss`; `last`: the last epoch's.
     #[schema(example = "best")]
     pub keep: Option<String>,
+    /// How the learning rate changes over the run; absent: constant.
+    pub lr_schedule: Option<LrScheduleBody>,
+    /// 0 to 1: an L2 penalty for `adam`, `sgd` and `rmsprop`, decoupled decay for `adamw`;
+    /// default 0 (0.01 for `adamw`).
+    pub weight_decay: Option<f64>,
+    /// Above 0: gradients are scaled so that their global L2 norm is at most this.
+    pub clip_grad_norm: Option<f64>,
+    /// 0 to below 1, `cross_entropy` only: the training loss's label smoothing; default 0.
+    pub label_smoothing: Option<f64>,
+}
+
+/// `lr_schedule`: PyTorch's schedulers of the same names, after an optional linear warm-up
+/// (epoch k of `warmup_epochs` trains at `lr * k / warmup_epochs`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LrScheduleBody {
+    /// `step`, `exponential`, `cosine`, `onecycle` or `plateau`.
+    #[serde(rename = "type")]
+    #[schema(example = "cosine")]
+    pub kind: Option<String>,
+    /// `step`: epochs between cuts (required).
+    pub step_size: Option<i64>,
+    /// `step` (default 0.1) and `exponential` (required): the factor per cut or epoch, above 0
+    /// and at most 1.
+    pub gamma: Option<f64>,
+    /// `cosine`: the rate at the end, below the learning_rate; default 0.
+    pub min_lr: Option<f64>,
+    /// `onecycle` (required): the peak rate; the run starts at max_lr/25.
+    pub max_lr: Option<f64>,
+    /// `plateau`: the factor per cut, above 0 and below 1; default 0.1.
+    pub factor: Option<f64>,
+    /// `plateau`: epochs without improvement of the validation loss before a cut; default 10.
+    pub patience: Option<i64>,
+    /// Epochs of linear warm-up before the schedule; default 0.
+    pub warmup_epochs: Option<i64>,
+}
+
+impl From<LrScheduleBody> for LrScheduleRequest {
+    fn from(b: LrScheduleBody) -> Self {
+        Self {
+            kind: b.kind,
+            step_size: b.step_size,
+            gamma: b.gamma,
+            min_lr: b.min_lr,
+            max_lr: b.max_lr,
+            factor: b.factor,
+            patience: b.patience,
+            warmup_epochs: b.warmup_epochs,
+        }
+    }
 }
 
 /// `early_stopping`: the run ends (`completed`, `stopped_early: true`) once `metric` has not
@@ -147,6 +197,10 @@ impl From<StartTraining> for TrainingRequest {
             device: b.device,
             early_stopping: b.early_stopping.map(Into::into),
             keep: b.keep,
+            lr_schedule: b.lr_schedule.map(Into::into),
+            weight_decay: b.weight_decay,
+            clip_grad_norm: b.clip_grad_norm,
+            label_smoothing: b.label_smoothing,
         }
     }
 }
@@ -184,6 +238,14 @@ pub struct ConfigDto {
     pub early_stopping: Option<EarlyStoppingDto>,
     /// `best` or `last`.
     pub keep: String,
+    /// The schedule with its defaults filled in (`{"type": "cosine", "min_lr": 0.0,
+    /// "warmup_epochs": 0}`); null for a constant rate.
+    #[schema(value_type = Option<Object>)]
+    pub lr_schedule: Option<serde_json::Value>,
+    /// The weight decay in effect.
+    pub weight_decay: f64,
+    pub clip_grad_norm: Option<f64>,
+    pub label_smoothing: f64,
 }
 
 /// `early_stopping` with its defaults filled in.
@@ -225,6 +287,10 @@ impl From<&TrainingConfig> for ConfigDto {
                 min_delta: e.min_delta,
             }),
             keep: c.keep.as_str().to_owned(),
+            lr_schedule: c.lr_schedule.and_then(|s| serde_json::to_value(s).ok()),
+            weight_decay: c.effective_weight_decay(),
+            clip_grad_norm: c.clip_grad_norm,
+            label_smoothing: c.label_smoothing,
         }
     }
 }
@@ -404,6 +470,8 @@ pub struct Metrics {
     pub val_accuracy: Option<f64>,
     pub samples_per_second: Option<f64>,
     pub epoch_seconds: Option<f64>,
+    /// The learning rate of the epoch's last batch (the schedule's rate).
+    pub learning_rate: Option<f64>,
     pub timestamp: Option<String>,
 }
 
@@ -420,6 +488,7 @@ impl Metrics {
             val_accuracy: m.val_accuracy,
             samples_per_second: Some(m.samples_per_second),
             epoch_seconds: Some(m.epoch_seconds),
+            learning_rate: m.learning_rate,
             timestamp: Some(iso8601(m.timestamp)),
         }
     }
@@ -436,6 +505,7 @@ impl Metrics {
             val_accuracy: None,
             samples_per_second: None,
             epoch_seconds: None,
+            learning_rate: None,
             timestamp: None,
         }
     }

@@ -28,6 +28,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "webhooks", sql: include_str!("../../../migrations/0006_webhooks.sql") },
     Migration { version: 7, name: "telegram", sql: include_str!("../../../migrations/0007_telegram.sql") },
     Migration { version: 8, name: "session_outcome", sql: include_str!("../../../migrations/0008_session_outcome.sql") },
+    Migration { version: 9, name: "learning_rate", sql: include_str!("../../../migrations/0009_learning_rate.sql") },
 ];
 
 /// The schema version this build writes.

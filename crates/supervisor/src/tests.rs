@@ -27,6 +27,7 @@ fn messages_round_trip_as_single_lines() {
                 val_accuracy: Some(0.8),
                 samples_per_second: 1200.5,
                 epoch_seconds: 2.0,
+                learning_rate: None,
                 timestamp: OffsetDateTime::UNIX_EPOCH,
             },
         },

@@ -36,6 +36,7 @@ pub(crate) struct CharTask {
     seed: u64,
     batch_size: usize,
     loss: LossFunction,
+    label_smoothing: f64,
     vocab: Vocabulary,
     corpus: Corpus,
     train_starts: Vec<usize>,
@@ -141,6 +142,7 @@ pub(crate) fn build(
         seed: cfg.seed,
         batch_size: (cfg.batch_size as usize).max(1),
         loss: cfg.loss_function,
+        label_smoothing: cfg.label_smoothing,
         vocab,
         corpus,
         train_starts,
@@ -179,7 +181,7 @@ impl Task for CharTask {
         let (x, y) = text::batch(&self.corpus.train, batch, seq);
         let xs = Tensor::from_vec(x, (batch.len(), seq), &self.device)?;
         let logits = self.model.forward(&xs)?.reshape((batch.len() * seq, self.vocab.len()))?;
-        let loss = loss::compute(self.loss, &logits, &y)?;
+        let loss = loss::train(self.loss, self.label_smoothing, &logits, &y)?;
         let correct = count_correct(&logits, &y)?;
         Ok(Step { loss, correct, targets: y.len(), samples: batch.len() })
     }

@@ -13,6 +13,7 @@ use candle_core::{Device, DeviceLocation, Tensor, Var};
 use candle_nn::VarMap;
 use time::OffsetDateTime;
 use trainyard_domain::{
+    lr_schedule::LrScheduler,
     metrics::{EpochMetrics, LogLevel},
     ports::{StopSignal, TrainError, TrainedModel, TrainingEvents, TrainingJob},
     registry::ModelFormat,
@@ -126,9 +127,15 @@ impl Session<'_> {
             }
             fits
         });
-        let mut optimizer = TrainOptimizer::new(cfg.optimizer, task.trained_vars(), cfg.learning_rate, cfg.momentum);
+        let mut optimizer = TrainOptimizer::new(cfg.optimizer, task.trained_vars(), cfg.learning_rate, cfg.momentum)
+            .with_weight_decay(cfg.effective_weight_decay())
+            .with_clip_grad_norm(cfg.clip_grad_norm);
         let selection = cfg.selection();
         let mut tracker = checkpoint.as_ref().and_then(|c| c.tracker).unwrap_or_default();
+        let mut scheduler = LrScheduler::new(cfg.lr_schedule, cfg.learning_rate, cfg.epochs);
+        if let Some(state) = checkpoint.as_ref().and_then(|c| c.plateau) {
+            scheduler.plateau = state;
+        }
         let start_epoch = match checkpoint {
             Some(ckpt) => {
                 let grown = resume::assign(task.varmap(), &ckpt.tensors).map_err(TrainError::Data)?;
@@ -146,7 +153,8 @@ impl Session<'_> {
         'epochs: for epoch in start_epoch + 1..=cfg.epochs {
             let started = Instant::now();
             let (mut loss_sum, mut batches, mut correct, mut targets, mut samples) = (0.0f64, 0u32, 0usize, 0usize, 0usize);
-            for (b, batch) in task.batches(epoch).iter().enumerate() {
+            let batch_list = task.batches(epoch);
+            for (b, batch) in batch_list.iter().enumerate() {
                 #[cfg(test)]
                 if faults.stop_after_batches == Some(batches_run) {
                     stop.request();
@@ -177,6 +185,7 @@ impl Session<'_> {
                         b + 1
                     )));
                 }
+                optimizer.set_learning_rate(scheduler.rate(epoch, b, batch_list.len()));
                 optimizer.backward_step(&step.loss).map_err(backend)?;
                 loss_sum += f64::from(value);
                 batches += 1;
@@ -203,18 +212,23 @@ impl Session<'_> {
                 val_accuracy: validation.map(|(_, accuracy)| accuracy),
                 samples_per_second: samples as f64 / train_seconds.max(1e-9),
                 epoch_seconds: started.elapsed().as_secs_f64(),
+                learning_rate: Some(optimizer.learning_rate()),
                 timestamp: OffsetDateTime::now_utc(),
             };
             let judged = selection.observe(&mut tracker, &metrics);
+            let cut = scheduler.epoch_ended(&metrics);
             // The checkpoint first, holding this epoch's metrics too: once an epoch is reported
             // finished it can be resumed from, and a crash before the report replays it.
-            resume::write(&job.scratch_dir, task.varmap(), &optimizer, &description, &metrics, &tracker)?;
+            resume::write(&job.scratch_dir, task.varmap(), &optimizer, &description, &metrics, &tracker, &scheduler.plateau)?;
             if judged.improved && cfg.keep == Keep::Best {
                 resume::mark_best(&job.scratch_dir)?;
             }
             let line = epoch_line(&metrics, cfg.epochs);
             events.epoch_finished(metrics.clone());
             events.log(LogLevel::Info, line);
+            if let Some(cut) = cut {
+                events.log(LogLevel::Info, cut);
+            }
             last = Some(metrics);
             completed = epoch;
             if judged.stop && epoch < cfg.epochs {

@@ -19,6 +19,18 @@ pub(crate) fn compute(kind: LossFunction, logits: &Tensor, labels: &[u32]) -> Re
     }
 }
 
+/// The training loss: [`compute`], with cross-entropy's targets smoothed by `smoothing`
+/// (PyTorch's `label_smoothing`: `(1 - e) CE + e mean_c(-log p_c)`). Validation losses stay
+/// unsmoothed, so that they compare across sessions.
+pub(crate) fn train(kind: LossFunction, smoothing: f64, logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
+    let plain = compute(kind, logits, labels)?;
+    if smoothing <= 0.0 || kind != LossFunction::CrossEntropy {
+        return Ok(plain);
+    }
+    let uniform = candle_nn::ops::log_softmax(logits, 1)?.mean(1)?.neg()?.mean_all()?;
+    (plain * (1.0 - smoothing))? + (uniform * smoothing)?
+}
+
 /// Mean squared error between softmax probabilities and `one_hot`.
 pub(crate) fn mse_probs(logits: &Tensor, one_hot: &Tensor) -> Result<Tensor> {
     (candle_nn::ops::softmax(logits, 1)? - one_hot)?.sqr()?.mean_all()
@@ -75,6 +87,30 @@ mod tests {
             x,
             y,
         ))
+    }
+
+    #[test]
+    fn label_smoothing_mixes_in_the_uniform_target_as_pytorch_does() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[2.0f32, 0.5, -1.0], [0.0, 1.0, 0.0]], &dev).unwrap();
+        let labels = [0u32, 1];
+        let smoothed = scalar(&train(LossFunction::CrossEntropy, 0.1, &logits, &labels).unwrap());
+        // By hand: for each row, (1 - e) (-log p_y) + e / C sum_c (-log p_c).
+        let rows = [[2.0f64, 0.5, -1.0], [0.0, 1.0, 0.0]];
+        let mut want = 0.0;
+        for (row, &y) in rows.iter().zip(&labels) {
+            let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+            let nll = lse - row[y as usize];
+            let uniform = row.iter().map(|x| lse - x).sum::<f64>() / 3.0;
+            want += (0.9 * nll + 0.1 * uniform) / 2.0;
+        }
+        assert!((smoothed - want).abs() < 1e-5, "{smoothed} vs {want}");
+        let plain = scalar(&compute(LossFunction::CrossEntropy, &logits, &labels).unwrap());
+        assert_eq!(scalar(&train(LossFunction::CrossEntropy, 0.0, &logits, &labels).unwrap()), plain);
+        assert_eq!(
+            scalar(&train(LossFunction::Mse, 0.1, &logits, &labels).unwrap()),
+            scalar(&compute(LossFunction::Mse, &logits, &labels).unwrap())
+        );
     }
 
     quickcheck! {

@@ -1,6 +1,8 @@
 //! The optimizers sessions choose from, written the way PyTorch defines them, with state that
-//! can be saved in a checkpoint and loaded to resume: Adam, AdamW (decoupled weight decay
-//! 0.01), SGD with optional momentum, and RMSprop with optional momentum.
+//! can be saved in a checkpoint and loaded to resume: Adam, AdamW (decoupled weight decay,
+//! 0.01 unless configured), SGD with optional momentum, and RMSprop with optional momentum;
+//! each with an optional weight decay (an L2 penalty but for AdamW) and global gradient-norm
+//! clipping, and a learning rate the schedule sets before each step.
 
 use std::collections::HashMap;
 
@@ -13,8 +15,6 @@ use crate::cpu_data::{values, values_mut};
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
-/// AdamW's decoupled weight decay (PyTorch's default).
-const ADAMW_WEIGHT_DECAY: f64 = 0.01;
 const RMS_ALPHA: f64 = 0.99;
 const RMS_EPS: f64 = 1e-8;
 /// Values updated at once: the scratch memory of an update is a few chunks of this many.
@@ -40,6 +40,10 @@ pub struct TrainOptimizer {
     kind: OptimizerKind,
     lr: f64,
     momentum: f64,
+    /// AdamW's decoupled decay, or the others' L2 penalty added to the gradient.
+    weight_decay: f64,
+    /// The largest global L2 norm of the gradients; larger ones are scaled down to it.
+    clip_grad_norm: Option<f64>,
     slots: Vec<Slot>,
     steps: u64,
 }
@@ -52,7 +56,33 @@ impl TrainOptimizer {
             .filter(|(_, v)| v.dtype().is_float())
             .map(|(name, var)| Slot { name, var, first: None, second: None })
             .collect();
-        Self { kind, lr, momentum, slots, steps: 0 }
+        let weight_decay = if kind == OptimizerKind::AdamW { trainyard_domain::config::ADAMW_DEFAULT_WEIGHT_DECAY } else { 0.0 };
+        Self { kind, lr, momentum, weight_decay, clip_grad_norm: None, slots, steps: 0 }
+    }
+
+    /// With `weight_decay`: decoupled for AdamW (`theta *= 1 - lr wd`), an L2 penalty for the
+    /// others (`g += wd theta`), as PyTorch's `weight_decay`.
+    #[must_use]
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// With the gradients' global L2 norm clipped to `max` (`clip_grad_norm_`).
+    #[must_use]
+    pub fn with_clip_grad_norm(mut self, max: Option<f64>) -> Self {
+        self.clip_grad_norm = max;
+        self
+    }
+
+    /// The learning rate of the next step.
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    #[must_use]
+    pub fn learning_rate(&self) -> f64 {
+        self.lr
     }
 
     /// Updates done so far.
@@ -92,12 +122,32 @@ impl TrainOptimizer {
         self.steps += 1;
         #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
         let t = self.steps as i32;
-        let (kind, lr, momentum) = (self.kind, self.lr, self.momentum);
+        let (kind, lr, momentum, wd) = (self.kind, self.lr, self.momentum, self.weight_decay);
+        let scale = match self.clip_grad_norm {
+            Some(max) => {
+                let mut sum_sq = 0.0f64;
+                for slot in &self.slots {
+                    if let Some(g) = grads.get(slot.var.as_tensor()) {
+                        sum_sq += g.detach().to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                    }
+                }
+                let norm = sum_sq.sqrt();
+                // As clip_grad_norm_: scaled by max / (norm + 1e-6) when that is below 1.
+                (norm > max).then(|| max / (norm + 1e-6))
+            }
+            None => None,
+        };
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
-            let g = g.detach().flatten_all()?;
+            let mut g = g.detach().flatten_all()?;
+            if let Some(scale) = scale {
+                g = (g * scale)?;
+            }
             let var = slot.var.as_tensor();
             let theta = var.flatten_all()?;
+            if wd > 0.0 && kind != OptimizerKind::AdamW {
+                g = (g + (&theta * wd)?)?;
+            }
             let uses_first = matches!(kind, OptimizerKind::Adam | OptimizerKind::AdamW) || momentum > 0.0;
             let uses_second = matches!(kind, OptimizerKind::Adam | OptimizerKind::AdamW | OptimizerKind::RmsProp);
             let first = if uses_first { Some(state_tensor(&mut slot.first, var)?) } else { None };
@@ -113,7 +163,7 @@ impl TrainOptimizer {
                 let g = g.contiguous()?;
                 let step = AdamStep {
                     lr,
-                    decay: if kind == OptimizerKind::AdamW { 1.0 - lr * ADAMW_WEIGHT_DECAY } else { 1.0 },
+                    decay: if kind == OptimizerKind::AdamW { 1.0 - lr * wd } else { 1.0 },
                     bias1: 1.0 - BETA1.powi(t),
                     bias2: 1.0 - BETA2.powi(t),
                 };
@@ -134,7 +184,7 @@ impl TrainOptimizer {
                         let m_hat = (&m / (1.0 - BETA1.powi(t)))?;
                         let v_hat = (&v / (1.0 - BETA2.powi(t)))?;
                         let update = (m_hat / (v_hat.sqrt()? + ADAM_EPS)?)?;
-                        let decayed = if kind == OptimizerKind::AdamW { (&th * (1.0 - lr * ADAMW_WEIGHT_DECAY))? } else { th };
+                        let decayed = if kind == OptimizerKind::AdamW { (&th * (1.0 - lr * wd))? } else { th };
                         first.slice_set(&m, 0, start)?;
                         second.slice_set(&v, 0, start)?;
                         (decayed - (update * lr)?)?
@@ -338,6 +388,36 @@ mod tests {
 
     fn quad_loss(w: &Var) -> Tensor {
         w.as_tensor().sqr().unwrap().sum_all().unwrap()
+    }
+
+    #[test]
+    fn sgd_weight_decay_is_an_l2_penalty_and_clipping_bounds_the_global_norm() {
+        // loss = sum w^2, so g = 2w: [2, -4] (norm 4.47); with wd 0.5 g = 2.5w: [2.5, -5].
+        let w = var(&[1.0, -2.0]);
+        let mut opt = TrainOptimizer::new(OptimizerKind::Sgd, vec![("w".into(), w.clone())], 0.1, 0.0).with_weight_decay(0.5);
+        opt.backward_step(&quad_loss(&w)).unwrap();
+        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [0.75, -1.5]);
+
+        let w = var(&[1.0, -2.0]);
+        let mut opt = TrainOptimizer::new(OptimizerKind::Sgd, vec![("w".into(), w.clone())], 0.1, 0.0).with_clip_grad_norm(Some(1.0));
+        opt.backward_step(&quad_loss(&w)).unwrap();
+        let got = w.as_tensor().to_vec1::<f32>().unwrap();
+        let scale = 1.0 / (20f64.sqrt() + 1e-6);
+        assert!((f64::from(got[0]) - (1.0 - 0.1 * 2.0 * scale)).abs() < 1e-6, "{got:?}");
+        assert!((f64::from(got[1]) - (-2.0 + 0.1 * 4.0 * scale)).abs() < 1e-6, "{got:?}");
+
+        // Under the bound nothing changes; AdamW's decay follows the configured weight decay.
+        let w = var(&[0.1, -0.1]);
+        let mut opt = TrainOptimizer::new(OptimizerKind::Sgd, vec![("w".into(), w.clone())], 0.1, 0.0).with_clip_grad_norm(Some(10.0));
+        opt.backward_step(&quad_loss(&w)).unwrap();
+        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [0.08, -0.08]);
+        let (a, b) = (var(&[1.0, -2.0]), var(&[1.0, -2.0]));
+        let mut light = TrainOptimizer::new(OptimizerKind::AdamW, vec![("w".into(), a.clone())], 0.1, 0.0).with_weight_decay(0.0);
+        let mut heavy = TrainOptimizer::new(OptimizerKind::AdamW, vec![("w".into(), b.clone())], 0.1, 0.0).with_weight_decay(1.0);
+        light.backward_step(&quad_loss(&a)).unwrap();
+        heavy.backward_step(&quad_loss(&b)).unwrap();
+        let (a, b) = (a.as_tensor().to_vec1::<f32>().unwrap(), b.as_tensor().to_vec1::<f32>().unwrap());
+        assert!((b[0] - (a[0] - 0.1)).abs() < 1e-6 && (b[1] - (a[1] + 0.2)).abs() < 1e-6, "decoupled decay 1 - lr wd: {a:?} {b:?}");
     }
 
     #[test]

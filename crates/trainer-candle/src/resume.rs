@@ -7,6 +7,7 @@ use std::{collections::HashMap, path::Path};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use trainyard_domain::{
+    lr_schedule::PlateauState,
     metrics::EpochMetrics,
     ports::{TrainError, TrainingEvents},
     selection::Tracker,
@@ -36,6 +37,8 @@ pub(crate) struct Checkpoint {
     metrics: Option<EpochMetrics>,
     /// Where the judging of epochs stood after its epoch (absent from older checkpoints).
     pub tracker: Option<Tracker>,
+    /// The `plateau` schedule's state after its epoch.
+    pub plateau: Option<PlateauState>,
 }
 
 impl Checkpoint {
@@ -49,8 +52,9 @@ impl Checkpoint {
         let epoch = loaded.header.get("epoch").and_then(|e| e.parse::<u32>().ok()).ok_or("the checkpoint names no epoch")?;
         let metrics = loaded.header.get("metrics").and_then(|m| serde_json::from_str(m).ok());
         let tracker = loaded.header.get("selection").and_then(|t| serde_json::from_str(t).ok());
+        let plateau = loaded.header.get("lr_plateau").and_then(|t| serde_json::from_str(t).ok());
         let description = ModelMeta::from_header(&loaded.header).map_err(|e| format!("the checkpoint's model: {e}"))?;
-        Ok(Some(Self { epoch, description, tensors: loaded.tensors, metrics, tracker }))
+        Ok(Some(Self { epoch, description, tensors: loaded.tensors, metrics, tracker, plateau }))
     }
 
     /// Loads the optimizer state, then tells `events` where the run resumes and replays the
@@ -69,7 +73,7 @@ impl Checkpoint {
 }
 
 /// Writes the checkpoint of a finished epoch: the model's description plus the epoch, its
-/// metrics and where the judging of epochs stands.
+/// metrics, where the judging of epochs stands and the learning-rate schedule's state.
 pub(crate) fn write(
     dir: &Path,
     varmap: &VarMap,
@@ -77,12 +81,14 @@ pub(crate) fn write(
     description: &ModelMeta,
     metrics: &EpochMetrics,
     tracker: &Tracker,
+    plateau: &PlateauState,
 ) -> Result<(), TrainError> {
     let failed = |e: serde_json::Error| TrainError::Failed(e.to_string());
     let mut header = description.to_header();
     header.insert("epoch".into(), metrics.epoch.to_string());
     header.insert("metrics".into(), serde_json::to_string(metrics).map_err(failed)?);
     header.insert("selection".into(), serde_json::to_string(tracker).map_err(failed)?);
+    header.insert("lr_plateau".into(), serde_json::to_string(plateau).map_err(failed)?);
     let extra = optimizer.state().map_err(backend)?;
     checkpoint::save_with(varmap, extra, header, &dir.join(CHECKPOINT_FILE)).map_err(|e| TrainError::Io(e.to_string()))
 }

@@ -296,7 +296,7 @@ impl Task for Classifier<'_> {
         let index = Tensor::from_slice(batch, batch.len(), self.x_train.device())?;
         let xb = self.x_train.index_select(&index, 0)?;
         let logits = self.net.forward(&xb, Mode::Train(&mut self.masks))?;
-        let loss = loss::compute(self.cfg.loss_function, &logits, &self.labels)?;
+        let loss = loss::train(self.cfg.loss_function, self.cfg.label_smoothing, &logits, &self.labels)?;
         let correct = count_correct(&logits, &self.labels)?;
         Ok(Step { loss, correct, targets: batch.len(), samples: batch.len() })
     }

@@ -33,6 +33,7 @@ fn epoch(n: u32, loss: f64, accuracy: f64, validation: Option<(f64, f64)>) -> Ep
         val_accuracy: validation.map(|v| v.1),
         samples_per_second: 100.0,
         epoch_seconds: 1.0,
+        learning_rate: None,
         timestamp: OffsetDateTime::UNIX_EPOCH,
     }
 }

@@ -258,6 +258,7 @@ quickcheck! {
                 w.metrics.record(&s.id, &EpochMetrics {
                     epoch: 1, loss: 9.0, accuracy: 0.0, val_loss: None, val_accuracy: None,
                     samples_per_second: 1.0, epoch_seconds: 1.0, timestamp: now,
+                    learning_rate: None,
                 }).unwrap();
             }
             w.sessions.insert(&s).unwrap();

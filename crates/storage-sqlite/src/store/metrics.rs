@@ -10,7 +10,7 @@ use trainyard_domain::{
 use super::SqliteStore;
 use crate::{codec, db::missing_as};
 
-const COLUMNS: &str = "epoch, loss, accuracy, val_loss, val_accuracy, samples_per_second, epoch_seconds, timestamp";
+const COLUMNS: &str = "epoch, loss, accuracy, val_loss, val_accuracy, samples_per_second, epoch_seconds, timestamp, learning_rate";
 
 /// An epoch's columns as SQLite returns them. SQLite stores NaN as NULL, so the required
 /// measures come back as options.
@@ -23,6 +23,7 @@ struct MetricsRow {
     samples_per_second: Option<f64>,
     epoch_seconds: Option<f64>,
     timestamp: String,
+    learning_rate: Option<f64>,
 }
 
 impl MetricsRow {
@@ -36,6 +37,7 @@ impl MetricsRow {
             samples_per_second: r.get(5)?,
             epoch_seconds: r.get(6)?,
             timestamp: r.get(7)?,
+            learning_rate: r.get(8)?,
         })
     }
 
@@ -50,6 +52,7 @@ impl MetricsRow {
             val_accuracy: self.val_accuracy,
             samples_per_second: self.samples_per_second.unwrap_or(f64::NAN),
             epoch_seconds: self.epoch_seconds.unwrap_or(f64::NAN),
+            learning_rate: self.learning_rate,
             timestamp: codec::parse_ts(&self.timestamp)?,
         })
     }
@@ -62,12 +65,14 @@ impl MetricsStore for SqliteStore {
             .write(|tx| {
                 tx.prepare_cached(
                     "INSERT INTO metrics
-                         (session_id, epoch, loss, accuracy, val_loss, val_accuracy, samples_per_second, epoch_seconds, timestamp)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         (session_id, epoch, loss, accuracy, val_loss, val_accuracy, samples_per_second, epoch_seconds, timestamp,
+                          learning_rate)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (session_id, epoch) DO UPDATE SET
                          loss = excluded.loss, accuracy = excluded.accuracy, val_loss = excluded.val_loss,
                          val_accuracy = excluded.val_accuracy, samples_per_second = excluded.samples_per_second,
-                         epoch_seconds = excluded.epoch_seconds, timestamp = excluded.timestamp",
+                         epoch_seconds = excluded.epoch_seconds, timestamp = excluded.timestamp,
+                         learning_rate = excluded.learning_rate",
                 )?
                 .execute(params![
                     session.as_str(),
@@ -78,7 +83,8 @@ impl MetricsStore for SqliteStore {
                     m.val_accuracy,
                     m.samples_per_second,
                     m.epoch_seconds,
-                    timestamp
+                    timestamp,
+                    m.learning_rate
                 ])
             })
             .map_err(missing_as(|| format!("session {session}")))?;
@@ -130,6 +136,7 @@ mod tests {
             val_accuracy: val.map(|v| v / 2.0),
             samples_per_second: 1000.0,
             epoch_seconds: 0.25,
+            learning_rate: Some(0.001 * f64::from(epoch + 1)),
             timestamp: time_from(at, at),
         }
     }

@@ -158,7 +158,6 @@ fn onecycle(max_lr: f64, step: usize, total: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use quickcheck::{Gen, QuickCheck};
-    use time::OffsetDateTime;
 
     use super::*;
 
@@ -197,17 +196,7 @@ mod tests {
     }
 
     fn epoch(n: u32, val_loss: f64) -> EpochMetrics {
-        EpochMetrics {
-            epoch: n,
-            loss: 1.0,
-            accuracy: 0.5,
-            val_loss: Some(val_loss),
-            val_accuracy: None,
-            samples_per_second: 1.0,
-            epoch_seconds: 1.0,
-            learning_rate: None,
-            timestamp: OffsetDateTime::UNIX_EPOCH,
-        }
+        crate::testing::epoch_metrics(n, 1.0, Some(val_loss))
     }
 
     #[test]

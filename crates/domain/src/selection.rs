@@ -191,22 +191,11 @@ pub struct Observation {
 #[cfg(test)]
 mod tests {
     use quickcheck::{Gen, QuickCheck};
-    use time::OffsetDateTime;
 
     use super::*;
 
     fn epoch(n: u32, val_loss: Option<f64>) -> EpochMetrics {
-        EpochMetrics {
-            epoch: n,
-            loss: 1.0,
-            accuracy: 0.5,
-            val_loss,
-            val_accuracy: val_loss.map(|l| 1.0 - l),
-            samples_per_second: 1.0,
-            epoch_seconds: 1.0,
-            learning_rate: None,
-            timestamp: OffsetDateTime::UNIX_EPOCH,
-        }
+        crate::testing::epoch_metrics(n, 1.0, val_loss)
     }
 
     #[test]

@@ -392,7 +392,7 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::{ids::SessionId, metrics::EpochMetrics};
+    use crate::ids::SessionId;
 
     const TOKEN: &str = "123456789:AAHk-secret_part_42xyz";
 
@@ -442,17 +442,7 @@ mod tests {
     }
 
     fn epoch(n: u32) -> EventPayload {
-        EventPayload::Epoch(EpochMetrics {
-            epoch: n,
-            loss: 0.5,
-            accuracy: 0.5,
-            val_loss: None,
-            val_accuracy: None,
-            samples_per_second: 1.0,
-            epoch_seconds: 1.0,
-            learning_rate: None,
-            timestamp: OffsetDateTime::UNIX_EPOCH,
-        })
+        EventPayload::Epoch(crate::testing::epoch_metrics(n, 0.5, None))
     }
 
     #[test]

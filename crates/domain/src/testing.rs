@@ -665,3 +665,20 @@ impl Trainer for ScriptedTrainer {
         }
     }
 }
+
+/// An epoch's metrics for tests: the given losses, accuracy 0.5 and a validation accuracy of
+/// `1 - val_loss`, at the Unix epoch.
+#[must_use]
+pub fn epoch_metrics(epoch: u32, loss: f64, val_loss: Option<f64>) -> EpochMetrics {
+    EpochMetrics {
+        epoch,
+        loss,
+        accuracy: 0.5,
+        val_loss,
+        val_accuracy: val_loss.map(|l| 1.0 - l),
+        samples_per_second: 1.0,
+        epoch_seconds: 1.0,
+        learning_rate: None,
+        timestamp: OffsetDateTime::UNIX_EPOCH,
+    }
+}

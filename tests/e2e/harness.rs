@@ -141,6 +141,10 @@ impl Server {
         call(self.req("POST", path), Some(body))
     }
 
+    pub fn patch_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        call(self.req("PATCH", path), Some(body))
+    }
+
     pub fn post(&self, path: &str) -> (u16, Value) {
         call(self.req("POST", path), None)
     }

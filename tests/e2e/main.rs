@@ -14,6 +14,7 @@ mod events;
 mod inputs;
 mod lifecycle;
 mod metrics;
+mod queue;
 mod registry;
 mod schedules;
 mod selection;

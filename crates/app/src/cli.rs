@@ -345,7 +345,8 @@ pub struct ServeArgs {
     /// Comma-separated API keys accepted besides managed keys. Held in memory as hashes only.
     #[arg(long, env = "API_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub api_keys: Vec<String>,
-    /// Sessions that may train at once; the rest wait in a FIFO queue.
+    /// Sessions that may train at once; the rest wait in the queue (by priority, then first
+    /// in, first out).
     #[arg(long, env = "MAX_CONCURRENT_SESSIONS", default_value_t = 1)]
     pub max_concurrent_sessions: usize,
     /// Memory (MB) kept free beyond the sessions' estimates: a queued session waits while

@@ -22,6 +22,8 @@ pub const DEFAULT_EPOCHS: u32 = 10;
 pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.2;
 /// Default seed, so that two runs of the same request on the CPU are identical.
 pub const DEFAULT_SEED: u64 = 42;
+/// The lowest and highest queue priority.
+pub const PRIORITY_RANGE: (i32, i32) = (-1000, 1000);
 /// AdamW's weight decay when the request names none (PyTorch's default).
 pub const ADAMW_DEFAULT_WEIGHT_DECAY: f64 = 0.01;
 /// Accepted learning rates, inclusive.
@@ -237,6 +239,8 @@ pub struct TrainingRequest {
     pub weight_decay: Option<f64>,
     pub clip_grad_norm: Option<f64>,
     pub label_smoothing: Option<f64>,
+    /// Higher starts first; default 0.
+    pub priority: Option<i64>,
 }
 
 /// `lr_schedule` as received.
@@ -362,6 +366,9 @@ pub struct TrainingConfig {
     /// Cross-entropy's label smoothing (0: none).
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Queued sessions of higher priority start first; changed while queued by reordering.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 impl TrainingConfig {
@@ -385,6 +392,7 @@ impl TrainingConfig {
         "weight_decay",
         "clip_grad_norm",
         "label_smoothing",
+        "priority",
     ];
 
     /// How the session's epochs are judged: the best one, and when to stop early.
@@ -560,6 +568,15 @@ impl TrainingConfig {
             errors.push("label_smoothing", "applies only to the cross_entropy loss");
         }
 
+        let priority = match req.priority.map(check_priority) {
+            None => 0,
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                errors.0.extend(e.0);
+                0
+            }
+        };
+
         match (model_architecture, dataset_name, errors.is_empty()) {
             (Some(model_architecture), Some(dataset_name), true) => Ok(Self {
                 model_architecture,
@@ -584,8 +601,25 @@ impl TrainingConfig {
                 weight_decay,
                 clip_grad_norm,
                 label_smoothing,
+                priority,
             }),
             _ => Err(errors),
+        }
+    }
+}
+
+/// Checks a queue priority: a whole number in [`PRIORITY_RANGE`].
+///
+/// # Errors
+/// The `priority` field's error.
+pub fn check_priority(raw: i64) -> Result<i32, ConfigErrors> {
+    let (lo, hi) = PRIORITY_RANGE;
+    match i32::try_from(raw) {
+        Ok(p) if (lo..=hi).contains(&p) => Ok(p),
+        _ => {
+            let mut errors = ConfigErrors::default();
+            errors.push("priority", format!("must be a whole number from {lo} to {hi}, got {raw}"));
+            Err(errors)
         }
     }
 }

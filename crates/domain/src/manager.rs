@@ -310,11 +310,8 @@ impl SessionManager {
     fn view_in(&self, sched: &Sched, id: &SessionId) -> Result<SessionView, ManagerError> {
         let p = &self.inner.ports;
         let session = p.sessions.get(id)?.ok_or_else(|| ManagerError::NotFound(id.clone()))?;
-        let queue_position = if session.state == SessionState::Queued {
-            p.sessions.list_in_state(SessionState::Queued)?.iter().position(|s| s.id == *id).map(|i| i + 1)
-        } else {
-            None
-        };
+        let queue_position =
+            if session.state == SessionState::Queued { self.inner.queued()?.iter().position(|s| s.id == *id).map(|i| i + 1) } else { None };
         Ok(self.inner.annotate(sched, session, queue_position))
     }
 
@@ -324,15 +321,12 @@ impl SessionManager {
     /// A store error.
     pub fn list(&self) -> Result<Vec<SessionView>, ManagerError> {
         let sessions = self.inner.ports.sessions.list()?;
+        let order: HashMap<SessionId, usize> = self.inner.queued()?.into_iter().enumerate().map(|(i, s)| (s.id, i + 1)).collect();
         let sched = lock(&self.inner.sched);
-        let mut pos = 0;
         Ok(sessions
             .into_iter()
             .map(|session| {
-                let queue_position = (session.state == SessionState::Queued).then(|| {
-                    pos += 1;
-                    pos
-                });
+                let queue_position = order.get(&session.id).copied();
                 self.inner.annotate(&sched, session, queue_position)
             })
             .collect())
@@ -343,7 +337,7 @@ impl SessionManager {
     /// # Errors
     /// A store error.
     pub fn queue(&self) -> Result<Vec<SessionView>, ManagerError> {
-        let queued = self.inner.ports.sessions.list_in_state(SessionState::Queued)?;
+        let queued = self.inner.queued()?;
         let sched = lock(&self.inner.sched);
         Ok(queued.into_iter().enumerate().map(|(i, session)| self.inner.annotate(&sched, session, Some(i + 1))).collect())
     }
@@ -370,6 +364,31 @@ impl SessionManager {
             }
             other => other,
         }
+    }
+
+    /// Moves a queued session in the queue by giving it another priority: higher starts
+    /// first, first in first out within a priority. Answers the session as it now stands.
+    ///
+    /// # Errors
+    /// [`ManagerError::Invalid`] for a priority out of range, [`ManagerError::NotFound`],
+    /// [`ManagerError::Conflict`] when it is not queued.
+    pub fn set_priority(&self, id: &SessionId, priority: i64) -> Result<SessionView, ManagerError> {
+        let priority = crate::config::check_priority(priority)?;
+        let p = &self.inner.ports;
+        {
+            // Held so that the session cannot be admitted meanwhile.
+            let _sched = lock(&self.inner.sched);
+            let mut s = p.sessions.get(id)?.ok_or_else(|| ManagerError::NotFound(id.clone()))?;
+            if s.state != SessionState::Queued {
+                return Err(ManagerError::Conflict(format!("training session {id} is {} and not in the queue", s.state)));
+            }
+            let before = s.config.priority;
+            s.config.priority = priority;
+            p.sessions.update(&s)?;
+            self.inner.log(id, LogLevel::Info, format!("priority changed from {before} to {priority}"));
+        }
+        self.inner.pump();
+        self.view(id)
     }
 
     /// Cancels a queued session: it ends `stopped` without running.
@@ -580,6 +599,14 @@ impl Inner {
         }
     }
 
+    /// The queued sessions in the order they start: higher priority first, first in first out
+    /// within a priority.
+    fn queued(&self) -> Result<Vec<Session>, StoreError> {
+        let mut queued = self.ports.sessions.list_in_state(SessionState::Queued)?;
+        queued.sort_by_key(|s| std::cmp::Reverse(s.config.priority));
+        Ok(queued)
+    }
+
     /// A view of `session` with what the scheduler knows of it now.
     fn annotate(&self, sched: &Sched, session: Session, queue_position: Option<usize>) -> SessionView {
         let usage = sched.running.get(&session.id).and_then(|r| r.usage);
@@ -662,7 +689,7 @@ impl Inner {
         let mut sched = lock(&self.sched);
         sched.head_reason = None;
         while !sched.shutting_down {
-            let Ok(queued) = self.ports.sessions.list_in_state(SessionState::Queued) else { return };
+            let Ok(queued) = self.queued() else { return };
             let Some(mut session) = queued.into_iter().next() else { return };
             if sched.running.len() >= self.policy.max_concurrent {
                 let why = self.slots_reason(sched.running.len());

@@ -99,6 +99,17 @@ pub struct StartTraining {
     pub clip_grad_norm: Option<f64>,
     /// 0 to below 1, `cross_entropy` only: the training loss's label smoothing; default 0.
     pub label_smoothing: Option<f64>,
+    /// -1000 to 1000; queued sessions of higher priority start first; default 0.
+    pub priority: Option<i64>,
+}
+
+/// `PATCH /api/v1/training/queue/{session_id}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reorder {
+    /// -1000 to 1000: higher starts first, first in first out within a priority.
+    #[schema(example = 10)]
+    pub priority: i64,
 }
 
 /// `lr_schedule`: PyTorch's schedulers of the same names, after an optional linear warm-up
@@ -201,6 +212,7 @@ impl From<StartTraining> for TrainingRequest {
             weight_decay: b.weight_decay,
             clip_grad_norm: b.clip_grad_norm,
             label_smoothing: b.label_smoothing,
+            priority: b.priority,
         }
     }
 }
@@ -246,6 +258,8 @@ pub struct ConfigDto {
     pub weight_decay: f64,
     pub clip_grad_norm: Option<f64>,
     pub label_smoothing: f64,
+    /// Queued sessions of higher priority start first.
+    pub priority: i32,
 }
 
 /// `early_stopping` with its defaults filled in.
@@ -291,6 +305,7 @@ impl From<&TrainingConfig> for ConfigDto {
             weight_decay: c.effective_weight_decay(),
             clip_grad_norm: c.clip_grad_norm,
             label_smoothing: c.label_smoothing,
+            priority: c.priority,
         }
     }
 }

@@ -78,6 +78,7 @@ pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::GET, "/api/v1/training/sessions", READ, |r| r.to(list_sessions)),
     route(Method::GET, "/api/v1/training/queue", READ, |r| r.to(list_queue)),
     route(Method::DELETE, "/api/v1/training/queue/{session_id}", TRAIN, |r| r.to(cancel_queued)),
+    route(Method::PATCH, "/api/v1/training/queue/{session_id}", TRAIN, |r| r.to(reorder_queued)),
     route(Method::POST, "/api/v1/training/{session_id}/stop", TRAIN, |r| r.to(stop_training)),
     route(Method::GET, "/api/v1/training/{session_id}/status", READ, |r| r.to(session_status)),
     route(Method::GET, "/api/v1/training/{session_id}/metrics", READ, |r| r.to(session_metrics)),

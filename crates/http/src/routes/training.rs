@@ -12,7 +12,7 @@ use trainyard_domain::{
 
 use super::blocking;
 use crate::{
-    dto::{ArchitectureDto, LogLine, Message, Metrics, SessionStatus, SessionSummary, StartTraining, Started},
+    dto::{ArchitectureDto, LogLine, Message, Metrics, Reorder, SessionStatus, SessionSummary, StartTraining, Started},
     error::{ApiError, ErrorCode},
     AppState,
 };
@@ -161,6 +161,30 @@ pub(crate) async fn cancel_queued(state: web::Data<AppState>, path: web::Path<St
     let manager = state.manager.clone();
     let message = blocking(move || manager.cancel(&id)).await?;
     Ok(web::Json(Message { message }))
+}
+
+/// Moves a queued session in the queue: `{"priority": N}` (-1000 to 1000; higher starts first,
+/// first in first out within a priority). Answers the session with its new queue position.
+#[utoipa::path(
+    patch, path = "/api/v1/training/queue/{session_id}", tag = "training", request_body = Reorder,
+    responses(
+        (status = 200, body = SessionStatus),
+        (status = 400, description = "a priority out of range"),
+        (status = 404),
+        (status = 409, description = "the session is not queued"),
+        (status = 422, description = "wrong JSON shape")
+    )
+)]
+pub(crate) async fn reorder_queued(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<Reorder>,
+) -> Result<web::Json<SessionStatus>, ApiError> {
+    let id = session_id(&path)?;
+    let manager = state.manager.clone();
+    let priority = body.into_inner().priority;
+    let view = blocking(move || manager.set_priority(&id, priority)).await?;
+    Ok(web::Json(SessionStatus::from(&view)))
 }
 
 /// The architectures this server can train, with the datasets each accepts.

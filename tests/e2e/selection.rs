@@ -86,6 +86,12 @@ fn a_run_whose_validation_loss_rises_stops_early_and_keeps_its_best_epoch() {
         "{model}"
     );
     assert_eq!((kept["stopped_early"].as_bool(), model["metadata"]["stopped_early"].as_bool()), (Some(true), Some(true)), "{model}");
+    let final_metrics = &model["metadata"]["final_metrics"];
+    assert_eq!(
+        (final_metrics["epoch"].as_u64(), final_metrics["val_loss"].as_f64()),
+        (Some(best), Some(lowest.1)),
+        "the kept epoch's: {model}"
+    );
 
     // The same seed trained to the best epoch only, keeping its last: the same model.
     let mut body = config(&dataset, u32::try_from(best).unwrap());

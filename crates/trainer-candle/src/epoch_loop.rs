@@ -240,12 +240,19 @@ impl Session<'_> {
         let kept = kept_epoch(cfg.keep, &selection, &tracker, last.as_ref(), stopped_early);
         // The best epoch's weights replace the current ones unless they are the same: the last
         // epoch was the best and no batch ran after it.
+        // The model's final metrics are those of the epoch whose weights it holds.
+        let mut final_metrics = last.as_ref().map(FinalMetrics::from);
         if let Some(k) = kept.as_ref().filter(|k| k.keep == "best" && (k.epoch != completed || stopped)) {
             match resume::load_best(&job.scratch_dir, task.varmap(), device) {
-                Ok(()) => events.log(
-                    LogLevel::Info,
-                    format!("keeping epoch {}'s weights: the best {} ({:.4})", k.epoch, k.metric, k.value.unwrap_or(f64::NAN)),
-                ),
+                Ok(best) => {
+                    if k.epoch != completed {
+                        final_metrics = best.as_ref().map(FinalMetrics::from);
+                    }
+                    events.log(
+                        LogLevel::Info,
+                        format!("keeping epoch {}'s weights: the best {} ({:.4})", k.epoch, k.metric, k.value.unwrap_or(f64::NAN)),
+                    );
+                }
                 Err(why) => {
                     return Err(TrainError::Io(format!("could not read the best epoch's weights back ({why})")));
                 }
@@ -255,7 +262,7 @@ impl Session<'_> {
         let meta = ModelMeta {
             run: Some(RunRecord {
                 hyperparameters: cfg.into(),
-                final_metrics: last.as_ref().map(FinalMetrics::from),
+                final_metrics,
                 epochs_completed: Some(completed),
                 stopped: Some(stopped),
                 session_id: job.session_id.as_str().to_owned(),

@@ -135,8 +135,10 @@ pub(crate) fn mark_best(dir: &Path) -> Result<(), TrainError> {
         .map_err(|e| TrainError::Io(format!("could not keep the best epoch's checkpoint: {e}")))
 }
 
-/// Loads the best epoch's weights (see [`mark_best`]) into `varmap`.
-pub(crate) fn load_best(dir: &Path, varmap: &VarMap, device: &Device) -> Result<(), String> {
+/// Loads the best epoch's weights (see [`mark_best`]) into `varmap`; returns that epoch's
+/// metrics, which its checkpoint holds.
+pub(crate) fn load_best(dir: &Path, varmap: &VarMap, device: &Device) -> Result<Option<EpochMetrics>, String> {
     let loaded = weights::load_safetensors(&dir.join(BEST_FILE), device)?;
-    assign(varmap, &loaded.tensors).map(|_| ())
+    assign(varmap, &loaded.tensors)?;
+    Ok(loaded.header.get("metrics").and_then(|m| serde_json::from_str(m).ok()))
 }

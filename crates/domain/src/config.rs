@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     charts::Metric,
-    ids::{DatasetName, ModelName},
+    ids::{DatasetName, ModelName, SessionId},
     lr_schedule::{LrSchedule, LrScheduleKind},
     selection::{EarlyStopping, Keep, Mode, Selection, DEFAULT_PATIENCE, PATIENCE_RANGE},
 };
@@ -22,6 +22,8 @@ pub const DEFAULT_EPOCHS: u32 = 10;
 pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.2;
 /// Default seed, so that two runs of the same request on the CPU are identical.
 pub const DEFAULT_SEED: u64 = 42;
+/// The most sessions one session may depend on.
+pub const MAX_DEPENDENCIES: usize = 20;
 /// The lowest and highest queue priority.
 pub const PRIORITY_RANGE: (i32, i32) = (-1000, 1000);
 /// AdamW's weight decay when the request names none (PyTorch's default).
@@ -241,6 +243,8 @@ pub struct TrainingRequest {
     pub label_smoothing: Option<f64>,
     /// Higher starts first; default 0.
     pub priority: Option<i64>,
+    /// Sessions that must complete before this one starts.
+    pub depends_on: Option<Vec<String>>,
 }
 
 /// `lr_schedule` as received.
@@ -369,6 +373,10 @@ pub struct TrainingConfig {
     /// Queued sessions of higher priority start first; changed while queued by reordering.
     #[serde(default)]
     pub priority: i32,
+    /// Sessions that must complete before this one starts; it fails if one of them fails or
+    /// is stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<SessionId>,
 }
 
 impl TrainingConfig {
@@ -393,6 +401,7 @@ impl TrainingConfig {
         "clip_grad_norm",
         "label_smoothing",
         "priority",
+        "depends_on",
     ];
 
     /// How the session's epochs are judged: the best one, and when to stop early.
@@ -577,6 +586,22 @@ impl TrainingConfig {
             }
         };
 
+        let mut depends_on: Vec<SessionId> = Vec::new();
+        let raw_deps = req.depends_on.as_deref().unwrap_or_default();
+        if raw_deps.len() > MAX_DEPENDENCIES {
+            errors.push("depends_on", format!("names {} sessions; at most {MAX_DEPENDENCIES}", raw_deps.len()));
+        }
+        for raw in raw_deps.iter().take(MAX_DEPENDENCIES) {
+            match SessionId::parse(raw.trim()) {
+                Ok(id) if depends_on.contains(&id) => errors.push("depends_on", format!("names session {id} twice")),
+                Ok(id) => depends_on.push(id),
+                Err(_) => {
+                    let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+                    errors.push("depends_on", format!("'{shown}' is not a session id (sess_ and 32 hex digits)"));
+                }
+            }
+        }
+
         match (model_architecture, dataset_name, errors.is_empty()) {
             (Some(model_architecture), Some(dataset_name), true) => Ok(Self {
                 model_architecture,
@@ -602,6 +627,7 @@ impl TrainingConfig {
                 clip_grad_norm,
                 label_smoothing,
                 priority,
+                depends_on,
             }),
             _ => Err(errors),
         }

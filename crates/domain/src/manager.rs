@@ -147,6 +147,8 @@ struct Sched {
     wait_logged: HashSet<SessionId>,
     /// Why the first queued session is still waiting.
     head_reason: Option<(SessionId, String)>,
+    /// Queued sessions waiting for the sessions they depend on, and for which.
+    dependency_waits: HashMap<SessionId, String>,
     shutting_down: bool,
     last_sweep: Option<Instant>,
 }
@@ -290,6 +292,11 @@ impl SessionManager {
         if let Err(why) = p.trainer.check_device(config.device) {
             errors.push("device", why);
         }
+        for dep in &config.depends_on {
+            if p.sessions.get(dep)?.is_none() {
+                errors.push("depends_on", format!("training session '{dep}' not found"));
+            }
+        }
         if errors.is_empty() {
             Ok(found)
         } else {
@@ -410,6 +417,8 @@ impl SessionManager {
         self.inner.idle.notify_all();
         self.inner.log(id, LogLevel::Info, "cancelled while queued".to_owned());
         self.inner.announce(&s);
+        // Sessions that depended on it fail now rather than at the next tick.
+        self.inner.pump();
         Ok(format!("Training session {id} removed from the queue"))
     }
 
@@ -611,6 +620,7 @@ impl Inner {
     fn annotate(&self, sched: &Sched, session: Session, queue_position: Option<usize>) -> SessionView {
         let usage = sched.running.get(&session.id).and_then(|r| r.usage);
         let queue_reason = queue_position.map(|pos| match &sched.head_reason {
+            _ if sched.dependency_waits.contains_key(&session.id) => sched.dependency_waits[&session.id].clone(),
             Some((id, why)) if *id == session.id => why.clone(),
             _ if pos > 1 => format!("waiting behind {} earlier session{} in the queue", pos - 1, if pos == 2 { "" } else { "s" }),
             _ if sched.running.len() >= self.policy.max_concurrent => self.slots_reason(sched.running.len()),
@@ -690,7 +700,24 @@ impl Inner {
         sched.head_reason = None;
         while !sched.shutting_down {
             let Ok(queued) = self.queued() else { return };
-            let Some(mut session) = queued.into_iter().next() else { return };
+            sched.dependency_waits.clear();
+            let mut next = None;
+            // Every queued session is looked at, so that each one waiting says for which.
+            for s in queued {
+                match self.dependencies(&s) {
+                    Ok(Dependencies::Done) => {
+                        if next.is_none() {
+                            next = Some(s);
+                        }
+                    }
+                    Ok(Dependencies::Waiting(why)) => {
+                        sched.dependency_waits.insert(s.id.clone(), why);
+                    }
+                    Ok(Dependencies::Broken(why)) => self.fail_queued(s, &why),
+                    Err(_) => return,
+                }
+            }
+            let Some(mut session) = next else { return };
             if sched.running.len() >= self.policy.max_concurrent {
                 let why = self.slots_reason(sched.running.len());
                 sched.head_reason = Some((session.id, why));
@@ -710,6 +737,35 @@ impl Inner {
             self.announce(&session);
             self.log(&session.id, LogLevel::Info, "training started".to_owned());
             self.spawn_run(&mut sched, session, false);
+        }
+    }
+
+    /// Where the sessions `session` depends on stand.
+    fn dependencies(&self, session: &Session) -> Result<Dependencies, StoreError> {
+        let mut waiting = Vec::new();
+        for dep in &session.config.depends_on {
+            match self.ports.sessions.get(dep)?.map(|d| d.state) {
+                Some(SessionState::Completed) => {}
+                Some(state @ (SessionState::Failed | SessionState::Stopped)) => {
+                    return Ok(Dependencies::Broken(format!("it depends on training session {dep}, which {state}")));
+                }
+                Some(_) => waiting.push(dep.to_string()),
+                None => return Ok(Dependencies::Broken(format!("it depends on training session {dep}, which no longer exists"))),
+            }
+        }
+        Ok(if waiting.is_empty() {
+            Dependencies::Done
+        } else {
+            Dependencies::Waiting(format!("waiting for {} to complete", waiting.join(", ")))
+        })
+    }
+
+    /// Ends a queued session `failed` without running it.
+    fn fail_queued(&self, mut session: Session, why: &str) {
+        if session.fail(why, self.ports.clock.now()).is_ok() && self.ports.sessions.update(&session).is_ok() {
+            self.log(&session.id, LogLevel::Error, format!("training failed: {why}"));
+            self.announce(&session);
+            self.idle.notify_all();
         }
     }
 
@@ -884,6 +940,16 @@ impl Inner {
         })?;
         Ok(name)
     }
+}
+
+/// Where a queued session's dependencies stand.
+enum Dependencies {
+    /// All completed (or it has none).
+    Done,
+    /// Some still queued or running: the reason it waits.
+    Waiting(String),
+    /// One failed, was stopped or is gone: why the session fails.
+    Broken(String),
 }
 
 /// Receives a run's progress and writes it through the ports.

@@ -51,7 +51,7 @@ impl SessionState {
     #[must_use]
     pub fn can_become(self, next: Self) -> bool {
         use SessionState::{Completed, Failed, Queued, Running, Stopped};
-        matches!((self, next), (Queued, Running | Stopped) | (Running, Completed | Failed | Stopped))
+        matches!((self, next), (Queued, Running | Stopped | Failed) | (Running, Completed | Failed | Stopped))
     }
 }
 
@@ -190,7 +190,7 @@ mod tests {
                 let before = s.clone();
                 let legal = matches!(
                     (s.state, next),
-                    (SessionState::Queued, SessionState::Running | SessionState::Stopped)
+                    (SessionState::Queued, SessionState::Running | SessionState::Stopped | SessionState::Failed)
                         | (SessionState::Running, SessionState::Completed | SessionState::Failed | SessionState::Stopped)
                 );
                 match s.transition(next, OffsetDateTime::UNIX_EPOCH) {

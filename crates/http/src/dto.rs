@@ -101,6 +101,9 @@ pub struct StartTraining {
     pub label_smoothing: Option<f64>,
     /// -1000 to 1000; queued sessions of higher priority start first; default 0.
     pub priority: Option<i64>,
+    /// Up to 20 session ids: this session waits until they have completed, and fails if one
+    /// of them fails or is stopped.
+    pub depends_on: Option<Vec<String>>,
 }
 
 /// `PATCH /api/v1/training/queue/{session_id}` body.
@@ -213,6 +216,7 @@ impl From<StartTraining> for TrainingRequest {
             clip_grad_norm: b.clip_grad_norm,
             label_smoothing: b.label_smoothing,
             priority: b.priority,
+            depends_on: b.depends_on,
         }
     }
 }
@@ -260,6 +264,8 @@ pub struct ConfigDto {
     pub label_smoothing: f64,
     /// Queued sessions of higher priority start first.
     pub priority: i32,
+    /// Sessions that must complete before it starts.
+    pub depends_on: Vec<String>,
 }
 
 /// `early_stopping` with its defaults filled in.
@@ -306,6 +312,7 @@ impl From<&TrainingConfig> for ConfigDto {
             clip_grad_norm: c.clip_grad_norm,
             label_smoothing: c.label_smoothing,
             priority: c.priority,
+            depends_on: c.depends_on.iter().map(ToString::to_string).collect(),
         }
     }
 }

@@ -163,7 +163,10 @@ fn learns_iris_to_ninety_percent_validation_accuracy() {
     let mean: Vec<f64> = serde_json::from_str(&meta["feature_mean"]).unwrap();
     assert_eq!(mean.len(), 4);
     let final_metrics: Value = serde_json::from_str(&meta["final_metrics"]).unwrap();
-    assert_eq!(final_metrics["epoch"], 30);
+    // With validation data the model keeps its best epoch's weights, and says so.
+    let kept = &model.metadata["kept"];
+    assert_eq!((kept["keep"].as_str(), kept["metric"].as_str()), (Some("best"), Some("val_loss")), "{kept}");
+    assert_eq!(final_metrics["epoch"], kept["epoch"]);
     // The one reader reads what the one writer wrote.
     let description = crate::model_meta::ModelMeta::from_header(&meta).unwrap();
     assert_eq!(description.to_value(), model.metadata);

@@ -82,4 +82,30 @@ mod tests {
         assert_eq!(loaded["layers.0.weight"].dims(), [2, 3]);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "only the model remains");
     }
+
+    #[test]
+    fn some_tensors_read_back_alone_match_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let varmap = VarMap::new();
+        varmap.get((3, 2), "a.weight", Init::Randn { mean: 0.0, stdev: 1.0 }, DType::F32, &Device::Cpu).unwrap();
+        varmap.get(4, "b.bias", Init::Const(0.25), DType::F32, &Device::Cpu).unwrap();
+        let extra = vec![("optim.first.a.weight".to_owned(), Tensor::ones((3, 2), DType::F32, &Device::Cpu).unwrap())];
+        let meta: HashMap<String, String> = [("epoch".to_owned(), "7".to_owned())].into();
+        let path = dir.path().join("checkpoint.safetensors");
+        save_with(&varmap, extra, meta.clone(), &path).unwrap();
+        let whole = crate::weights::load_safetensors(&path, &Device::Cpu).unwrap();
+        let names = vec!["a.weight".to_owned(), "b.bias".to_owned()];
+        let some = crate::weights::load_some(&path, &names, &Device::Cpu).unwrap();
+        assert_eq!(some.header, meta);
+        assert_eq!(some.tensors.len(), 2, "the optimizer state is not read");
+        for name in &names {
+            let (a, b) = (&some.tensors[name], &whole.tensors[name]);
+            assert_eq!(a.dims(), b.dims());
+            assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        let missing = crate::weights::load_some(&path, &["c".to_owned()], &Device::Cpu).unwrap_err();
+        assert!(missing.contains("lacks 'c'"), "{missing}");
+        fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap();
+        assert!(crate::weights::load_some(&path, &names, &Device::Cpu).unwrap_err().contains("header length"));
+    }
 }

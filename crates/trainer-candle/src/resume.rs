@@ -135,10 +135,14 @@ pub(crate) fn mark_best(dir: &Path) -> Result<(), TrainError> {
         .map_err(|e| TrainError::Io(format!("could not keep the best epoch's checkpoint: {e}")))
 }
 
-/// Loads the best epoch's weights (see [`mark_best`]) into `varmap`; returns that epoch's
-/// metrics, which its checkpoint holds.
+/// Loads the best epoch's weights (see [`mark_best`]) into `varmap`, reading only them (not
+/// the optimizer state beside them); returns that epoch's metrics, which its checkpoint holds.
 pub(crate) fn load_best(dir: &Path, varmap: &VarMap, device: &Device) -> Result<Option<EpochMetrics>, String> {
-    let loaded = weights::load_safetensors(&dir.join(BEST_FILE), device)?;
+    let names: Vec<String> = {
+        let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        data.keys().cloned().collect()
+    };
+    let loaded = weights::load_some(&dir.join(BEST_FILE), &names, device)?;
     assign(varmap, &loaded.tensors)?;
     Ok(loaded.header.get("metrics").and_then(|m| serde_json::from_str(m).ok()))
 }

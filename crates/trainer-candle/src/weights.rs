@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use trainyard_domain::{config::CharLstmOptions, registry::ModelFormat};
 
 use crate::{
@@ -28,6 +28,63 @@ pub(crate) fn load_safetensors(path: &Path, device: &Device) -> Result<LoadedWei
     let header = header.metadata().clone().unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| format!("unreadable tensors: {e}"))?;
     Ok(LoadedWeights { tensors, header })
+}
+
+/// The largest safetensors header [`load_some`] reads.
+const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Reads only the tensors named `names` of a safetensors file onto `device`, each from its own
+/// byte range, with the header's `__metadata__`: a checkpoint's optimizer state is never read,
+/// so loading the weights back costs their size and no more.
+pub(crate) fn load_some(path: &Path, names: &[String], device: &Device) -> Result<LoadedWeights, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| format!("cannot read its file: {}", trainyard_domain::failure::io_summary(&e.to_string()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io)?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_HEADER_BYTES || 8 + header_len > file_len {
+        return Err("not a safetensors file: its header length is out of range".into());
+    }
+    let mut header = vec![0u8; usize::try_from(header_len).map_err(|e| e.to_string())?];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let data_start = 8 + header_len;
+    let mut tensors = HashMap::with_capacity(names.len());
+    for name in names {
+        let entry = header.get(name).ok_or_else(|| format!("it lacks '{name}'"))?;
+        let dtype = match entry["dtype"].as_str() {
+            Some("F32") => DType::F32,
+            Some("F64") => DType::F64,
+            Some("F16") => DType::F16,
+            Some("BF16") => DType::BF16,
+            Some("U8") => DType::U8,
+            Some("U32") => DType::U32,
+            Some("I64") => DType::I64,
+            other => return Err(format!("'{name}' has an unsupported dtype {other:?}")),
+        };
+        let shape: Vec<usize> = serde_json::from_value(entry["shape"].clone()).map_err(|e| format!("'{name}': bad shape ({e})"))?;
+        let offsets: [u64; 2] =
+            serde_json::from_value(entry["data_offsets"].clone()).map_err(|e| format!("'{name}': bad offsets ({e})"))?;
+        let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        let size = offsets[1].checked_sub(offsets[0]).filter(|n| usize::try_from(*n).is_ok_and(|n| n == expected));
+        let Some(size) = size.filter(|_| data_start + offsets[1] <= file_len) else {
+            return Err(format!("'{name}': its data is outside the file or of the wrong size"));
+        };
+        let mut bytes = vec![0u8; usize::try_from(size).map_err(|e| e.to_string())?];
+        file.seek(SeekFrom::Start(data_start + offsets[0])).map_err(io)?;
+        file.read_exact(&mut bytes).map_err(io)?;
+        let tensor = Tensor::from_raw_buffer(&bytes, dtype, &shape, device).map_err(|e| format!("'{name}': {e}"))?;
+        tensors.insert(name.clone(), tensor);
+    }
+    let metadata = header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default();
+    Ok(LoadedWeights { tensors, header: metadata })
 }
 
 /// A character-LSTM's weights with its vocabulary and layer sizes.

@@ -5,7 +5,7 @@ use std::f64::consts::PI;
 
 use serde_json::{json, Value};
 
-use crate::harness::{start_iris, Opts, Server};
+use crate::harness::{Opts, Server};
 
 fn rates(s: &Server, session: &str) -> Vec<f64> {
     let (code, history) = s.get(&format!("/api/v1/training/{session}/history"));
@@ -13,8 +13,12 @@ fn rates(s: &Server, session: &str) -> Vec<f64> {
     history.as_array().unwrap().iter().map(|m| m["learning_rate"].as_f64().unwrap_or_else(|| panic!("{m}"))).collect()
 }
 
+/// A server with the example datasets (iris among them) registered.
+fn server() -> Server {
+    Server::start_with(Opts { extra_args: vec!["--examples".into()], ..Opts::default() })
+}
+
 fn train(s: &Server, extra: Value) -> String {
-    start_iris(s, 1);
     let mut body =
         json!({"model_architecture": "mlp", "dataset_name": "iris", "epochs": 6, "batch_size": 16, "learning_rate": 0.01, "device": "cpu"});
     for (k, v) in extra.as_object().unwrap() {
@@ -37,7 +41,7 @@ fn assert_close(got: &[f64], want: &[f64]) {
 
 #[test]
 fn each_schedule_sets_each_epochs_learning_rate() {
-    let s = Server::start();
+    let s = server();
     let constant = train(&s, json!({}));
     assert_close(&rates(&s, &constant), &[0.01; 6]);
 

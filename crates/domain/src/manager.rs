@@ -619,9 +619,9 @@ impl Inner {
     /// A view of `session` with what the scheduler knows of it now.
     fn annotate(&self, sched: &Sched, session: Session, queue_position: Option<usize>) -> SessionView {
         let usage = sched.running.get(&session.id).and_then(|r| r.usage);
-        let queue_reason = queue_position.map(|pos| match &sched.head_reason {
-            _ if sched.dependency_waits.contains_key(&session.id) => sched.dependency_waits[&session.id].clone(),
-            Some((id, why)) if *id == session.id => why.clone(),
+        let queue_reason = queue_position.map(|pos| match (&sched.head_reason, sched.dependency_waits.get(&session.id)) {
+            (_, Some(why)) => why.clone(),
+            (Some((id, why)), None) if *id == session.id => why.clone(),
             _ if pos > 1 => format!("waiting behind {} earlier session{} in the queue", pos - 1, if pos == 2 { "" } else { "s" }),
             _ if sched.running.len() >= self.policy.max_concurrent => self.slots_reason(sched.running.len()),
             _ => "about to start".to_owned(),

@@ -1,7 +1,7 @@
 //! What the two outbox tables share: webhook deliveries and Telegram messages have the same
 //! attempt columns, are retried the same way and are pruned the same way.
 
-use rusqlite::{params, Row};
+use rusqlite::{params, types::Type, Row};
 use time::OffsetDateTime;
 use trainyard_domain::{
     events::EventKind,
@@ -11,6 +11,12 @@ use trainyard_domain::{
 };
 
 use crate::{codec, Database};
+
+/// A stored value a write transaction cannot read (column `column`), as the driver error that
+/// becomes [`StoreError::Corrupt`].
+pub(super) fn unreadable(column: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(e))
+}
 
 /// An outbox table.
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,7 @@
 //! [`TelegramStore`] for [`SqliteStore`]: the chats notified, their messages, and the cursor
 //! that turns recorded events into messages exactly once.
 
-use rusqlite::{params, types::Type, Row};
+use rusqlite::{params, Row};
 use time::OffsetDateTime;
 use trainyard_domain::{
     events::Event,
@@ -12,16 +12,10 @@ use trainyard_domain::{
 
 use super::{
     events::EventRow,
-    outbox::{CommonRow, Outbox, COMMON_COLUMNS, COMMON_COUNT},
+    outbox::{unreadable, CommonRow, Outbox, COMMON_COLUMNS, COMMON_COUNT},
     SqliteStore,
 };
 use crate::codec;
-
-/// A stored value a transaction cannot read, as the driver error that becomes
-/// [`StoreError::Corrupt`].
-fn unreadable(e: StoreError) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
-}
 
 fn chat(raw: &str) -> Result<ChatId, StoreError> {
     ChatId::parse(raw).map_err(|e| codec::corrupt("telegram chat id", e))
@@ -95,7 +89,7 @@ impl TelegramStore for SqliteStore {
                 if !chats.iter().any(|(_, since)| event_id > *since) {
                     continue;
                 }
-                let event = row.decode().map_err(unreadable)?;
+                let event = row.decode().map_err(|e| unreadable(0, e))?;
                 for part in parts(&event) {
                     for (chat, since) in &chats {
                         if event_id > *since {

@@ -1,7 +1,7 @@
 //! [`WebhookStore`] for [`SqliteStore`]: webhooks, their deliveries, and the cursor that turns
 //! recorded events into deliveries exactly once.
 
-use rusqlite::{params, types::Type, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 use time::OffsetDateTime;
 use trainyard_domain::{
     events::EventKind,
@@ -13,7 +13,7 @@ use trainyard_domain::{
 
 use super::{
     events::EventRow,
-    outbox::{CommonRow, Outbox, COMMON_COLUMNS, COMMON_COUNT},
+    outbox::{unreadable, CommonRow, Outbox, COMMON_COLUMNS, COMMON_COUNT},
     SqliteStore,
 };
 use crate::{codec, db::conflict_as};
@@ -56,12 +56,6 @@ fn read_delivery(r: &Row<'_>) -> rusqlite::Result<(CommonRow, String)> {
 
 fn decode_delivery((row, webhook_id): (CommonRow, String)) -> Result<Delivery, StoreError> {
     Ok(Delivery { webhook_id: WebhookId::parse(&webhook_id).map_err(|e| codec::corrupt("delivery webhook id", e))?, record: row.decode()? })
-}
-
-/// A stored value the enqueue transaction cannot read, as the driver error that becomes
-/// [`StoreError::Corrupt`].
-fn unreadable(column: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(e))
 }
 
 impl WebhookStore for SqliteStore {

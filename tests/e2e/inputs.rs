@@ -201,11 +201,16 @@ fn no_refusal_or_session_failure_shows_a_server_path_or_internal_error_text() {
     std::fs::remove_file(file_of("gone")).unwrap();
     std::fs::write(file_of("broken"), b"\xff\xfe\x00\x01 not a table at all\n\x00").unwrap();
     for name in ["gone", "broken"] {
-        let (code, v) = s.post_json("/api/v1/training/start", &json!({"model_architecture": "mlp", "dataset_name": name, "epochs": 1}));
+        // Retries are for crashed processes: a data error fails at the first attempt.
+        let (code, v) = s.post_json(
+            "/api/v1/training/start",
+            &json!({"model_architecture": "mlp", "dataset_name": name, "epochs": 1, "max_retries": 2}),
+        );
         if code == 200 {
             let id = v["session_id"].as_str().unwrap().to_owned();
             let status = c.session(name, &id);
             assert_eq!(status["state"], "failed", "{name}: {status}");
+            assert_eq!(status["attempt"], 1, "{name}: {status}");
             let reason = if name == "gone" { "a file it needs is missing" } else { "dataset 'broken': " };
             assert!(status["error_message"].as_str().unwrap_or_default().contains(reason), "{name}: {status}");
             assert!(status["error_message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {status}");

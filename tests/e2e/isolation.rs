@@ -81,6 +81,49 @@ fn a_run_killed_alone_fails_and_the_next_queued_session_starts() {
     assert_healthy(&s);
 }
 
+#[test]
+fn a_killed_run_is_retried_from_its_last_checkpoint_and_completes() {
+    let s = Server::start_with(Opts { extra_args: vec!["--examples".into()], ..Opts::default() });
+    let epochs = 40;
+    let id = start(&s, &json!({"model_architecture": "mlp", "dataset_name": "iris", "epochs": epochs, "batch_size": 1, "max_retries": 1}));
+    let running = s.status_until(&id, Duration::from_secs(120), |st| st["pid"].is_u64() && st["current_epoch"].as_u64() >= Some(2));
+    assert_eq!(running["attempt"], 1, "{running}");
+    let pid = running["pid"].as_u64().unwrap_or_else(|| panic!("a running session reports its process: {running}"));
+    let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+
+    let ended = s.wait_ended(&id);
+    assert_eq!(ended["state"], "completed", "{ended}");
+    assert_eq!(ended["attempt"], 2, "{ended}");
+    assert_eq!(ended["config"]["max_retries"], 1, "{ended}");
+    let logs = logs_of(&s, &id);
+    let retry = logs.iter().position(|l| {
+        l.starts_with("the run failed: the training process was killed (signal 9)")
+            && l.ends_with("; retry 1 of 1 (attempt 2) from the last checkpoint")
+    });
+    let retry = retry.unwrap_or_else(|| panic!("the log says why it was retried: {logs:?}"));
+    assert!(logs[retry..].iter().any(|l| l.starts_with("resumed from the checkpoint after epoch ")), "{logs:?}");
+    // Every epoch is in the history once, in order, across the two processes.
+    let (_, history) = s.get(&format!("/api/v1/training/{id}/history"));
+    let epochs_seen: Vec<u64> = history.as_array().unwrap().iter().map(|m| m["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs_seen, (1..=epochs).collect::<Vec<u64>>(), "{history}");
+}
+
+#[test]
+fn a_run_that_crashes_at_every_attempt_fails_once_its_retries_are_spent() {
+    let s = server_with_failpoint("panic", &[]);
+    let id = start(&s, &json!({"model_architecture": "mlp", "dataset_name": "doomed", "epochs": 5, "max_retries": 2}));
+    let ended = s.wait_ended(&id);
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["attempt"], 3, "{ended}");
+    assert_eq!(ended["error_message"], "the training process crashed: failpoint: injected panic");
+    let retries: Vec<String> = logs_of(&s, &id).into_iter().filter(|l| l.starts_with("the run failed: ")).collect();
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    assert!(retries[0].ends_with("retry 1 of 2 (attempt 2) from the last checkpoint"), "{retries:?}");
+    assert!(retries[1].ends_with("retry 2 of 2 (attempt 3) from the last checkpoint"), "{retries:?}");
+    assert_healthy(&s);
+}
+
 /// A server with the failpoint `action` (and `extra_args`), once a run of the failpoint's
 /// dataset on it has failed, and that run's `error_message`.
 fn failed_run(action: &str, extra_args: &[&str]) -> (Server, String) {

@@ -24,6 +24,8 @@ pub const DEFAULT_VALIDATION_SPLIT: f64 = 0.2;
 pub const DEFAULT_SEED: u64 = 42;
 /// The most sessions one session may depend on.
 pub const MAX_DEPENDENCIES: usize = 20;
+/// The most retries a session may ask for.
+pub const MAX_RETRIES: u32 = 10;
 /// The lowest and highest queue priority.
 pub const PRIORITY_RANGE: (i32, i32) = (-1000, 1000);
 /// AdamW's weight decay when the request names none (PyTorch's default).
@@ -245,6 +247,8 @@ pub struct TrainingRequest {
     pub priority: Option<i64>,
     /// Sessions that must complete before this one starts.
     pub depends_on: Option<Vec<String>>,
+    /// How many times a run whose process crashes is retried from its last checkpoint.
+    pub max_retries: Option<i64>,
 }
 
 /// `lr_schedule` as received.
@@ -377,6 +381,10 @@ pub struct TrainingConfig {
     /// is stopped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<SessionId>,
+    /// How many times a run whose process crashes, runs out of memory or stalls is started
+    /// again from its last checkpoint; configuration and data errors are never retried.
+    #[serde(default)]
+    pub max_retries: u32,
 }
 
 impl TrainingConfig {
@@ -402,6 +410,7 @@ impl TrainingConfig {
         "label_smoothing",
         "priority",
         "depends_on",
+        "max_retries",
     ];
 
     /// How the session's epochs are judged: the best one, and when to stop early.
@@ -602,6 +611,15 @@ impl TrainingConfig {
             }
         }
 
+        let max_retries = match req.max_retries.map(u32::try_from) {
+            None => 0,
+            Some(Ok(n)) if n <= MAX_RETRIES => n,
+            Some(_) => {
+                errors.push("max_retries", format!("must be a whole number from 0 to {MAX_RETRIES}, got {}", req.max_retries.unwrap_or(0)));
+                0
+            }
+        };
+
         match (model_architecture, dataset_name, errors.is_empty()) {
             (Some(model_architecture), Some(dataset_name), true) => Ok(Self {
                 model_architecture,
@@ -628,6 +646,7 @@ impl TrainingConfig {
                 label_smoothing,
                 priority,
                 depends_on,
+                max_retries,
             }),
             _ => Err(errors),
         }

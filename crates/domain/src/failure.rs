@@ -106,7 +106,7 @@ impl TrainError {
     #[must_use]
     pub fn public_message(&self) -> String {
         match self {
-            Self::Data(m) | Self::Failed(m) => scrub(m),
+            Self::Data(m) | Self::Failed(m) | Self::Crashed(m) => scrub(m),
             Self::Io(detail) => format!("i/o error: {}", io_summary(detail)),
         }
     }

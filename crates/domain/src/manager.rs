@@ -801,13 +801,21 @@ impl Inner {
             tracker: Tracker::default(),
             judged_through: None,
         };
-        let outcome = self.execute(&mut recorder, stop).map_err(|e| {
-            if resuming {
-                format!("interrupted by server restart; resuming failed: {e}")
-            } else {
-                e
+        let outcome = loop {
+            match self.execute(&mut recorder, stop) {
+                Err(failure)
+                    if failure.retryable
+                        && recorder.session.outcome.retries < recorder.session.config.max_retries
+                        && !stop.is_requested() =>
+                {
+                    recorder.retry(&failure.message);
+                }
+                Err(failure) if resuming && recorder.session.outcome.retries == 0 => {
+                    break Err(format!("interrupted by server restart; resuming failed: {}", failure.message));
+                }
+                other => break other.map_err(|failure| failure.message),
             }
-        });
+        };
         if !recorder.store_errors.is_empty() {
             let n = recorder.store_errors.len();
             self.log(&id, LogLevel::Warning, format!("{n} progress records could not be stored: {}", recorder.store_errors[0]));
@@ -825,23 +833,29 @@ impl Inner {
         self.pump();
     }
 
-    fn execute(&self, recorder: &mut Recorder<'_>, stop: &StopSignal) -> Result<TrainedModel, String> {
+    /// One attempt at the session's run: its job assembled from the registries, trained.
+    fn execute(&self, recorder: &mut Recorder<'_>, stop: &StopSignal) -> Result<TrainedModel, RunFailure> {
         let p = &self.ports;
         let session = recorder.session.clone();
-        let store = |e: StoreError| store_failure(&session.id, &e);
-        let dataset = p
-            .datasets
-            .get(&session.config.dataset_name)
-            .map_err(store)?
-            .ok_or_else(|| format!("dataset '{}' was deleted before training started", session.config.dataset_name))?;
+        let store = |e: StoreError| RunFailure::fatal(store_failure(&session.id, &e));
+        let dataset =
+            p.datasets.get(&session.config.dataset_name).map_err(store)?.ok_or_else(|| {
+                RunFailure::fatal(format!("dataset '{}' was deleted before training started", session.config.dataset_name))
+            })?;
         let mut extra_datasets = Vec::new();
         for name in &session.config.extra_datasets {
-            extra_datasets
-                .push(p.datasets.get(name).map_err(store)?.ok_or_else(|| format!("dataset '{name}' was deleted before training started"))?);
+            extra_datasets.push(
+                p.datasets
+                    .get(name)
+                    .map_err(store)?
+                    .ok_or_else(|| RunFailure::fatal(format!("dataset '{name}' was deleted before training started")))?,
+            );
         }
         let base_model = match &session.config.base_model {
             None => None,
-            Some(name) => Some(p.models.get(name).map_err(store)?.ok_or_else(|| format!("base model '{name}' was deleted"))?),
+            Some(name) => {
+                Some(p.models.get(name).map_err(store)?.ok_or_else(|| RunFailure::fatal(format!("base model '{name}' was deleted")))?)
+            }
         };
         let scratch_dir = p.scratch.dir_for(&session.id).map_err(store)?;
         let job = TrainingJob {
@@ -860,7 +874,7 @@ impl Inner {
                 if public != e.to_string() {
                     tracing::warn!(session = %session.id, detail = %e, "training failed; the session shows the failure without its server detail");
                 }
-                Err(public)
+                Err(RunFailure { message: public, retryable: e.is_retryable() })
             }
             Err(panic) => {
                 let what = panic
@@ -868,7 +882,7 @@ impl Inner {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(format!("training crashed: {what}"))
+                Err(RunFailure { message: format!("training crashed: {what}"), retryable: true })
             }
         }
     }
@@ -942,6 +956,20 @@ impl Inner {
     }
 }
 
+/// Why an attempt at a run failed, and whether another attempt from the last checkpoint may
+/// get further ([`TrainError::is_retryable`]).
+struct RunFailure {
+    message: String,
+    retryable: bool,
+}
+
+impl RunFailure {
+    /// A failure no retry can help: the run could not even be assembled.
+    fn fatal(message: String) -> Self {
+        Self { message, retryable: false }
+    }
+}
+
 /// Where a queued session's dependencies stand.
 enum Dependencies {
     /// All completed (or it has none).
@@ -987,6 +1015,27 @@ impl Recorder<'_> {
         }
         self.judged_through = Some(metrics.epoch);
         self.session.outcome.best = self.tracker.best;
+    }
+}
+
+impl Recorder<'_> {
+    /// Prepares the next attempt after the run failed with `why`: counts the retry, says so
+    /// in the log, and expects the trainer to resume from the last checkpoint.
+    fn retry(&mut self, why: &str) {
+        let outcome = &mut self.session.outcome;
+        outcome.retries += 1;
+        let (retry, of) = (outcome.retries, self.session.config.max_retries);
+        let why = failure::scrub(why);
+        self.inner.log(
+            &self.session.id,
+            LogLevel::Warning,
+            format!("the run failed: {why}; retry {retry} of {of} (attempt {}) from the last checkpoint", retry + 1),
+        );
+        if let Err(e) = self.inner.ports.sessions.update(&self.session) {
+            self.store_errors.push(e.to_string());
+        }
+        self.resuming = true;
+        self.resume_reported = false;
     }
 }
 

@@ -326,6 +326,19 @@ pub enum TrainError {
     Failed(String),
     #[error("i/o error: {0}")]
     Io(String),
+    /// The run's process crashed, ran out of memory, was killed or stalled: a failure of the
+    /// process, not of the config or the data, so starting it again from its last checkpoint
+    /// may get further (`max_retries`).
+    #[error("{0}")]
+    Crashed(String),
+}
+
+impl TrainError {
+    /// Whether starting the run again from its last checkpoint may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Crashed(_))
+    }
 }
 
 /// Trains one session to completion, failure or stop.

@@ -89,7 +89,8 @@ pub struct Session {
     pub outcome: SessionOutcome,
 }
 
-/// How a session's epochs were judged (see [`crate::selection`]).
+/// How a session's run went: how its epochs were judged (see [`crate::selection`]) and how
+/// many times its run was retried.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct SessionOutcome {
     /// Its best epoch so far by its selection metric, and the metric's value there.
@@ -98,6 +99,23 @@ pub struct SessionOutcome {
     /// It ended because its early-stopping patience ran out.
     #[serde(default)]
     pub stopped_early: bool,
+    /// Times its run's process failed and was started again from the last checkpoint
+    /// (`max_retries`); the attempt under way is this plus one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl SessionOutcome {
+    /// The attempt at the run under way (or the last one), from 1.
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.retries + 1
+    }
 }
 
 /// A session's memory: estimated before admission, measured while it runs.

@@ -539,7 +539,8 @@ impl SystemMonitor for FakeMonitor {
 }
 
 /// A trainer that reports one metric per epoch. While `hold` is set, runs wait before their
-/// first epoch (until released or stopped). Datasets named `fail*` fail and `panic*` panic.
+/// first epoch (until released or stopped). Datasets named `fail*` fail, `panic*` panic, and
+/// `crash*` crash (as a run process that died) at their first attempt and train at the next.
 #[derive(Debug, Default)]
 pub struct ScriptedTrainer {
     hold: Mutex<bool>,
@@ -580,11 +581,13 @@ impl Trainer for ScriptedTrainer {
     fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_concurrent_seen.fetch_max(now, Ordering::SeqCst);
-        {
+        let attempt = {
             // Push under the hold lock, which waiters hold while they check, so no wake-up is lost.
             let _hold = guard(&self.hold);
-            guard(&self.started).push(job.session_id.clone());
-        }
+            let mut started = guard(&self.started);
+            started.push(job.session_id.clone());
+            started.iter().filter(|id| **id == job.session_id).count()
+        };
         self.released.notify_all();
         struct Leave<'a>(&'a AtomicUsize);
         impl Drop for Leave<'_> {
@@ -607,6 +610,9 @@ impl Trainer for ScriptedTrainer {
         }
         if name.starts_with("fail") {
             return Err(TrainError::Failed("loss became NaN at epoch 1".into()));
+        }
+        if name.starts_with("crash") && attempt == 1 {
+            return Err(TrainError::Crashed("the training process was killed (signal 9)".into()));
         }
         let mut done = 0;
         for epoch in 1..=job.config.epochs {

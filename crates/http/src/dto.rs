@@ -104,6 +104,10 @@ pub struct StartTraining {
     /// Up to 20 session ids: this session waits until they have completed, and fails if one
     /// of them fails or is stopped.
     pub depends_on: Option<Vec<String>>,
+    /// 0 to 10, default 0: how many times a run whose process crashes, runs out of memory or
+    /// stalls is started again from its last checkpoint (configuration and data errors are
+    /// never retried); the status's `attempt` counts them.
+    pub max_retries: Option<i64>,
 }
 
 /// `PATCH /api/v1/training/queue/{session_id}` body.
@@ -217,6 +221,7 @@ impl From<StartTraining> for TrainingRequest {
             label_smoothing: b.label_smoothing,
             priority: b.priority,
             depends_on: b.depends_on,
+            max_retries: b.max_retries,
         }
     }
 }
@@ -266,6 +271,8 @@ pub struct ConfigDto {
     pub priority: i32,
     /// Sessions that must complete before it starts.
     pub depends_on: Vec<String>,
+    /// Retries of a crashed run from its last checkpoint.
+    pub max_retries: u32,
 }
 
 /// `early_stopping` with its defaults filled in.
@@ -313,6 +320,7 @@ impl From<&TrainingConfig> for ConfigDto {
             label_smoothing: c.label_smoothing,
             priority: c.priority,
             depends_on: c.depends_on.iter().map(ToString::to_string).collect(),
+            max_retries: c.max_retries,
         }
     }
 }
@@ -376,6 +384,9 @@ pub struct SessionStatus {
     pub best_metric: Option<f64>,
     /// The session ended because its early-stopping patience ran out.
     pub stopped_early: bool,
+    /// The attempt at its run under way (or the last one), from 1: above 1 after its process
+    /// crashed and it was retried from its last checkpoint (`max_retries`).
+    pub attempt: u32,
     pub config: ConfigDto,
 }
 
@@ -407,6 +418,7 @@ impl From<&SessionView> for SessionStatus {
             best_epoch: s.outcome.best.map(|b| b.epoch),
             best_metric: s.outcome.best.map(|b| b.value),
             stopped_early: s.outcome.stopped_early,
+            attempt: s.outcome.attempt(),
             config: (&s.config).into(),
         }
     }

@@ -249,7 +249,7 @@ impl Watch<'_> {
                         FromRun::Finished { model } => result = Some(Ok(model)),
                         FromRun::Failed { error } => result = Some(Err(error)),
                         FromRun::Crashed { message } => {
-                            result = Some(Err(TrainError::Failed(format!("the training process crashed: {message}"))));
+                            result = Some(Err(TrainError::Crashed(format!("the training process crashed: {message}"))));
                         }
                     }
                 }
@@ -330,7 +330,7 @@ pub(crate) fn outcome(
             (None, _) => "the training process ended without a result".to_owned(),
         },
     };
-    Err(TrainError::Failed(message))
+    Err(TrainError::Crashed(message))
 }
 
 fn signal_name(signal: i32) -> &'static str {

@@ -75,10 +75,11 @@ fn sizes_read_as_people_write_them() {
     assert_eq!(human_mb(8192), "8.0 GB");
 }
 
+/// The message of a run that died, which is a crash a retry may get past.
 fn failed(r: Result<TrainedModel, TrainError>) -> String {
     match r {
-        Err(TrainError::Failed(m)) => m,
-        other => panic!("expected a failure, got {other:?}"),
+        Err(e @ TrainError::Crashed(_)) if e.is_retryable() => e.to_string(),
+        other => panic!("expected a crash, got {other:?}"),
     }
 }
 
@@ -125,4 +126,5 @@ fn a_dead_run_is_described_in_plain_words() {
     // A result the run reported wins over how it exited.
     let reported = Some(Err(TrainError::Data("dataset 'x' has no rows".into())));
     assert_eq!(outcome(reported, None, signalled(9), usage, 2048, &none), Err(TrainError::Data("dataset 'x' has no rows".into())));
+    assert!(!TrainError::Data(String::new()).is_retryable() && !TrainError::Failed(String::new()).is_retryable());
 }

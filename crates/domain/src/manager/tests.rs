@@ -33,7 +33,7 @@ fn world(max_concurrent: usize, memory_reserve_mb: u64) -> World {
     let scratch = Arc::new(MemoryScratch::default());
     let clock = Arc::new(FixedClock::new(OffsetDateTime::UNIX_EPOCH + Duration::days(10_000)));
     let datasets = Arc::new(MemoryDatasets::default());
-    for name in ["iris", "fail-data", "panic-data"] {
+    for name in ["iris", "fail-data", "panic-data", "crash-data"] {
         datasets.add(name, DatasetFormat::Csv);
     }
     datasets.add("tempest", DatasetFormat::Text);
@@ -153,6 +153,35 @@ fn failing_and_panicking_runs_fail_and_the_queue_moves_on() {
     assert_eq!(p.state, SessionState::Failed);
     assert!(p.error_message.unwrap().contains("scripted panic"));
     assert_eq!(state_of(&w, &fine), SessionState::Completed);
+}
+
+#[test]
+fn a_crashed_run_is_retried_up_to_max_retries_and_other_failures_never() {
+    let w = world(1, 0);
+    let with_retries = |dataset: &str, retries: i64| TrainingRequest { max_retries: Some(retries), ..request(dataset, 2) };
+    let retried = w.manager.start(&with_retries("crash-data", 1)).unwrap().view.session.id;
+    let unretried = w.manager.start(&with_retries("crash-data", 0)).unwrap().view.session.id;
+    let failing = w.manager.start(&with_retries("fail-data", 3)).unwrap().view.session.id;
+    assert!(w.trainer.wait_started(4, WAIT));
+    assert!(w.manager.wait_idle(WAIT));
+
+    let r = w.manager.view(&retried).unwrap().session;
+    assert_eq!((r.state, r.outcome.attempt()), (SessionState::Completed, 2));
+    let logs: Vec<String> = w.manager.logs(&retried, 100).unwrap().into_iter().map(|l| l.message).collect();
+    assert!(
+        logs.contains(
+            &"the run failed: the training process was killed (signal 9); retry 1 of 1 (attempt 2) from the last checkpoint".to_owned()
+        ),
+        "{logs:?}"
+    );
+    let u = w.manager.view(&unretried).unwrap().session;
+    assert_eq!((u.state, u.outcome.attempt()), (SessionState::Failed, 1));
+    assert_eq!(u.error_message.as_deref(), Some("the training process was killed (signal 9)"));
+    let f = w.manager.view(&failing).unwrap().session;
+    assert_eq!((f.state, f.outcome.attempt()), (SessionState::Failed, 1));
+    let started = w.trainer.started.lock().unwrap().clone();
+    assert_eq!(started.iter().filter(|id| **id == retried).count(), 2);
+    assert_eq!(started.iter().filter(|id| **id == failing).count(), 1);
 }
 
 #[test]

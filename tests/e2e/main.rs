@@ -13,6 +13,7 @@ mod envelope;
 mod events;
 mod inputs;
 mod lifecycle;
+mod live;
 mod metrics;
 mod queue;
 mod registry;

@@ -506,9 +506,8 @@ impl TrainingConfig {
         }
 
         let learning_rate = req.learning_rate.unwrap_or(DEFAULT_LEARNING_RATE);
-        let (lo, hi) = LEARNING_RATE_RANGE;
-        if !(learning_rate.is_finite() && (lo..=hi).contains(&learning_rate)) {
-            errors.push("learning_rate", format!("must be between {lo} and {hi}, got {learning_rate}"));
+        if let Err(e) = check_learning_rate(learning_rate) {
+            errors.0.extend(e.0);
         }
 
         let batch_size = check_int(&mut errors, "batch_size", req.batch_size, DEFAULT_BATCH_SIZE, BATCH_SIZE_RANGE);
@@ -651,6 +650,20 @@ impl TrainingConfig {
             _ => Err(errors),
         }
     }
+}
+
+/// Checks a learning rate: a number in [`LEARNING_RATE_RANGE`].
+///
+/// # Errors
+/// The `learning_rate` field's error.
+pub fn check_learning_rate(rate: f64) -> Result<f64, ConfigErrors> {
+    let (lo, hi) = LEARNING_RATE_RANGE;
+    if rate.is_finite() && (lo..=hi).contains(&rate) {
+        return Ok(rate);
+    }
+    let mut errors = ConfigErrors::default();
+    errors.push("learning_rate", format!("must be between {lo} and {hi}, got {rate}"));
+    Err(errors)
 }
 
 /// Checks a queue priority: a whole number in [`PRIORITY_RANGE`].

@@ -30,4 +30,4 @@ pub mod testing;
 
 pub use config::{Architecture, ConfigErrors, FieldError, LossFunction, Optimizer, TrainingConfig, TrainingRequest};
 pub use ids::{DatasetName, ModelName, NameError, SessionId};
-pub use session::{Session, SessionOutcome, SessionResources, SessionState, TransitionError};
+pub use session::{Session, SessionLive, SessionOutcome, SessionResources, SessionState, TransitionError};

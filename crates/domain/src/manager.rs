@@ -27,10 +27,10 @@ use crate::{
     ids::{ModelName, SessionId},
     metrics::{EpochMetrics, LogEntry, LogLevel},
     ports::{
-        Clock, DatasetRegistry, LogStore, MemoryEstimate, MetricsStore, ModelInspector, ModelRegistry, RunUsage, ScratchSpace,
-        SessionRepository, StopSignal, StoreError, SystemMonitor, TrainedModel, Trainer, TrainingEvents, TrainingJob,
+        Clock, DatasetRegistry, LogStore, MemoryEstimate, MetricsStore, ModelInspector, ModelRegistry, RunControl, RunUsage, ScratchSpace,
+        SessionRepository, SnapshotId, StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob,
     },
-    registry::{DatasetRecord, NewModel},
+    registry::{DatasetRecord, ModelRecord, NewModel},
     selection::{Selection, Tracker},
     session::{Session, SessionState},
     system::{human_mb, SystemSnapshot},
@@ -126,7 +126,7 @@ pub struct Started {
 
 /// A run in progress.
 struct Running {
-    stop: StopSignal,
+    control: RunControl,
     handle: Option<JoinHandle<()>>,
     estimate: Option<MemoryEstimate>,
     usage: Option<RunUsage>,
@@ -149,6 +149,9 @@ struct Sched {
     head_reason: Option<(SessionId, String)>,
     /// Queued sessions waiting for the sessions they depend on, and for which.
     dependency_waits: HashMap<SessionId, String>,
+    /// Snapshots asked for and not yet handed to whoever asked.
+    snapshots: HashMap<SnapshotId, live::Snapshot>,
+    next_snapshot: SnapshotId,
     shutting_down: bool,
     last_sweep: Option<Instant>,
 }
@@ -358,7 +361,7 @@ impl SessionManager {
         {
             let sched = lock(&self.inner.sched);
             if let Some(run) = sched.running.get(id) {
-                run.stop.request();
+                run.control.request_stop();
                 drop(sched);
                 self.inner.log(id, LogLevel::Info, "stop requested; saving the current weights".to_owned());
                 return Ok(format!("Training session {id} is stopping; its current weights will be saved"));
@@ -530,7 +533,7 @@ impl SessionManager {
             let mut sched = lock(&self.inner.sched);
             sched.shutting_down = true;
             for run in sched.running.values() {
-                run.stop.request();
+                run.control.request_stop();
             }
         }
         self.wait_idle(timeout)
@@ -771,24 +774,24 @@ impl Inner {
 
     /// Starts the run of a session that is `running` on its own thread.
     fn spawn_run(self: &Arc<Self>, sched: &mut Sched, session: Session, resuming: bool) {
-        let stop = StopSignal::default();
+        let control = RunControl::default();
         let id = session.id.clone();
         let estimate = session.resources.estimate;
         let me = Arc::clone(self);
-        let run_stop = stop.clone();
+        let run_control = control.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("train-{}", &id.as_str()[..13]))
             .stack_size(TRAINING_THREAD_STACK)
-            .spawn(move || me.run(session, &run_stop, resuming));
+            .spawn(move || me.run(session, run_control, resuming));
         match spawned {
             Ok(handle) => {
-                sched.running.insert(id, Running { stop, handle: Some(handle), estimate, usage: None });
+                sched.running.insert(id, Running { control, handle: Some(handle), estimate, usage: None });
             }
             Err(e) => self.finish_with(&id, Err(format!("could not start a training thread: {e}")), None),
         }
     }
 
-    fn run(self: Arc<Self>, session: Session, stop: &StopSignal, resuming: bool) {
+    fn run(self: Arc<Self>, session: Session, control: RunControl, resuming: bool) {
         let id = session.id.clone();
         let selection = session.config.selection();
         let mut recorder = Recorder {
@@ -800,13 +803,14 @@ impl Inner {
             selection,
             tracker: Tracker::default(),
             judged_through: None,
+            control,
         };
         let outcome = loop {
-            match self.execute(&mut recorder, stop) {
+            match self.execute(&mut recorder) {
                 Err(failure)
                     if failure.retryable
                         && recorder.session.outcome.retries < recorder.session.config.max_retries
-                        && !stop.is_requested() =>
+                        && !recorder.control.stop_requested() =>
                 {
                     recorder.retry(&failure.message);
                 }
@@ -834,7 +838,7 @@ impl Inner {
     }
 
     /// One attempt at the session's run: its job assembled from the registries, trained.
-    fn execute(&self, recorder: &mut Recorder<'_>, stop: &StopSignal) -> Result<TrainedModel, RunFailure> {
+    fn execute(&self, recorder: &mut Recorder<'_>) -> Result<TrainedModel, RunFailure> {
         let p = &self.ports;
         let session = recorder.session.clone();
         let store = |e: StoreError| RunFailure::fatal(store_failure(&session.id, &e));
@@ -865,9 +869,11 @@ impl Inner {
             extra_datasets,
             base_model,
             scratch_dir,
+            learning_rate: recorder.control.learning_rate().or(session.live.learning_rate),
         };
+        let control = recorder.control.clone();
         let trainer = Arc::clone(&p.trainer);
-        match catch_unwind(AssertUnwindSafe(|| trainer.train(&job, recorder, stop))) {
+        match catch_unwind(AssertUnwindSafe(|| trainer.train(&job, recorder, &control))) {
             Ok(Ok(model)) => Ok(model),
             Ok(Err(e)) => {
                 let public = e.public_message();
@@ -897,8 +903,9 @@ impl Inner {
         }
         let now = p.clock.now();
         let result = match outcome {
-            Ok(model) => match self.register_model(&s, &model) {
-                Ok(name) => {
+            Ok(model) => match self.register_model(&s, &model, None) {
+                Ok(record) => {
+                    let name = record.name;
                     s.model_name = Some(name.clone());
                     s.current_epoch = model.epochs_completed.max(s.current_epoch);
                     s.outcome.stopped_early = model.stopped_early;
@@ -925,10 +932,19 @@ impl Inner {
         }
     }
 
-    fn register_model(&self, s: &Session, model: &TrainedModel) -> Result<ModelName, StoreError> {
-        let name = ModelName::new(s.id.as_str()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    /// Registers a model a run of `s` wrote: its final model under the session's id, or a
+    /// snapshot under the name asked for.
+    fn register_model(&self, s: &Session, model: &TrainedModel, snapshot: Option<&ModelName>) -> Result<ModelRecord, StoreError> {
+        let name = match snapshot {
+            Some(name) => name.clone(),
+            None => ModelName::new(s.id.as_str()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        };
         let mut metadata = model.metadata.clone();
         if let Some(obj) = metadata.as_object_mut() {
+            if snapshot.is_some() {
+                // Taken while the run went on: the weights of the batch it had reached.
+                obj.insert("snapshot".into(), true.into());
+            }
             obj.insert("session_id".into(), s.id.as_str().into());
             obj.insert("epochs_completed".into(), model.epochs_completed.into());
             obj.insert("stopped".into(), model.stopped.into());
@@ -951,8 +967,7 @@ impl Inner {
             session_id: Some(s.id.clone()),
             metadata,
             content_hash: None,
-        })?;
-        Ok(name)
+        })
     }
 }
 
@@ -994,6 +1009,8 @@ struct Recorder<'a> {
     tracker: Tracker,
     /// The last epoch the tracker has seen; `None` when it must be rebuilt from the history.
     judged_through: Option<u32>,
+    /// What the run is told; the learning rate set live is kept in the session from it.
+    control: RunControl,
 }
 
 impl Recorder<'_> {
@@ -1019,6 +1036,17 @@ impl Recorder<'_> {
 }
 
 impl Recorder<'_> {
+    /// Writes the session as the run has it, with the learning rate set live (which the
+    /// manager wrote too: this copy must not undo it).
+    fn save_session(&mut self) {
+        if let Some(rate) = self.control.learning_rate() {
+            self.session.live.learning_rate = Some(rate);
+        }
+        if let Err(e) = self.inner.ports.sessions.update(&self.session) {
+            self.store_errors.push(e.to_string());
+        }
+    }
+
     /// Prepares the next attempt after the run failed with `why`: counts the retry, says so
     /// in the log, and expects the trainer to resume from the last checkpoint.
     fn retry(&mut self, why: &str) {
@@ -1031,9 +1059,7 @@ impl Recorder<'_> {
             LogLevel::Warning,
             format!("the run failed: {why}; retry {retry} of {of} (attempt {}) from the last checkpoint", retry + 1),
         );
-        if let Err(e) = self.inner.ports.sessions.update(&self.session) {
-            self.store_errors.push(e.to_string());
-        }
+        self.save_session();
         self.resuming = true;
         self.resume_reported = false;
     }
@@ -1052,9 +1078,7 @@ impl TrainingEvents for Recorder<'_> {
         }
         self.session.current_epoch = metrics.epoch;
         self.judge(&metrics);
-        if let Err(e) = p.sessions.update(&self.session) {
-            self.store_errors.push(e.to_string());
-        }
+        self.save_session();
         self.inner.publish(NewEvent {
             session_id: self.session.id.clone(),
             kind: EventKind::Epoch,
@@ -1078,15 +1102,17 @@ impl TrainingEvents for Recorder<'_> {
             self.store_errors.push(e.to_string());
         }
         self.session.current_epoch = epoch;
-        if let Err(e) = p.sessions.update(&self.session) {
-            self.store_errors.push(e.to_string());
-        }
+        self.save_session();
         let what = if epoch == 0 {
             "no checkpoint yet: starting over from epoch 1".to_owned()
         } else {
             format!("resumed from the checkpoint after epoch {epoch}")
         };
         self.inner.log(&self.session.id, LogLevel::Info, what);
+    }
+
+    fn snapshot(&mut self, id: SnapshotId, result: Result<TrainedModel, TrainError>) {
+        self.snapshot_taken(id, result);
     }
 
     fn usage(&mut self, usage: RunUsage) {
@@ -1112,5 +1138,6 @@ fn store_failure(id: &SessionId, e: &StoreError) -> String {
     e.public_message()
 }
 
+mod live;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
 };
 
@@ -223,21 +223,71 @@ impl Clock for SystemClock {
     }
 }
 
-/// A cooperative stop request, checked by the training loop between batches.
+/// What a running session is told, read by the training loop between batches: stop, train at
+/// another learning rate from now on, save a snapshot of the current weights. Cloned handles
+/// share one state.
 #[derive(Debug, Clone, Default)]
-pub struct StopSignal(Arc<AtomicBool>);
+pub struct RunControl(Arc<ControlState>);
 
-impl StopSignal {
+#[derive(Debug, Default)]
+struct ControlState {
+    stop: AtomicBool,
+    /// Raised with every command but a stop, for relays to notice.
+    pending: AtomicBool,
+    learning_rate: Mutex<Option<f64>>,
+    snapshots: Mutex<Vec<SnapshotId>>,
+}
+
+/// One request for a snapshot of a running session's weights, answered through
+/// [`TrainingEvents::snapshot`] with the same id.
+pub type SnapshotId = u64;
+
+impl RunControl {
     /// Asks the run to stop.
-    pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
+    pub fn request_stop(&self) {
+        self.0.stop.store(true, Ordering::SeqCst);
     }
 
     /// Whether a stop was requested.
     #[must_use]
-    pub fn is_requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+    pub fn stop_requested(&self) -> bool {
+        self.0.stop.load(Ordering::SeqCst)
     }
+
+    /// Makes the run train at `rate` from its next batch on, whatever its schedule says.
+    pub fn set_learning_rate(&self, rate: f64) {
+        *lock_state(&self.0.learning_rate) = Some(rate);
+        self.0.pending.store(true, Ordering::SeqCst);
+    }
+
+    /// The learning rate set while the run was under way, if any.
+    #[must_use]
+    pub fn learning_rate(&self) -> Option<f64> {
+        *lock_state(&self.0.learning_rate)
+    }
+
+    /// Asks the run to save its current weights before its next batch.
+    pub fn request_snapshot(&self, id: SnapshotId) {
+        lock_state(&self.0.snapshots).push(id);
+        self.0.pending.store(true, Ordering::SeqCst);
+    }
+
+    /// The snapshots asked for since the last call, oldest first.
+    #[must_use]
+    pub fn take_snapshots(&self) -> Vec<SnapshotId> {
+        std::mem::take(&mut *lock_state(&self.0.snapshots))
+    }
+
+    /// Whether a command came since the last call (for relays, such as the supervisor's pipe
+    /// to a run process).
+    #[must_use]
+    pub fn take_pending(&self) -> bool {
+        self.0.pending.swap(false, Ordering::SeqCst)
+    }
+}
+
+fn lock_state<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Everything a trainer needs to run one session. Serializable, so that a supervisor can
@@ -254,6 +304,10 @@ pub struct TrainingJob {
     /// Where the run writes checkpoints and its output model. A checkpoint found here on start
     /// belongs to an earlier, interrupted run of the same session: the trainer resumes from it.
     pub scratch_dir: PathBuf,
+    /// A learning rate set while an earlier attempt of the session ran: it replaces the
+    /// schedule from this run's first batch, until [`RunControl::set_learning_rate`] changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
 }
 
 /// What the trainer reports while it runs. `Send`, so that a trainer may run the session on a
@@ -263,6 +317,9 @@ pub trait TrainingEvents: Send {
     fn epoch_finished(&mut self, metrics: EpochMetrics);
     /// A line for the session's log.
     fn log(&mut self, level: LogLevel, message: String);
+    /// The snapshot asked for as `id` ([`RunControl::request_snapshot`]) was written (a model
+    /// file in the scratch directory, which the receiver takes away), or could not be.
+    fn snapshot(&mut self, id: SnapshotId, result: Result<TrainedModel, TrainError>);
     /// The run resumed from a checkpoint taken after `epoch` (0: it starts over); metrics of
     /// later epochs are about to be recomputed.
     fn resumed(&mut self, epoch: u32);
@@ -348,7 +405,7 @@ pub trait Trainer: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`TrainError`] when the run cannot finish.
-    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError>;
+    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &RunControl) -> Result<TrainedModel, TrainError>;
 
     /// Estimates the session's peak memory from its architecture, input shape, batch size,
     /// optimizer and parameter count, without building the model.

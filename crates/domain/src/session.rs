@@ -87,6 +87,16 @@ pub struct Session {
     pub resources: SessionResources,
     /// Its best epoch so far and whether it stopped early.
     pub outcome: SessionOutcome,
+    /// What was changed while it ran.
+    pub live: SessionLive,
+}
+
+/// What a client changed while the session ran (`PATCH /api/v1/training/{id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct SessionLive {
+    /// The learning rate set last, which replaced the schedule from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
 }
 
 /// How a session's run went: how its epochs were judged (see [`crate::selection`]) and how
@@ -145,6 +155,7 @@ impl Session {
             model_name: None,
             resources: SessionResources::default(),
             outcome: SessionOutcome::default(),
+            live: SessionLive::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::{
     metrics::{EpochMetrics, LogEntry, LogLevel},
     ports::{
         AuthStore, Clock, DatasetInspector, DatasetRegistry, InspectError, LogStore, MetricsStore, ModelInspector, ModelRegistry,
-        ScratchSpace, SessionRepository, StopSignal, StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents,
+        RunControl, ScratchSpace, SessionRepository, StoreError, SystemMonitor, TrainError, TrainedModel, Trainer, TrainingEvents,
         TrainingJob,
     },
     registry::{DatasetInfo, DatasetRecord, ModelFormat, ModelInfo, ModelRecord, NewDataset, NewModel},
@@ -541,6 +541,7 @@ impl SystemMonitor for FakeMonitor {
 /// A trainer that reports one metric per epoch. While `hold` is set, runs wait before their
 /// first epoch (until released or stopped). Datasets named `fail*` fail, `panic*` panic, and
 /// `crash*` crash (as a run process that died) at their first attempt and train at the next.
+/// Snapshots are taken before each epoch, and a learning rate set live is each epoch's.
 #[derive(Debug, Default)]
 pub struct ScriptedTrainer {
     hold: Mutex<bool>,
@@ -578,7 +579,7 @@ impl ScriptedTrainer {
 }
 
 impl Trainer for ScriptedTrainer {
-    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError> {
+    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &RunControl) -> Result<TrainedModel, TrainError> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_concurrent_seen.fetch_max(now, Ordering::SeqCst);
         let attempt = {
@@ -598,7 +599,7 @@ impl Trainer for ScriptedTrainer {
         let _leave = Leave(&self.running);
         {
             let mut hold = guard(&self.hold);
-            while *hold && !stop.is_requested() {
+            while *hold && !stop.stop_requested() {
                 // Stop requests arrive without a notification, so wake up now and then to look.
                 hold = self.released.wait_timeout(hold, StdDuration::from_millis(5)).unwrap_or_else(PoisonError::into_inner).0;
             }
@@ -616,7 +617,20 @@ impl Trainer for ScriptedTrainer {
         }
         let mut done = 0;
         for epoch in 1..=job.config.epochs {
-            if stop.is_requested() {
+            for snap in stop.take_snapshots() {
+                let file = job.scratch_dir.join(format!("snapshot-{snap}.safetensors"));
+                let metadata = serde_json::json!({ "architecture": job.config.model_architecture.as_str() });
+                let model = TrainedModel {
+                    file,
+                    format: ModelFormat::Safetensors,
+                    metadata,
+                    epochs_completed: done,
+                    stopped: false,
+                    stopped_early: false,
+                };
+                events.snapshot(snap, Ok(model));
+            }
+            if stop.stop_requested() {
                 break;
             }
             events.log(LogLevel::Info, format!("epoch {epoch}"));
@@ -628,7 +642,7 @@ impl Trainer for ScriptedTrainer {
                 val_accuracy: Some(0.5),
                 samples_per_second: 100.0,
                 epoch_seconds: 0.01,
-                learning_rate: None,
+                learning_rate: stop.learning_rate().or(job.learning_rate),
                 timestamp: OffsetDateTime::UNIX_EPOCH,
             });
             done = epoch;
@@ -638,7 +652,7 @@ impl Trainer for ScriptedTrainer {
             format: ModelFormat::Safetensors,
             metadata: serde_json::json!({ "architecture": job.config.model_architecture.as_str() }),
             epochs_completed: done,
-            stopped: stop.is_requested(),
+            stopped: stop.stop_requested(),
             stopped_early: false,
         })
     }

@@ -46,7 +46,7 @@ fn parse_origin(entry: &str) -> Option<String> {
 /// The CORS middleware for `origins` (already checked by [`parse_origins`]).
 pub(crate) fn middleware(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
-        .allowed_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE])
+        .allowed_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
         .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-api-key")])
         .expose_headers([header::ETAG, header::CONTENT_DISPOSITION, header::RETRY_AFTER])
         .max_age(PREFLIGHT_MAX_AGE_SECS)

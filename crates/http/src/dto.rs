@@ -119,6 +119,24 @@ pub struct Reorder {
     pub priority: i64,
 }
 
+/// `PATCH /api/v1/training/{session_id}` body: what to change in a running session.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiveChange {
+    /// The learning rate from the next batch on (0.0001 to 1), in place of the schedule.
+    #[schema(example = 0.0005)]
+    pub learning_rate: f64,
+}
+
+/// `POST /api/v1/training/{session_id}/checkpoint` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TakeSnapshot {
+    /// The registry name the current weights are saved under (letters, digits, `_`, `-`, `.`).
+    #[schema(example = "resnet-halfway")]
+    pub model_name: String,
+}
+
 /// `lr_schedule`: PyTorch's schedulers of the same names, after an optional linear warm-up
 /// (epoch k of `warmup_epochs` trains at `lr * k / warmup_epochs`).
 #[derive(Debug, Deserialize, ToSchema)]

@@ -66,7 +66,8 @@ impl Modify for Security {
     paths(
         health, root, system_info, metrics,
         start_training, stop_training, session_status, session_metrics, session_history, session_logs,
-        list_sessions, list_queue, cancel_queued, reorder_queued, list_architectures, all_events, session_events,
+        list_sessions, list_queue, cancel_queued, reorder_queued, change_running, snapshot_running, list_architectures,
+        all_events, session_events,
         session_chart_png, session_chart_svg, compare_png, compare_svg,
         list_models, upload_model, download_model, delete_model, generate, predict,
         list_datasets, get_dataset, upload_dataset, delete_dataset,

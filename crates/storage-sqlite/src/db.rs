@@ -29,6 +29,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, name: "telegram", sql: include_str!("../../../migrations/0007_telegram.sql") },
     Migration { version: 8, name: "session_outcome", sql: include_str!("../../../migrations/0008_session_outcome.sql") },
     Migration { version: 9, name: "learning_rate", sql: include_str!("../../../migrations/0009_learning_rate.sql") },
+    Migration { version: 10, name: "session_live", sql: include_str!("../../../migrations/0010_session_live.sql") },
 ];
 
 /// The schema version this build writes.

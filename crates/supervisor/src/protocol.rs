@@ -1,7 +1,9 @@
 //! The messages between a supervisor and its run process: one JSON object a line, on the
 //! run's standard input (to the run) and standard output (from the run).
 //!
-//! The first line the run reads is [`ToRun::Start`]; afterwards only [`ToRun::Stop`] may come.
+//! The first line the run reads is [`ToRun::Start`]; afterwards come the commands of the
+//! session's [`trainyard_domain::ports::RunControl`]: [`ToRun::Stop`], [`ToRun::LearningRate`]
+//! and [`ToRun::Snapshot`] (answered by [`FromRun::Snapshot`]).
 //! End of input means the supervisor is gone: the run exits at once, and the session resumes
 //! from its last checkpoint when a supervisor runs it again. The run's last message is
 //! [`FromRun::Finished`], [`FromRun::Failed`] or [`FromRun::Crashed`]; a run that dies
@@ -10,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use trainyard_domain::{
     metrics::{EpochMetrics, LogLevel},
-    ports::{TrainError, TrainedModel, TrainingJob},
+    ports::{SnapshotId, TrainError, TrainedModel, TrainingJob},
 };
 
 /// What a supervisor sends its run.
@@ -21,6 +23,10 @@ pub enum ToRun {
     Start { job: Box<TrainingJob>, limits: RunLimits },
     /// Finish the current batch, save the weights and report them (`stopped`).
     Stop,
+    /// Train at this learning rate from the next batch on, in place of the schedule.
+    LearningRate { rate: f64 },
+    /// Save the current weights before the next batch, as a model file, and report it.
+    Snapshot { id: SnapshotId },
 }
 
 /// Limits the run process applies to itself before it trains.
@@ -53,6 +59,11 @@ pub enum FromRun {
     },
     Failed {
         error: TrainError,
+    },
+    /// The snapshot asked for as `id` was written (or could not be).
+    Snapshot {
+        id: SnapshotId,
+        result: Result<TrainedModel, TrainError>,
     },
     /// The trainer panicked; the message is the panic's.
     Crashed {

@@ -14,7 +14,7 @@ use std::{
 use trainyard_domain::{
     config::Device,
     metrics::LogLevel,
-    ports::{MemoryEstimate, RunUsage, StopSignal, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
+    ports::{MemoryEstimate, RunControl, RunUsage, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
     registry::{DatasetRecord, ModelRecord},
     TrainingConfig,
 };
@@ -88,7 +88,7 @@ enum Heard {
 }
 
 impl Trainer for ProcessTrainer {
-    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError> {
+    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, control: &RunControl) -> Result<TrainedModel, TrainError> {
         let on_cpu = match job.config.device {
             Device::Cpu => true,
             Device::Auto => !self.limits.gpu_usable,
@@ -115,7 +115,7 @@ impl Trainer for ProcessTrainer {
             return Err(TrainError::Io(format!("could not hand the job to the training process: {e}")));
         }
         events.log(LogLevel::Info, format!("training process {pid} started (memory limit {})", human_mb(self.limits.memory_limit_mb)));
-        let watch = Watch { pid, limits: self.limits, stop, stdin: Some(stdin) };
+        let watch = Watch { pid, limits: self.limits, control, stdin: Some(stdin) };
         let (result, killed, usage) = watch.run(&rx, child, events);
         let status = child.wait().map_err(|e| TrainError::Io(format!("could not wait for the training process: {e}")))?;
         guard.0 = None;
@@ -219,11 +219,18 @@ fn relay_stderr(child: &mut Child, session: &str) -> Result<Arc<Mutex<Stderr>>, 
 struct Watch<'a> {
     pid: u32,
     limits: SupervisionLimits,
-    stop: &'a StopSignal,
+    control: &'a RunControl,
     stdin: Option<ChildStdin>,
 }
 
 impl Watch<'_> {
+    /// Sends the run a command; a run that no longer reads is ending anyway.
+    fn tell(&mut self, command: &ToRun) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(command.to_line().as_bytes()).and_then(|()| stdin.flush());
+        }
+    }
+
     /// Relays messages until the run closes its output; measures memory and progress meanwhile,
     /// killing the run past the memory limit or the stall timeout.
     fn run(
@@ -246,6 +253,7 @@ impl Watch<'_> {
                         FromRun::Log { level, message } => events.log(level, message),
                         FromRun::Resumed { epoch } => events.resumed(epoch),
                         FromRun::Progress { .. } => events.batch_finished(),
+                        FromRun::Snapshot { id, result } => events.snapshot(id, result),
                         FromRun::Finished { model } => result = Some(Ok(model)),
                         FromRun::Failed { error } => result = Some(Err(error)),
                         FromRun::Crashed { message } => {
@@ -257,10 +265,16 @@ impl Watch<'_> {
                 Ok(Heard::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-            if self.stop.is_requested() && !stop_sent {
+            if self.control.stop_requested() && !stop_sent {
                 stop_sent = true;
-                if let Some(stdin) = self.stdin.as_mut() {
-                    let _ = stdin.write_all(ToRun::Stop.to_line().as_bytes()).and_then(|()| stdin.flush());
+                self.tell(&ToRun::Stop);
+            }
+            if self.control.take_pending() {
+                if let Some(rate) = self.control.learning_rate() {
+                    self.tell(&ToRun::LearningRate { rate });
+                }
+                for id in self.control.take_snapshots() {
+                    self.tell(&ToRun::Snapshot { id });
                 }
             }
             if killed.is_some() {

@@ -19,7 +19,7 @@ use std::{
 use trainyard_domain::{
     manager::TRAINING_THREAD_STACK,
     metrics::{EpochMetrics, LogLevel},
-    ports::{StopSignal, TrainError, Trainer, TrainingEvents, TrainingJob},
+    ports::{RunControl, SnapshotId, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
 };
 
 use crate::protocol::{FromRun, RunLimits, ToRun};
@@ -50,20 +50,23 @@ pub fn serve(trainer: Arc<dyn Trainer>) -> u8 {
     let (job, limits) = match start {
         Ok(ToRun::Start { job, limits }) => (*job, limits),
         Ok(ToRun::Stop) => return 0,
-        Err(why) => {
+        other => {
+            let why = other.map_or_else(|why| why, |_| "a command came before the job".to_owned());
             send(&out, &FromRun::Failed { error: TrainError::Io(format!("the run could not read its job: {why}")) });
             return EXIT_BAD_JOB;
         }
     };
     drop(input);
     apply_limits(limits);
-    let stop = StopSignal::default();
-    let watcher_stop = stop.clone();
-    // Commands after the job: a stop request, or the end of input when the supervisor dies.
+    let control = RunControl::default();
+    let watched = control.clone();
+    // Commands after the job, or the end of input when the supervisor dies.
     let watcher = std::thread::Builder::new().name("supervisor".into()).spawn(move || {
         for line in std::io::stdin().lock().lines() {
             match line.map(|l| serde_json::from_str::<ToRun>(&l)) {
-                Ok(Ok(ToRun::Stop)) => watcher_stop.request(),
+                Ok(Ok(ToRun::Stop)) => watched.request_stop(),
+                Ok(Ok(ToRun::LearningRate { rate })) => watched.set_learning_rate(rate),
+                Ok(Ok(ToRun::Snapshot { id })) => watched.request_snapshot(id),
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -75,13 +78,13 @@ pub fn serve(trainer: Arc<dyn Trainer>) -> u8 {
         send(&out, &FromRun::Failed { error: TrainError::Io(format!("could not watch the supervisor: {e}")) });
         return 1;
     }
-    let message = run(trainer, job, &out, stop);
+    let message = run(trainer, job, &out, control);
     send(&out, &message);
     0
 }
 
 /// Trains `job` on a thread with a large stack and returns the run's last message.
-fn run(trainer: Arc<dyn Trainer>, job: TrainingJob, out: &Out, stop: StopSignal) -> FromRun {
+fn run(trainer: Arc<dyn Trainer>, job: TrainingJob, out: &Out, stop: RunControl) -> FromRun {
     let out = Arc::clone(out);
     let thread = std::thread::Builder::new().name("train".into()).stack_size(TRAINING_THREAD_STACK).spawn(move || {
         let _lock = match lock_session(&job, &out) {
@@ -191,6 +194,10 @@ impl TrainingEvents for Reporter {
 
     fn resumed(&mut self, epoch: u32) {
         send(&self.out, &FromRun::Resumed { epoch });
+    }
+
+    fn snapshot(&mut self, id: SnapshotId, result: Result<TrainedModel, TrainError>) {
+        send(&self.out, &FromRun::Snapshot { id, result });
     }
 
     fn batch_finished(&mut self) {

@@ -35,7 +35,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use trainyard_domain::{
     metrics::{EpochMetrics, LogLevel},
-    ports::{DatasetInspector, StopSignal, Trainer, TrainingEvents, TrainingJob},
+    ports::{DatasetInspector, RunControl, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
     registry::DatasetRecord,
     DatasetName, SessionId, TrainingConfig, TrainingRequest,
 };
@@ -163,7 +163,7 @@ fn write_images(dir: &Path, samples: usize, size: usize) -> Result<PathBuf, Erro
 /// Counts steps, notes the resident set at warm-up and at the end, times the steps after
 /// warm-up, and stops the run.
 struct Probe {
-    stop: StopSignal,
+    stop: RunControl,
     warmup: u64,
     steps: u64,
     /// Warm-up ends without waiting for a finished epoch.
@@ -192,6 +192,8 @@ impl TrainingEvents for Probe {
 
     fn resumed(&mut self, _: u32) {}
 
+    fn snapshot(&mut self, _: u64, _: Result<TrainedModel, TrainError>) {}
+
     fn batch_finished(&mut self) {
         self.done += 1;
         let now = Instant::now();
@@ -204,7 +206,7 @@ impl TrainingEvents for Probe {
             None if self.done >= self.warmup && (self.epochs >= 1 || self.speed) => self.warm = Some((self.done, rss().0)),
             Some((at, _)) if self.done - at >= self.steps && self.end.is_none() => {
                 self.end = Some((self.done, rss().0));
-                self.stop.request();
+                self.stop.request_stop();
             }
             _ => {}
         }
@@ -251,9 +253,10 @@ fn main() -> Result<(), Error> {
         extra_datasets: Vec::new(),
         base_model: None,
         scratch_dir: tmp.path().join("scratch"),
+        learning_rate: None,
     };
     fs::create_dir_all(&job.scratch_dir)?;
-    let stop = StopSignal::default();
+    let stop = RunControl::default();
     let mut probe = Probe {
         stop: stop.clone(),
         warmup: args.warmup,

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use trainyard_domain::{
     lr_schedule::LrScheduler,
     metrics::{EpochMetrics, LogLevel},
-    ports::{StopSignal, TrainError, TrainedModel, TrainingEvents, TrainingJob},
+    ports::{RunControl, TrainError, TrainedModel, TrainingEvents, TrainingJob},
     registry::ModelFormat,
     selection::{Keep, Selection, Tracker},
 };
@@ -91,7 +91,7 @@ pub(crate) struct Session<'a> {
     pub job: &'a TrainingJob,
     pub device: &'a Device,
     pub events: &'a mut dyn TrainingEvents,
-    pub stop: &'a StopSignal,
+    pub control: &'a RunControl,
     pub faults: Faults,
 }
 
@@ -116,7 +116,7 @@ impl Session<'_> {
     }
 
     fn run<T: Task>(self, task: &mut T, checkpoint: Option<Checkpoint>) -> Result<TrainedModel, TrainError> {
-        let Self { job, device, events, stop, faults } = self;
+        let Self { job, device, events, control, faults } = self;
         #[cfg(not(test))]
         let _ = faults;
         let cfg = &job.config;
@@ -157,9 +157,22 @@ impl Session<'_> {
             for (b, batch) in batch_list.iter().enumerate() {
                 #[cfg(test)]
                 if faults.stop_after_batches == Some(batches_run) {
-                    stop.request();
+                    control.request_stop();
                 }
-                if stop.is_requested() {
+                for snap in control.take_snapshots() {
+                    let meta = run_meta(job, device, &description, last.as_ref().map(FinalMetrics::from), completed, false, None);
+                    let file = job.scratch_dir.join(format!("snapshot-{snap}.safetensors"));
+                    let saved = save(task.varmap(), &meta, &file).map(|()| TrainedModel {
+                        file,
+                        format: ModelFormat::Safetensors,
+                        metadata: meta.to_value(),
+                        epochs_completed: completed,
+                        stopped: false,
+                        stopped_early: false,
+                    });
+                    events.snapshot(snap, saved);
+                }
+                if control.stop_requested() {
                     events.log(
                         LogLevel::Info,
                         format!(
@@ -185,7 +198,9 @@ impl Session<'_> {
                         b + 1
                     )));
                 }
-                optimizer.set_learning_rate(scheduler.rate(epoch, b, batch_list.len()));
+                // A rate set live replaces the schedule.
+                let rate = control.learning_rate().or(job.learning_rate);
+                optimizer.set_learning_rate(rate.unwrap_or_else(|| scheduler.rate(epoch, b, batch_list.len())));
                 optimizer.backward_step(&step.loss).map_err(backend)?;
                 loss_sum += f64::from(value);
                 batches += 1;
@@ -216,7 +231,7 @@ impl Session<'_> {
                 timestamp: OffsetDateTime::now_utc(),
             };
             let judged = selection.observe(&mut tracker, &metrics);
-            let cut = scheduler.epoch_ended(&metrics);
+            let cut = scheduler.epoch_ended(&metrics).filter(|_| control.learning_rate().or(job.learning_rate).is_none());
             // The checkpoint first, holding this epoch's metrics too: once an epoch is reported
             // finished it can be resumed from, and a crash before the report replays it.
             resume::write(&job.scratch_dir, task.varmap(), &optimizer, &description, &metrics, &tracker, &scheduler.plateau)?;
@@ -259,20 +274,7 @@ impl Session<'_> {
             }
         }
 
-        let meta = ModelMeta {
-            run: Some(RunRecord {
-                hyperparameters: cfg.into(),
-                final_metrics,
-                epochs_completed: Some(completed),
-                stopped: Some(stopped),
-                session_id: job.session_id.as_str().to_owned(),
-                datasets: std::iter::once(&job.dataset).chain(&job.extra_datasets).map(|d| d.name.as_str().to_owned()).collect(),
-                base_model: job.base_model.as_ref().map(|m| m.name.as_str().to_owned()),
-                device: device_name(device),
-                kept,
-            }),
-            ..description
-        };
+        let meta = run_meta(job, device, &description, final_metrics, completed, stopped, kept);
         let file = job.scratch_dir.join(MODEL_FILE_NAME);
         save(task.varmap(), &meta, &file)?;
         Ok(TrainedModel {
@@ -283,6 +285,32 @@ impl Session<'_> {
             stopped,
             stopped_early,
         })
+    }
+}
+
+/// The model's description with the run's record: what a model file (final or snapshot) says.
+fn run_meta(
+    job: &TrainingJob,
+    device: &Device,
+    description: &ModelMeta,
+    final_metrics: Option<FinalMetrics>,
+    completed: u32,
+    stopped: bool,
+    kept: Option<Kept>,
+) -> ModelMeta {
+    ModelMeta {
+        run: Some(RunRecord {
+            hyperparameters: (&job.config).into(),
+            final_metrics,
+            epochs_completed: Some(completed),
+            stopped: Some(stopped),
+            session_id: job.session_id.as_str().to_owned(),
+            datasets: std::iter::once(&job.dataset).chain(&job.extra_datasets).map(|d| d.name.as_str().to_owned()).collect(),
+            base_model: job.base_model.as_ref().map(|m| m.name.as_str().to_owned()),
+            device: device_name(device),
+            kept,
+        }),
+        ..description.clone()
     }
 }
 

@@ -8,7 +8,7 @@ use candle_nn::VarMap;
 use trainyard_domain::{
     config,
     metrics::LogLevel,
-    ports::{MemoryEstimate, StopSignal, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
+    ports::{MemoryEstimate, RunControl, TrainError, TrainedModel, Trainer, TrainingEvents, TrainingJob},
     registry::{DatasetFormat, DatasetRecord, ModelRecord},
     Architecture, TrainingConfig,
 };
@@ -106,17 +106,17 @@ impl CandleTrainer {
         job: &'a TrainingJob,
         device: &'a Device,
         events: &'a mut dyn TrainingEvents,
-        stop: &'a StopSignal,
+        control: &'a RunControl,
     ) -> Session<'a> {
         #[cfg(test)]
         let faults = Faults { stop_after_batches: self.stop_after_batches, nan_at_batch: self.nan_at_batch };
         #[cfg(not(test))]
         let faults = Faults::default();
-        Session { job, device, events, stop, faults }
+        Session { job, device, events, control, faults }
     }
 
     /// [`Trainer::train`] on the calling thread.
-    fn train_here(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError> {
+    fn train_here(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, control: &RunControl) -> Result<TrainedModel, TrainError> {
         let cfg = &job.config;
         let format = job.dataset.info.format;
         if cfg.model_architecture == Architecture::CharLstm {
@@ -128,7 +128,7 @@ impl CandleTrainer {
             }
             let device = self.device(cfg.device, events)?;
             return self
-                .session(job, &device, events, stop)
+                .session(job, &device, events, control)
                 .train(|checkpoint, events| crate::char_run::build(job, &device, checkpoint, events));
         }
         if job.dataset.info.data_kind() != Some(cfg.model_architecture.data_kind()) {
@@ -160,7 +160,7 @@ impl CandleTrainer {
         }
         .map_err(in_dataset)?;
         let device = self.device(cfg.device, events)?;
-        self.session(job, &device, events, stop).train(|_, events| Classifier::build(job, &prepared, &device, events))
+        self.session(job, &device, events, control).train(|_, events| Classifier::build(job, &prepared, &device, events))
     }
 }
 
@@ -169,8 +169,8 @@ impl Trainer for CandleTrainer {
     /// then start from inside the pool, where a loop started from another thread is handed to
     /// the pool and waited for (a small CNN, whose step is many short operations, trains about
     /// 1.5 times as fast).
-    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, stop: &StopSignal) -> Result<TrainedModel, TrainError> {
-        rayon::scope(|_| self.train_here(job, events, stop))
+    fn train(&self, job: &TrainingJob, events: &mut dyn TrainingEvents, control: &RunControl) -> Result<TrainedModel, TrainError> {
+        rayon::scope(|_| self.train_here(job, events, control))
     }
 
     fn check_base_model(&self, cfg: &TrainingConfig, model: &ModelRecord) -> Result<(), String> {

@@ -185,6 +185,48 @@ fn a_crashed_run_is_retried_up_to_max_retries_and_other_failures_never() {
 }
 
 #[test]
+fn a_running_session_takes_a_live_learning_rate_and_snapshots() {
+    let w = world(1, 0);
+    w.trainer.set_hold(true);
+    let id = w.manager.start(&request("iris", 3)).unwrap().view.session.id;
+    assert!(w.trainer.wait_started(1, WAIT));
+    assert!(matches!(w.manager.set_learning_rate(&id, 5.0), Err(ManagerError::Invalid(e)) if e.0[0].field == "learning_rate"));
+    let view = w.manager.set_learning_rate(&id, 0.01).unwrap();
+    assert_eq!(view.session.live.learning_rate, Some(0.01));
+    assert!(matches!(w.manager.snapshot(&id, "../evil", WAIT), Err(ManagerError::Invalid(e)) if e.0[0].field == "model_name"));
+
+    // The snapshot is taken at the run's next step, once it is released.
+    let taker = {
+        let manager = w.manager.clone();
+        let id = id.clone();
+        std::thread::spawn(move || manager.snapshot(&id, "midway", WAIT))
+    };
+    while !w.manager.logs(&id, 100).unwrap().iter().any(|l| l.message == "snapshot requested as model 'midway'") {
+        std::thread::yield_now();
+    }
+    w.trainer.set_hold(false);
+    let snap = taker.join().unwrap().unwrap();
+    assert_eq!((snap.name.as_str(), snap.metadata["snapshot"].as_bool()), ("midway", Some(true)));
+    assert!(w.manager.wait_idle(WAIT));
+
+    let done = w.manager.view(&id).unwrap().session;
+    assert_eq!((done.state, done.live.learning_rate), (SessionState::Completed, Some(0.01)));
+    let rates: Vec<Option<f64>> = w.manager.history(&id).unwrap().iter().map(|m| m.learning_rate).collect();
+    assert_eq!(rates, vec![Some(0.01); 3]);
+    let logs: Vec<String> = w.manager.logs(&id, 100).unwrap().into_iter().map(|l| l.message).collect();
+    assert!(logs.contains(&"learning rate set to 0.01 from the next batch on; it was 0.001".to_owned()), "{logs:?}");
+    assert!(logs.contains(&"snapshot saved as model 'midway' after 0 epochs".to_owned()), "{logs:?}");
+    // An ended session takes neither; a taken name is refused before anything is asked.
+    assert!(
+        matches!(w.manager.set_learning_rate(&id, 0.01), Err(ManagerError::Conflict(m)) if m.ends_with("is completed and not running"))
+    );
+    assert!(matches!(w.manager.snapshot(&id, "midway", WAIT), Err(ManagerError::Conflict(m)) if m.contains("already exists")));
+    assert!(
+        matches!(w.manager.snapshot(&id, "later", WAIT), Err(ManagerError::Conflict(m)) if m.ends_with("is completed and not running"))
+    );
+}
+
+#[test]
 fn stop_saves_a_model_and_ends_stopped() {
     let w = world(1, 0);
     w.trainer.set_hold(true);

@@ -80,6 +80,8 @@ pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::DELETE, "/api/v1/training/queue/{session_id}", TRAIN, |r| r.to(cancel_queued)),
     route(Method::PATCH, "/api/v1/training/queue/{session_id}", TRAIN, |r| r.to(reorder_queued)),
     route(Method::POST, "/api/v1/training/{session_id}/stop", TRAIN, |r| r.to(stop_training)),
+    route(Method::PATCH, "/api/v1/training/{session_id}", TRAIN, |r| r.to(change_running)),
+    route(Method::POST, "/api/v1/training/{session_id}/checkpoint", TRAIN, |r| r.to(snapshot_running)),
     route(Method::GET, "/api/v1/training/{session_id}/status", READ, |r| r.to(session_status)),
     route(Method::GET, "/api/v1/training/{session_id}/metrics", READ, |r| r.to(session_metrics)),
     route(Method::GET, "/api/v1/training/{session_id}/history", READ, |r| r.to(session_history)),

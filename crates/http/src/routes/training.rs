@@ -12,7 +12,10 @@ use trainyard_domain::{
 
 use super::blocking;
 use crate::{
-    dto::{ArchitectureDto, LogLine, Message, Metrics, Reorder, SessionStatus, SessionSummary, StartTraining, Started},
+    dto::{
+        ArchitectureDto, LiveChange, LogLine, Message, Metrics, Model, Reorder, SessionStatus, SessionSummary, StartTraining, Started,
+        TakeSnapshot,
+    },
     error::{ApiError, ErrorCode},
     AppState,
 };
@@ -185,6 +188,59 @@ pub(crate) async fn reorder_queued(
     let priority = body.into_inner().priority;
     let view = blocking(move || manager.set_priority(&id, priority)).await?;
     Ok(web::Json(SessionStatus::from(&view)))
+}
+
+/// Changes a running session: `{"learning_rate": X}` applies from its next batch on, in place
+/// of its schedule; it is logged, kept across retries and restarts, and shows in each epoch's
+/// `learning_rate`. Answers the session's status.
+#[utoipa::path(
+    patch, path = "/api/v1/training/{session_id}", tag = "training", request_body = LiveChange,
+    responses(
+        (status = 200, body = SessionStatus),
+        (status = 400, description = "a learning rate the start config would refuse"),
+        (status = 404),
+        (status = 409, description = "the session is not running"),
+        (status = 422, description = "wrong JSON shape")
+    )
+)]
+pub(crate) async fn change_running(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<LiveChange>,
+) -> Result<web::Json<SessionStatus>, ApiError> {
+    let id = session_id(&path)?;
+    let manager = state.manager.clone();
+    let rate = body.into_inner().learning_rate;
+    let view = blocking(move || manager.set_learning_rate(&id, rate)).await?;
+    Ok(web::Json(SessionStatus::from(&view)))
+}
+
+/// How long a snapshot request waits for the run to reach its next batch.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Saves a running session's current weights as a registry model now (at its next batch);
+/// the run goes on. Answers the model, as the model listing shows it (`snapshot: true` in its
+/// metadata).
+#[utoipa::path(
+    post, path = "/api/v1/training/{session_id}/checkpoint", tag = "training", request_body = TakeSnapshot,
+    responses(
+        (status = 200, body = Model),
+        (status = 400, description = "not a model name"),
+        (status = 404),
+        (status = 409, description = "the name is taken, the session is not running, or it did not reach its next batch within 120 s"),
+        (status = 422, description = "wrong JSON shape")
+    )
+)]
+pub(crate) async fn snapshot_running(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<TakeSnapshot>,
+) -> Result<web::Json<Model>, ApiError> {
+    let id = session_id(&path)?;
+    let manager = state.manager.clone();
+    let name = body.into_inner().model_name;
+    let record = blocking(move || manager.snapshot(&id, &name, SNAPSHOT_WAIT)).await?;
+    Ok(web::Json(Model::from(&record)))
 }
 
 /// The architectures this server can train, with the datasets each accepts.

@@ -5,13 +5,14 @@ use rusqlite::{params, Row, ToSql};
 use time::OffsetDateTime;
 use trainyard_domain::{
     ports::{SessionRepository, StoreError},
-    ModelName, Session, SessionId, SessionOutcome, SessionResources, SessionState, TrainingConfig,
+    ModelName, Session, SessionId, SessionState, TrainingConfig,
 };
 
 use super::SqliteStore;
 use crate::{codec, db::conflict_as};
 
-const COLUMNS: &str = "id, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources, outcome";
+const COLUMNS: &str =
+    "id, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources, outcome, live";
 
 /// A session's columns as SQLite returns them, before decoding.
 struct SessionRow {
@@ -26,6 +27,7 @@ struct SessionRow {
     model_name: Option<String>,
     resources: Option<String>,
     outcome: Option<String>,
+    live: Option<String>,
 }
 
 impl SessionRow {
@@ -42,6 +44,7 @@ impl SessionRow {
             model_name: r.get(8)?,
             resources: r.get(9)?,
             outcome: r.get(10)?,
+            live: r.get(11)?,
         })
     }
 
@@ -58,14 +61,9 @@ impl SessionRow {
             end_time: codec::parse_ts_opt(self.end_time.as_deref())?,
             error_message: self.error_message,
             model_name: self.model_name.map(ModelName::new).transpose().map_err(|e| codec::corrupt(&field("model name"), e))?,
-            resources: match self.resources {
-                None => SessionResources::default(),
-                Some(json) => serde_json::from_str(&json).map_err(|e| codec::corrupt(&field("resources"), e))?,
-            },
-            outcome: match self.outcome {
-                None => SessionOutcome::default(),
-                Some(json) => serde_json::from_str(&json).map_err(|e| codec::corrupt(&field("outcome"), e))?,
-            },
+            resources: json_or_default(self.resources, &field("resources"))?,
+            outcome: json_or_default(self.outcome, &field("outcome"))?,
+            live: json_or_default(self.live, &field("live"))?,
             id,
         })
     }
@@ -84,6 +82,20 @@ struct Encoded<'a> {
     model_name: Option<&'a str>,
     resources: Option<String>,
     outcome: Option<String>,
+    live: Option<String>,
+}
+
+/// An optional JSON column: NULL is the type's default.
+fn json_or_default<T: Default + serde::de::DeserializeOwned>(raw: Option<String>, what: &str) -> Result<T, StoreError> {
+    raw.map_or_else(|| Ok(T::default()), |json| serde_json::from_str(&json).map_err(|e| codec::corrupt(what, e)))
+}
+
+/// The JSON of an optional column: NULL for the type's default.
+fn json_unless_default<T: Default + PartialEq + serde::Serialize>(value: &T, what: &str) -> Result<Option<String>, StoreError> {
+    if *value == T::default() {
+        return Ok(None);
+    }
+    serde_json::to_string(value).map(Some).map_err(|e| codec::corrupt(what, e))
 }
 
 impl<'a> Encoded<'a> {
@@ -98,16 +110,9 @@ impl<'a> Encoded<'a> {
             end_time: codec::ts_opt(s.end_time)?,
             error_message: s.error_message.as_deref(),
             model_name: s.model_name.as_ref().map(ModelName::as_str),
-            resources: if s.resources == SessionResources::default() {
-                None
-            } else {
-                Some(serde_json::to_string(&s.resources).map_err(|e| codec::corrupt("session resources", e))?)
-            },
-            outcome: if s.outcome == SessionOutcome::default() {
-                None
-            } else {
-                Some(serde_json::to_string(&s.outcome).map_err(|e| codec::corrupt("session outcome", e))?)
-            },
+            resources: json_unless_default(&s.resources, "session resources")?,
+            outcome: json_unless_default(&s.outcome, "session outcome")?,
+            live: json_unless_default(&s.live, "session live changes")?,
         })
     }
 }
@@ -128,8 +133,8 @@ impl SessionRepository for SqliteStore {
             .write(|tx| {
                 tx.prepare_cached(
                     "INSERT INTO sessions
-                         (id, seq, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources, outcome)
-                     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                         (id, seq, state, config, current_epoch, created_at, start_time, end_time, error_message, model_name, resources, outcome, live)
+                     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM sessions), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?
                 .execute(params![
                     e.id,
@@ -142,7 +147,8 @@ impl SessionRepository for SqliteStore {
                     e.error_message,
                     e.model_name,
                     e.resources,
-                    e.outcome
+                    e.outcome,
+                    e.live
                 ])
             })
             .map_err(conflict_as(|| format!("session {} already exists", session.id)))?;
@@ -155,7 +161,7 @@ impl SessionRepository for SqliteStore {
             tx.prepare_cached(
                 "UPDATE sessions
                  SET state = ?2, config = ?3, current_epoch = ?4, created_at = ?5, start_time = ?6, end_time = ?7,
-                     error_message = ?8, model_name = ?9, resources = ?10, outcome = ?11
+                     error_message = ?8, model_name = ?9, resources = ?10, outcome = ?11, live = ?12
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -169,7 +175,8 @@ impl SessionRepository for SqliteStore {
                 e.error_message,
                 e.model_name,
                 e.resources,
-                e.outcome
+                e.outcome,
+                e.live
             ])
         })?;
         if changed == 0 {

@@ -29,6 +29,10 @@ struct Recorded {
     /// Where the run writes its checkpoint: each report notes the epoch the checkpoint holds then.
     scratch: Option<std::path::PathBuf>,
     checkpointed: Vec<Option<u32>>,
+    /// Snapshots the run reported, by id.
+    snapshots: Vec<(u64, Result<TrainedModel, TrainError>)>,
+    /// After this many batches, a live learning rate of 0.005 and snapshot 7 are asked for.
+    live_at: Option<(u64, RunControl)>,
 }
 
 impl TrainingEvents for Recorded {
@@ -42,6 +46,14 @@ impl TrainingEvents for Recorded {
 
     fn batch_finished(&mut self) {
         self.heartbeats += 1;
+        if let Some((_, control)) = self.live_at.as_ref().filter(|(at, _)| *at == self.heartbeats) {
+            control.set_learning_rate(0.005);
+            control.request_snapshot(7);
+        }
+    }
+
+    fn snapshot(&mut self, id: u64, result: Result<TrainedModel, TrainError>) {
+        self.snapshots.push((id, result));
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
@@ -72,13 +84,14 @@ fn job(path: &Path, format: DatasetFormat, config: TrainingConfig, scratch: &Pat
         extra_datasets: Vec::new(),
         base_model: None,
         scratch_dir: scratch.to_path_buf(),
+        learning_rate: None,
     }
 }
 
 fn run(trainer: &CandleTrainer, path: &Path, format: DatasetFormat, req: TrainingRequest) -> (Result<TrainedModel, TrainError>, Recorded) {
     let scratch = tempfile::tempdir().unwrap();
     let mut events = Recorded::default();
-    let mut result = trainer.train(&job(path, format, config(req), scratch.path()), &mut events, &StopSignal::default());
+    let mut result = trainer.train(&job(path, format, config(req), scratch.path()), &mut events, &RunControl::default());
     // Keep the model file readable after the scratch directory goes away.
     if let Ok(model) = &mut result {
         let kept = std::env::temp_dir().join(format!("trainyard-test-{}.safetensors", SessionId::generate()));
@@ -299,8 +312,8 @@ fn prop28_stop_after_k_batches_saves_a_loadable_model() {
 #[test]
 fn a_stop_before_the_first_batch_still_saves_the_initial_weights() {
     let scratch = tempfile::tempdir().unwrap();
-    let stop = StopSignal::default();
-    stop.request();
+    let stop = RunControl::default();
+    stop.request_stop();
     let model = CandleTrainer::cpu()
         .train(
             &job(Path::new(IRIS), DatasetFormat::Csv, config(TrainingRequest::default()), scratch.path()),
@@ -311,6 +324,39 @@ fn a_stop_before_the_first_batch_still_saves_the_initial_weights() {
     assert_eq!((model.stopped, model.epochs_completed, model.metadata["final_metrics"].clone()), (true, 0, Value::Null));
     assert_eq!(model.file, scratch.path().join(MODEL_FILE_NAME));
     assert!(model.file.exists());
+}
+
+#[test]
+fn a_live_learning_rate_applies_from_the_next_batch_and_a_snapshot_is_a_loadable_model() {
+    let scratch = tempfile::tempdir().unwrap();
+    let req = TrainingRequest {
+        epochs: Some(3),
+        batch_size: Some(30),
+        lr_schedule: Some(trainyard_domain::config::LrScheduleRequest {
+            kind: Some("exponential".into()),
+            gamma: Some(0.5),
+            ..Default::default()
+        }),
+        ..TrainingRequest::default()
+    };
+    let job = job(Path::new(IRIS), DatasetFormat::Csv, config(req), scratch.path());
+    let control = RunControl::default();
+    // 120 training rows in batches of 30: four an epoch; the change comes after epoch 1's third.
+    let mut events = Recorded { live_at: Some((3, control.clone())), ..Recorded::default() };
+    let model = CandleTrainer::cpu().train(&job, &mut events, &control).unwrap();
+    let rates: Vec<Option<f64>> = events.metrics.iter().map(|m| m.learning_rate).collect();
+    // Epoch 1's last batch already trains at the new rate; the schedule no longer applies.
+    assert_eq!(rates, vec![Some(0.005); 3]);
+    assert_eq!(events.snapshots.len(), 1);
+    let (id, snap) = &events.snapshots[0];
+    let snap = snap.as_ref().unwrap();
+    assert_eq!((*id, snap.epochs_completed, snap.stopped), (7, 0, false));
+    assert!(snap.file != model.file && snap.file.exists());
+    assert_eq!(snap.metadata["architecture"], model.metadata["architecture"]);
+    // The snapshot holds the weights of epoch 1's fourth batch, not the final ones, and loads.
+    assert_ne!(tensor_bytes(&snap.file), tensor_bytes(&model.file));
+    let shapes = |f: &Path| tensor_bytes(f).into_iter().map(|(n, s, _)| (n, s)).collect::<Vec<_>>();
+    assert_eq!(shapes(&snap.file), shapes(&model.file));
 }
 
 #[test]
@@ -389,9 +435,9 @@ quickcheck! {
         // 120 training rows in batches of 32: 4 batches an epoch, 16 in all.
         let interrupted = CandleTrainer { stop_after_batches: Some(u64::from(stop_after % 15) + 1), ..CandleTrainer::cpu() };
         let mut first = Recorded::default();
-        let partial = interrupted.train(&job, &mut first, &StopSignal::default()).unwrap();
+        let partial = interrupted.train(&job, &mut first, &RunControl::default()).unwrap();
         let mut second = Recorded::default();
-        let resumed = CandleTrainer::cpu().train(&job, &mut second, &StopSignal::default()).unwrap();
+        let resumed = CandleTrainer::cpu().train(&job, &mut second, &RunControl::default()).unwrap();
         let all_epochs: Vec<u32> = first.metrics.iter().chain(&second.metrics).map(|m| m.epoch).collect();
         partial.stopped
             && second.resumed_from == (partial.epochs_completed > 0).then_some(partial.epochs_completed)
@@ -439,7 +485,7 @@ fn char_job(text: &Path, scratch: &Path, epochs: i64) -> TrainingJob {
 
 fn char_run(trainer: &CandleTrainer, job: &TrainingJob) -> (Result<TrainedModel, TrainError>, Recorded) {
     let mut events = Recorded { scratch: Some(job.scratch_dir.clone()), ..Recorded::default() };
-    let result = trainer.train(job, &mut events, &StopSignal::default());
+    let result = trainer.train(job, &mut events, &RunControl::default());
     (result, events)
 }
 
@@ -531,7 +577,7 @@ fn every_classifier_epoch_is_checkpointed_before_it_is_reported() {
     let job =
         job(Path::new(IRIS), DatasetFormat::Csv, config(TrainingRequest { epochs: Some(3), ..TrainingRequest::default() }), scratch.path());
     let mut events = Recorded { scratch: Some(scratch.path().to_path_buf()), ..Recorded::default() };
-    CandleTrainer::cpu().train(&job, &mut events, &StopSignal::default()).unwrap();
+    CandleTrainer::cpu().train(&job, &mut events, &RunControl::default()).unwrap();
     assert_eq!(events.checkpointed, [Some(1), Some(2), Some(3)]);
 }
 
@@ -540,12 +586,12 @@ fn a_checkpoint_of_another_model_is_ignored_and_the_run_starts_over() {
     let scratch = tempfile::tempdir().unwrap();
     let small = config(TrainingRequest { epochs: Some(1), hidden_sizes: Some(vec![8]), ..TrainingRequest::default() });
     CandleTrainer::cpu()
-        .train(&job(Path::new(IRIS), DatasetFormat::Csv, small, scratch.path()), &mut Recorded::default(), &StopSignal::default())
+        .train(&job(Path::new(IRIS), DatasetFormat::Csv, small, scratch.path()), &mut Recorded::default(), &RunControl::default())
         .unwrap();
     let wider = config(TrainingRequest { epochs: Some(1), hidden_sizes: Some(vec![16]), ..TrainingRequest::default() });
     let mut events = Recorded::default();
     let model = CandleTrainer::cpu()
-        .train(&job(Path::new(IRIS), DatasetFormat::Csv, wider, scratch.path()), &mut events, &StopSignal::default())
+        .train(&job(Path::new(IRIS), DatasetFormat::Csv, wider, scratch.path()), &mut events, &RunControl::default())
         .unwrap();
     assert_eq!((events.resumed_from, model.epochs_completed), (None, 1));
     assert!(events.logs.iter().any(|(level, m)| *level == LogLevel::Warning && m.contains("another model shape")), "{:?}", events.logs);
@@ -567,7 +613,7 @@ fn digits_on(device: &str, epochs: i64) -> (Result<TrainedModel, TrainError>, Re
     let scratch = tempfile::tempdir().unwrap();
     let mut events = Recorded::default();
     let job = job(Path::new(DIGITS_PNG), DatasetFormat::Images, TrainingConfig::validate(&req).unwrap(), scratch.path());
-    (CandleTrainer::new().train(&job, &mut events, &StopSignal::default()), events)
+    (CandleTrainer::new().train(&job, &mut events, &RunControl::default()), events)
 }
 
 #[test]

@@ -1,0 +1,143 @@
+//! Live control of a running session: another learning rate from the next batch on, and a
+//! snapshot of its weights saved as a registry model while the run goes on.
+
+use std::time::{Duration as StdDuration, Instant};
+
+use super::{lock, ManagerError, Recorder, SessionManager, SessionView};
+use crate::{
+    config::{check_learning_rate, ConfigErrors},
+    ids::{ModelName, SessionId},
+    metrics::LogLevel,
+    ports::{SnapshotId, StoreError, TrainError, TrainedModel},
+    registry::ModelRecord,
+    session::SessionState,
+};
+
+/// A snapshot asked for: the name it is to be registered under, then what came of it.
+pub(super) struct Snapshot {
+    session: SessionId,
+    name: ModelName,
+    result: Option<Result<ModelRecord, String>>,
+}
+
+impl SessionManager {
+    /// Makes a running session train at `rate` from its next batch on, in place of its
+    /// schedule; the change is logged, kept across retries and restarts, and shows in each
+    /// epoch's `learning_rate`.
+    ///
+    /// # Errors
+    /// [`ManagerError::Invalid`] for a rate the start config would refuse,
+    /// [`ManagerError::NotFound`], [`ManagerError::Conflict`] when it is not running.
+    pub fn set_learning_rate(&self, id: &SessionId, rate: f64) -> Result<SessionView, ManagerError> {
+        let rate = check_learning_rate(rate)?;
+        let p = &self.inner.ports;
+        let before = {
+            let sched = lock(&self.inner.sched);
+            let run = sched.running.get(id).ok_or_else(|| self.not_running(id))?;
+            let before = run.control.learning_rate();
+            run.control.set_learning_rate(rate);
+            before
+        };
+        // The run's recorder writes the same value with its next record; this write keeps it
+        // should the server stop first.
+        if let Some(mut s) = p.sessions.get(id)? {
+            let before = before.or(s.live.learning_rate);
+            s.live.learning_rate = Some(rate);
+            p.sessions.update(&s)?;
+            let was = match before {
+                Some(r) => format!("it was set to {r}"),
+                None if s.config.lr_schedule.is_some() => "it replaces the schedule".to_owned(),
+                None => format!("it was {}", s.config.learning_rate),
+            };
+            self.inner.log(id, LogLevel::Info, format!("learning rate set to {rate} from the next batch on; {was}"));
+        }
+        self.view(id)
+    }
+
+    /// Saves a running session's current weights as the registry model `name`, at its next
+    /// batch, while the run goes on; answers the model once it is registered.
+    ///
+    /// # Errors
+    /// [`ManagerError::Invalid`] for a name that is not one, [`ManagerError::NotFound`],
+    /// [`ManagerError::Conflict`] when the session is not running, the name is taken, or the
+    /// run ends or does not reach its next batch within `timeout`.
+    pub fn snapshot(&self, id: &SessionId, name: &str, timeout: StdDuration) -> Result<ModelRecord, ManagerError> {
+        let name = ModelName::new(name).map_err(|e| {
+            let mut errors = ConfigErrors::default();
+            errors.push("model_name", e.to_string());
+            ManagerError::Invalid(errors)
+        })?;
+        let p = &self.inner.ports;
+        if p.models.get(&name)?.is_some() {
+            return Err(ManagerError::Conflict(format!("a model named '{name}' already exists; choose another name")));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut sched = lock(&self.inner.sched);
+        let snap = sched.next_snapshot;
+        sched.next_snapshot += 1;
+        sched.running.get(id).ok_or_else(|| self.not_running(id))?.control.request_snapshot(snap);
+        sched.snapshots.insert(snap, Snapshot { session: id.clone(), name: name.clone(), result: None });
+        drop(sched);
+        self.inner.log(id, LogLevel::Info, format!("snapshot requested as model '{name}'"));
+
+        let mut sched = lock(&self.inner.sched);
+        loop {
+            if let Some(result) = sched.snapshots.get_mut(&snap).and_then(|s| s.result.take()) {
+                sched.snapshots.remove(&snap);
+                return result.map_err(ManagerError::Conflict);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let gone = !sched.running.contains_key(id);
+            if gone || left.is_zero() {
+                sched.snapshots.remove(&snap);
+                return Err(ManagerError::Conflict(if gone {
+                    format!("training session {id} ended before it reached its next batch; no snapshot was taken")
+                } else {
+                    format!("training session {id} did not reach its next batch within {} s; no snapshot was taken", timeout.as_secs())
+                }));
+            }
+            sched = self.inner.idle.wait_timeout(sched, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+        }
+    }
+
+    /// The error for an operation on a running session that is not running.
+    fn not_running(&self, id: &SessionId) -> ManagerError {
+        match self.inner.ports.sessions.get(id) {
+            Ok(Some(s)) if s.state == SessionState::Running => {
+                ManagerError::Conflict(format!("training session {id} is between runs; try again in a moment"))
+            }
+            Ok(Some(s)) => ManagerError::Conflict(format!("training session {id} is {} and not running", s.state)),
+            Ok(None) => ManagerError::NotFound(id.clone()),
+            Err(e) => ManagerError::Store(e),
+        }
+    }
+}
+
+impl Recorder<'_> {
+    /// A snapshot the run wrote (or could not): registered under the name asked for, and the
+    /// outcome handed to the request waiting for it. Nobody waits any more when the request
+    /// timed out; the file is then left to the scratch directory's cleanup.
+    pub(super) fn snapshot_taken(&mut self, snap: SnapshotId, result: Result<TrainedModel, TrainError>) {
+        let inner = self.inner;
+        let name = lock(&inner.sched).snapshots.get(&snap).filter(|s| s.session == self.session.id).map(|s| s.name.clone());
+        let Some(name) = name else { return };
+        let outcome = match result {
+            Ok(model) => inner.register_model(&self.session, &model, Some(&name)).map_err(|e| match e {
+                StoreError::Conflict(_) => format!("a model named '{name}' already exists; choose another name"),
+                e => format!("could not register the snapshot: {}", e.public_message()),
+            }),
+            Err(e) => Err(format!("could not save the snapshot: {}", e.public_message())),
+        };
+        let line = match &outcome {
+            Ok(record) => {
+                (LogLevel::Info, format!("snapshot saved as model '{}' after {} epochs", record.name, self.session.current_epoch))
+            }
+            Err(why) => (LogLevel::Warning, why.clone()),
+        };
+        inner.log(&self.session.id, line.0, line.1);
+        if let Some(slot) = lock(&inner.sched).snapshots.get_mut(&snap) {
+            slot.result = Some(outcome);
+        }
+        inner.idle.notify_all();
+    }
+}

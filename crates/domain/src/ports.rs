@@ -107,8 +107,25 @@ pub trait ModelRegistry: Send + Sync + 'static {
     /// into place and the row rewritten in one transaction, and the old file is removed only
     /// after the commit. With no such entry it inserts.
     fn replace(&self, model: NewModel) -> Result<ModelRecord, StoreError>;
+    /// Registers a copy of `source`'s file as a new model `name` (with `metadata`), as
+    /// [`Self::import`] does a staged file; `source` is left as it is.
+    fn copy(&self, source: &ModelRecord, name: ModelName, metadata: serde_json::Value) -> Result<ModelRecord, StoreError>;
     /// Removes the row and the file. [`StoreError::NotFound`] when there is no such model.
     fn delete(&self, name: &ModelName) -> Result<(), StoreError>;
+}
+
+/// Sweeps, each one record with its spec, trials and outcome.
+///
+/// # Errors
+/// As [`SessionRepository`].
+pub trait SweepStore: Send + Sync + 'static {
+    /// Stores a new sweep. [`StoreError::Conflict`] when a sweep of that name exists.
+    fn insert(&self, sweep: &crate::sweep::Sweep) -> Result<(), StoreError>;
+    /// Rewrites a sweep. [`StoreError::NotFound`] when it does not exist.
+    fn update(&self, sweep: &crate::sweep::Sweep) -> Result<(), StoreError>;
+    fn get(&self, id: &crate::ids::SweepId) -> Result<Option<crate::sweep::Sweep>, StoreError>;
+    /// Every sweep, oldest first.
+    fn list(&self) -> Result<Vec<crate::sweep::Sweep>, StoreError>;
 }
 
 /// The dataset registry, the twin of [`ModelRegistry`].
@@ -229,13 +246,27 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone, Default)]
 pub struct RunControl(Arc<ControlState>);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct ControlState {
     stop: AtomicBool,
     /// Raised with every command but a stop, for relays to notice.
     pending: AtomicBool,
     learning_rate: Mutex<Option<f64>>,
     snapshots: Mutex<Vec<SnapshotId>>,
+    /// Called after every command, so that a relay passes it on at once.
+    waker: Mutex<Option<Waker>>,
+}
+
+type Waker = Box<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for ControlState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlState")
+            .field("stop", &self.stop)
+            .field("learning_rate", &self.learning_rate)
+            .field("snapshots", &self.snapshots)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One request for a snapshot of a running session's weights, answered through
@@ -246,6 +277,7 @@ impl RunControl {
     /// Asks the run to stop.
     pub fn request_stop(&self) {
         self.0.stop.store(true, Ordering::SeqCst);
+        self.wake();
     }
 
     /// Whether a stop was requested.
@@ -258,6 +290,7 @@ impl RunControl {
     pub fn set_learning_rate(&self, rate: f64) {
         *lock_state(&self.0.learning_rate) = Some(rate);
         self.0.pending.store(true, Ordering::SeqCst);
+        self.wake();
     }
 
     /// The learning rate set while the run was under way, if any.
@@ -270,6 +303,7 @@ impl RunControl {
     pub fn request_snapshot(&self, id: SnapshotId) {
         lock_state(&self.0.snapshots).push(id);
         self.0.pending.store(true, Ordering::SeqCst);
+        self.wake();
     }
 
     /// The snapshots asked for since the last call, oldest first.
@@ -283,6 +317,23 @@ impl RunControl {
     #[must_use]
     pub fn take_pending(&self) -> bool {
         self.0.pending.swap(false, Ordering::SeqCst)
+    }
+
+    /// Has `waker` called after every command from now on (a relay's wake-up), until
+    /// [`Self::clear_waker`].
+    pub fn set_waker(&self, waker: impl Fn() + Send + Sync + 'static) {
+        *lock_state(&self.0.waker) = Some(Box::new(waker));
+    }
+
+    /// Calls no waker any more.
+    pub fn clear_waker(&self) {
+        *lock_state(&self.0.waker) = None;
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = lock_state(&self.0.waker).as_ref() {
+            waker();
+        }
     }
 }
 

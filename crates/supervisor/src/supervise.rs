@@ -84,6 +84,8 @@ enum Heard {
     Message(FromRun),
     /// A line that is not a message (something in the run printed to standard output).
     Noise(String),
+    /// The session's `RunControl` has a command to pass on.
+    Command,
     Closed,
 }
 
@@ -108,6 +110,7 @@ impl Trainer for ProcessTrainer {
         let child = guard.0.as_deref_mut().ok_or_else(|| TrainError::Io("the training process vanished".to_owned()))?;
         let mut stdin = child.stdin.take().ok_or_else(|| TrainError::Io("no pipe to the training process".to_owned()))?;
         let (tx, rx) = mpsc::channel();
+        let wake = tx.clone();
         relay_stdout(child, tx)?;
         let stderr_tail = relay_stderr(child, &job.session_id.to_string())?;
         let start = ToRun::Start { job: Box::new(job.clone()), limits };
@@ -116,7 +119,11 @@ impl Trainer for ProcessTrainer {
         }
         events.log(LogLevel::Info, format!("training process {pid} started (memory limit {})", human_mb(self.limits.memory_limit_mb)));
         let watch = Watch { pid, limits: self.limits, control, stdin: Some(stdin) };
+        control.set_waker(move || {
+            let _ = wake.send(Heard::Command);
+        });
         let (result, killed, usage) = watch.run(&rx, child, events);
+        control.clear_waker();
         let status = child.wait().map_err(|e| TrainError::Io(format!("could not wait for the training process: {e}")))?;
         guard.0 = None;
         let said = stderr_tail.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -262,6 +269,7 @@ impl Watch<'_> {
                     }
                 }
                 Ok(Heard::Noise(line)) => tracing::debug!(pid = self.pid, "run printed: {line}"),
+                Ok(Heard::Command) => {}
                 Ok(Heard::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }

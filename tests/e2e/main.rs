@@ -19,6 +19,7 @@ mod queue;
 mod registry;
 mod schedules;
 mod selection;
+mod sweeps;
 mod telegram;
 mod text;
 mod training;

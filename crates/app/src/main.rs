@@ -24,6 +24,7 @@ use trainyard_domain::{
     inference::Inference,
     manager::{Ports, SchedulerPolicy, SessionManager},
     ports::{AuthStore, SystemClock, SystemMonitor},
+    sweeps::{SweepPorts, Sweeps},
     system::human_mb,
     telegram::{Part, TelegramComposer, TelegramSettings, TelegramStatus},
     webhooks::{HostResolver, RetrySchedule, WebhookStore, Webhooks},
@@ -138,6 +139,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let manager = SessionManager::new(ports, policy);
     let metrics = Metrics::attach(&manager, args.metrics_public);
     let inference = Inference::new(models.clone(), Arc::new(CandleGenerator::new()), Arc::new(CandlePredictor::new()));
+    // Before recovery, so that the sweeps see the events of the sessions it resumes.
+    let sweeps = Sweeps::start(
+        manager.clone(),
+        SweepPorts { store: store.clone(), sessions: store.clone(), metrics: store.clone(), models: models.clone(), clock: clock.clone() },
+    )
+    .context("starting sweeps")?;
     let catalog = Catalog::new(models, datasets, Arc::new(FileInspector::new()), model_inspector, store.clone());
     let webhook_store: Arc<dyn WebhookStore> = store.clone();
     let resolver: Arc<dyn HostResolver> = Arc::new(SystemResolver);
@@ -191,6 +198,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         charts: Charts::new(manager.clone(), Arc::new(PlottersRenderer::new())),
         webhooks,
         telegram: telegram_status,
+        sweeps,
         metrics,
     };
     let workers = args.workers.unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get().min(4)));

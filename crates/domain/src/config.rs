@@ -385,6 +385,9 @@ pub struct TrainingConfig {
     /// again from its last checkpoint; configuration and data errors are never retried.
     #[serde(default)]
     pub max_retries: u32,
+    /// The sweep trial this session is, when a sweep started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::sweep::TrialOf>,
 }
 
 impl TrainingConfig {
@@ -646,6 +649,7 @@ impl TrainingConfig {
                 priority,
                 depends_on,
                 max_retries,
+                sweep: None,
             }),
             _ => Err(errors),
         }

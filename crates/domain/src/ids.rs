@@ -1,4 +1,4 @@
-//! Validated identifiers: session ids, model names and dataset names.
+//! Validated identifiers: session and sweep ids, model names and dataset names.
 //!
 //! Names are identifiers, never paths: once constructed they contain only `[A-Za-z0-9._-]`,
 //! start with a letter or digit, hold no `..`, and are at most 128 bytes long.
@@ -20,8 +20,8 @@ pub enum NameError {
     BadChar { found: char },
     #[error("must not contain '..'")]
     DotDot,
-    #[error("must look like 'sess_' followed by 32 lowercase hex digits")]
-    BadSessionId,
+    #[error("must look like '{prefix}' followed by 32 lowercase hex digits")]
+    BadId { prefix: &'static str },
 }
 
 /// Longest accepted model or dataset name, in bytes.
@@ -102,58 +102,74 @@ name_type!(
     DatasetName
 );
 
-/// A training session's id: `sess_` followed by 32 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SessionId(String);
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
 
-impl SessionId {
-    const PREFIX: &'static str = "sess_";
+        impl $name {
+            const PREFIX: &'static str = $prefix;
 
-    /// A fresh random id.
-    #[must_use]
-    pub fn generate() -> Self {
-        Self(format!("{}{}", Self::PREFIX, uuid::Uuid::new_v4().simple()))
-    }
+            /// A fresh random id.
+            #[must_use]
+            pub fn generate() -> Self {
+                Self(format!("{}{}", Self::PREFIX, uuid::Uuid::new_v4().simple()))
+            }
 
-    /// Parses an id received from outside.
-    ///
-    /// # Errors
-    /// [`NameError::BadSessionId`] unless `raw` is `sess_` and 32 lowercase hex digits.
-    pub fn parse(raw: &str) -> Result<Self, NameError> {
-        let hex = raw.strip_prefix(Self::PREFIX).ok_or(NameError::BadSessionId)?;
-        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(NameError::BadSessionId)
+            /// Parses an id received from outside.
+            ///
+            /// # Errors
+            /// [`NameError::BadId`] unless `raw` is the prefix and 32 lowercase hex digits.
+            pub fn parse(raw: &str) -> Result<Self, NameError> {
+                let bad = || NameError::BadId { prefix: Self::PREFIX };
+                let hex = raw.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
+                if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    Ok(Self(raw.to_owned()))
+                } else {
+                    Err(bad())
+                }
+            }
+
+            /// The id as text.
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-    }
 
-    /// The id as text.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(raw: String) -> Result<Self, NameError> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for SessionId {
-    type Error = NameError;
-    fn try_from(raw: String) -> Result<Self, NameError> {
-        Self::parse(&raw)
-    }
-}
-
-impl From<SessionId> for String {
-    fn from(id: SessionId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+prefixed_id!(
+    /// A training session's id: `sess_` followed by 32 lowercase hex digits.
+    SessionId,
+    "sess_"
+);
+prefixed_id!(
+    /// A sweep's id: `swp_` followed by 32 lowercase hex digits.
+    SweepId,
+    "swp_"
+);
 
 #[cfg(test)]
 mod tests {

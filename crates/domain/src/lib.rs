@@ -20,6 +20,8 @@ pub mod registry;
 pub mod selection;
 pub mod session;
 pub mod summary;
+pub mod sweep;
+pub mod sweeps;
 pub mod system;
 pub mod telegram;
 pub mod time_fmt;
@@ -29,5 +31,5 @@ pub mod webhooks;
 pub mod testing;
 
 pub use config::{Architecture, ConfigErrors, FieldError, LossFunction, Optimizer, TrainingConfig, TrainingRequest};
-pub use ids::{DatasetName, ModelName, NameError, SessionId};
+pub use ids::{DatasetName, ModelName, NameError, SessionId, SweepId};
 pub use session::{Session, SessionLive, SessionOutcome, SessionResources, SessionState, TransitionError};

@@ -127,6 +127,9 @@ pub struct Started {
 /// A run in progress.
 struct Running {
     control: RunControl,
+    /// Why the run was stopped when something other than a client stopped it (a sweep's
+    /// pruner): the stopped session's `error_message`.
+    stop_reason: Option<String>,
     handle: Option<JoinHandle<()>>,
     estimate: Option<MemoryEstimate>,
     usage: Option<RunUsage>,
@@ -229,8 +232,15 @@ impl SessionManager {
     /// [`ManagerError::Invalid`] listing every failing field (including an unknown dataset or
     /// one the architecture cannot train on), [`ManagerError::ShuttingDown`], or a store error.
     pub fn start(&self, req: &TrainingRequest) -> Result<Started, ManagerError> {
+        self.start_config(TrainingConfig::validate(req)?)
+    }
+
+    /// [`Self::start`] for a config validated already (a sweep's trial).
+    ///
+    /// # Errors
+    /// As [`Self::start`], but for the config's own validation.
+    pub fn start_config(&self, config: TrainingConfig) -> Result<Started, ManagerError> {
         let p = &self.inner.ports;
-        let config = TrainingConfig::validate(req)?;
         let datasets = self.check_references(&config)?;
         if lock(&self.inner.sched).shutting_down {
             return Err(ManagerError::ShuttingDown);
@@ -785,9 +795,9 @@ impl Inner {
             .spawn(move || me.run(session, run_control, resuming));
         match spawned {
             Ok(handle) => {
-                sched.running.insert(id, Running { control, handle: Some(handle), estimate, usage: None });
+                sched.running.insert(id, Running { control, stop_reason: None, handle: Some(handle), estimate, usage: None });
             }
-            Err(e) => self.finish_with(&id, Err(format!("could not start a training thread: {e}")), None),
+            Err(e) => self.finish_with(&id, Err(format!("could not start a training thread: {e}")), None, None),
         }
     }
 
@@ -825,7 +835,8 @@ impl Inner {
             self.log(&id, LogLevel::Warning, format!("{n} progress records could not be stored: {}", recorder.store_errors[0]));
         }
         let peak = recorder.session.resources.peak_memory_mb;
-        self.finish_with(&id, outcome, peak);
+        let stop_reason = lock(&self.sched).running.get(&id).and_then(|r| r.stop_reason.clone());
+        self.finish_with(&id, outcome, peak, stop_reason);
         {
             let mut sched = lock(&self.sched);
             if let Some(run) = sched.running.remove(&id) {
@@ -895,7 +906,7 @@ impl Inner {
 
     /// Ends a running session: registers its model, or marks it failed; records the peak
     /// memory its run reached.
-    fn finish_with(&self, id: &SessionId, outcome: Result<TrainedModel, String>, peak_memory_mb: Option<u64>) {
+    fn finish_with(&self, id: &SessionId, outcome: Result<TrainedModel, String>, peak_memory_mb: Option<u64>, stop_reason: Option<String>) {
         let p = &self.ports;
         let Ok(Some(mut s)) = p.sessions.get(id) else { return };
         if peak_memory_mb.is_some() {
@@ -911,6 +922,9 @@ impl Inner {
                     s.outcome.stopped_early = model.stopped_early;
                     let (state, what) =
                         if model.stopped { (SessionState::Stopped, "stopped") } else { (SessionState::Completed, "completed") };
+                    if model.stopped {
+                        s.error_message = stop_reason;
+                    }
                     self.log(id, LogLevel::Info, format!("training {what} after {} epochs; model saved as '{name}'", s.current_epoch));
                     s.transition(state, now)
                 }

@@ -324,6 +324,17 @@ impl ModelRegistry for MemoryModels {
         Ok(rec)
     }
 
+    fn copy(&self, source: &ModelRecord, name: ModelName, metadata: serde_json::Value) -> Result<ModelRecord, StoreError> {
+        self.import(NewModel {
+            name,
+            staged_file: source.file_path.clone(),
+            format: source.format,
+            session_id: source.session_id.clone(),
+            metadata,
+            content_hash: source.content_hash.clone(),
+        })
+    }
+
     fn delete(&self, name: &ModelName) -> Result<(), StoreError> {
         let mut all = guard(&self.0);
         let before = all.len();

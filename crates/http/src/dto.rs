@@ -13,6 +13,9 @@ use trainyard_domain::{
 };
 use utoipa::ToSchema;
 
+mod sweeps;
+pub use sweeps::*;
+
 /// `GET /health`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -405,6 +408,9 @@ pub struct SessionStatus {
     /// The attempt at its run under way (or the last one), from 1: above 1 after its process
     /// crashed and it was retried from its last checkpoint (`max_retries`).
     pub attempt: u32,
+    /// The sweep this session is a trial of, and its trial number.
+    pub sweep_id: Option<String>,
+    pub trial: Option<u32>,
     pub config: ConfigDto,
 }
 
@@ -437,6 +443,8 @@ impl From<&SessionView> for SessionStatus {
             best_metric: s.outcome.best.map(|b| b.value),
             stopped_early: s.outcome.stopped_early,
             attempt: s.outcome.attempt(),
+            sweep_id: s.config.sweep.as_ref().map(|t| t.sweep_id.to_string()),
+            trial: s.config.sweep.as_ref().map(|t| t.number),
             config: (&s.config).into(),
         }
     }

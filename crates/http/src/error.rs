@@ -15,6 +15,7 @@ use trainyard_domain::{
     inference::InferenceError,
     manager::ManagerError,
     ports::StoreError,
+    sweeps::SweepError,
     webhooks::{AddressError, WebhookError},
     ConfigErrors, NameError,
 };
@@ -241,6 +242,18 @@ impl From<ManagerError> for ApiError {
             ManagerError::ShuttingDown => Self::new(ErrorCode::ShuttingDown, e.to_string()),
             ManagerError::InsufficientMemory(m) => Self::new(ErrorCode::InsufficientMemory, m),
             ManagerError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<SweepError> for ApiError {
+    fn from(e: SweepError) -> Self {
+        match e {
+            SweepError::Invalid(c) => c.into(),
+            SweepError::NotFound(id) => Self::new(ErrorCode::NotFound, format!("sweep '{id}' not found")),
+            SweepError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
+            SweepError::Manager(m) => m.into(),
+            SweepError::Store(s) => s.into(),
         }
     }
 }

@@ -34,6 +34,7 @@ use trainyard_domain::{
     inference::Inference,
     manager::SessionManager,
     ports::{AuthStore, SystemMonitor},
+    sweeps::Sweeps,
     telegram::TelegramStatus,
     webhooks::Webhooks,
 };
@@ -118,6 +119,8 @@ pub struct AppState {
     pub webhooks: Webhooks,
     /// Telegram notifications' configuration and message log.
     pub telegram: TelegramStatus,
+    /// The use case behind the sweep endpoints.
+    pub sweeps: Sweeps,
     /// The Prometheus metrics, and whether `GET /metrics` needs a key.
     pub metrics: Metrics,
 }

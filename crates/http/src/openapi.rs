@@ -67,7 +67,7 @@ impl Modify for Security {
         health, root, system_info, metrics,
         start_training, stop_training, session_status, session_metrics, session_history, session_logs,
         list_sessions, list_queue, cancel_queued, reorder_queued, change_running, snapshot_running, list_architectures,
-        all_events, session_events,
+        all_events, session_events, start_sweep, list_sweeps, get_sweep, stop_sweep,
         session_chart_png, session_chart_svg, compare_png, compare_svg,
         list_models, upload_model, download_model, delete_model, generate, predict,
         list_datasets, get_dataset, upload_dataset, delete_dataset,
@@ -79,6 +79,7 @@ impl Modify for Security {
     tags(
         (name = "system", description = "health and resource usage"),
         (name = "training", description = "training sessions and the queue"),
+        (name = "sweeps", description = "hyperparameter sweeps: trials as ordinary sessions, weak ones pruned, the best registered"),
         (name = "events", description = "live session events (server-sent events)"),
         (name = "charts", description = "training history drawn as PNG or SVG charts"),
         (name = "models", description = "the model registry"),

@@ -30,6 +30,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 8, name: "session_outcome", sql: include_str!("../../../migrations/0008_session_outcome.sql") },
     Migration { version: 9, name: "learning_rate", sql: include_str!("../../../migrations/0009_learning_rate.sql") },
     Migration { version: 10, name: "session_live", sql: include_str!("../../../migrations/0010_session_live.sql") },
+    Migration { version: 11, name: "sweeps", sql: include_str!("../../../migrations/0011_sweeps.sql") },
 ];
 
 /// The schema version this build writes.

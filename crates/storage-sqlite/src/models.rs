@@ -169,6 +169,25 @@ impl ModelRegistry for FileModelRegistry {
         self.store(model, true)
     }
 
+    fn copy(&self, source: &ModelRecord, name: ModelName, metadata: serde_json::Value) -> Result<ModelRecord, StoreError> {
+        let staged = self.files.staging_dir().join(format!("copy-{}", SessionId::generate()));
+        std::fs::copy(&source.file_path, &staged).map_err(|e| {
+            let _ = std::fs::remove_file(&staged);
+            codec::io_error(&format!("cannot copy model '{}'", source.name), &e)
+        })?;
+        self.store(
+            NewModel {
+                name,
+                staged_file: staged,
+                format: source.format,
+                session_id: source.session_id.clone(),
+                metadata,
+                content_hash: source.content_hash.clone(),
+            },
+            false,
+        )
+    }
+
     fn delete(&self, name: &ModelName) -> Result<(), StoreError> {
         let file: Option<String> = self.db.write(|tx| {
             tx.prepare_cached("DELETE FROM models WHERE name = ?1 RETURNING file_path")?.query_row([name.as_str()], |r| r.get(0)).optional()

@@ -7,6 +7,7 @@ mod logs;
 mod metrics;
 mod outbox;
 mod sessions;
+mod sweeps;
 mod telegram;
 mod webhooks;
 

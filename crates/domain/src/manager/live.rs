@@ -100,6 +100,19 @@ impl SessionManager {
         }
     }
 
+    /// Stops a running session for `reason` (a sweep's pruner): it saves its weights and ends
+    /// `stopped` with `reason` as its `error_message`. Answers whether it was running.
+    pub fn stop_for(&self, id: &SessionId, reason: &str) -> bool {
+        {
+            let mut sched = lock(&self.inner.sched);
+            let Some(run) = sched.running.get_mut(id) else { return false };
+            run.stop_reason = Some(reason.to_owned());
+            run.control.request_stop();
+        }
+        self.inner.log(id, LogLevel::Info, format!("{reason}; stopping and saving the current weights"));
+        true
+    }
+
     /// The error for an operation on a running session that is not running.
     fn not_running(&self, id: &SessionId) -> ManagerError {
         match self.inner.ports.sessions.get(id) {

@@ -5,6 +5,7 @@ mod admin;
 mod catalog;
 mod charts;
 mod predict;
+mod sweeps;
 mod system;
 mod training;
 mod webhooks;
@@ -21,7 +22,7 @@ use trainyard_domain::auth::Scope;
 
 use crate::error::{ApiError, ErrorCode};
 
-pub(crate) use self::{admin::*, catalog::*, charts::*, predict::*, system::*, training::*, webhooks::*};
+pub(crate) use self::{admin::*, catalog::*, charts::*, predict::*, sweeps::*, system::*, training::*, webhooks::*};
 pub(crate) use crate::events::{__path_all_events, __path_session_events, all_events, session_events};
 
 /// Runs blocking work (SQLite, files) on the blocking pool and converts its error.
@@ -76,6 +77,10 @@ pub(crate) static ROUTES: &[RouteSpec] = &[
     route(Method::GET, METRICS_PATH, READ, |r| r.to(metrics)),
     route(Method::POST, "/api/v1/training/start", TRAIN, |r| r.to(start_training)),
     route(Method::GET, "/api/v1/training/sessions", READ, |r| r.to(list_sessions)),
+    route(Method::POST, "/api/v1/sweeps", TRAIN, |r| r.to(start_sweep)),
+    route(Method::GET, "/api/v1/sweeps", READ, |r| r.to(list_sweeps)),
+    route(Method::GET, "/api/v1/sweeps/{sweep_id}", READ, |r| r.to(get_sweep)),
+    route(Method::POST, "/api/v1/sweeps/{sweep_id}/stop", TRAIN, |r| r.to(stop_sweep)),
     route(Method::GET, "/api/v1/training/queue", READ, |r| r.to(list_queue)),
     route(Method::DELETE, "/api/v1/training/queue/{session_id}", TRAIN, |r| r.to(cancel_queued)),
     route(Method::PATCH, "/api/v1/training/queue/{session_id}", TRAIN, |r| r.to(reorder_queued)),

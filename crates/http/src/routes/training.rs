@@ -59,7 +59,7 @@ pub(crate) async fn stop_training(state: web::Data<AppState>, path: web::Path<St
 }
 
 /// Longest long-poll a status request may ask for.
-const MAX_WAIT_SECONDS: u64 = 300;
+pub(crate) const MAX_WAIT_SECONDS: u64 = 300;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(crate) struct StatusQuery {
@@ -88,11 +88,14 @@ pub(crate) async fn session_status(
             let min_epoch = q.min_epoch;
             blocking(move || manager.wait_for(&id, std::time::Duration::from_secs(secs), min_epoch)).await?
         }
-        Some(secs) => {
-            return Err(ApiError::new(ErrorCode::BadRequest, format!("wait_seconds must be at most {MAX_WAIT_SECONDS}, got {secs}")))
-        }
+        Some(secs) => return Err(wait_too_long(secs)),
     };
     Ok(web::Json((&view).into()))
+}
+
+/// The refusal of a long-poll longer than [`MAX_WAIT_SECONDS`].
+pub(crate) fn wait_too_long(secs: u64) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, format!("wait_seconds must be at most {MAX_WAIT_SECONDS}, got {secs}"))
 }
 
 /// The latest epoch's metrics (epoch 0 with null values before the first epoch ends).

@@ -1,0 +1,488 @@
+//! The `Sweeps` use case: creates a sweep's trials as ordinary sessions (through the queue,
+//! the concurrency limit and memory admission), prunes weak trials as their epochs come in,
+//! and, once every trial has ended, registers the best trial's model as `<name>-best`.
+//!
+//! Epochs and session endings reach a worker thread through an event listener that only
+//! queues them (listeners must return at once, and stopping a session publishes events of its
+//! own). The worker keeps every running sweep's observations in memory; they are rebuilt from
+//! the stored histories at start-up, so a restart loses nothing.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::ConfigErrors,
+    events::{Event, EventListener, EventPayload},
+    ids::{SessionId, SweepId},
+    manager::{ManagerError, SessionManager},
+    metrics::EpochMetrics,
+    ports::{Clock, MetricsStore, ModelRegistry, SessionRepository, StoreError, SweepStore},
+    session::{Session, SessionState},
+    sweep::{pruned_at, BestTrial, Observations, Sweep, SweepRequest, SweepSpec, SweepState, Trial, TrialOf},
+};
+
+/// The adapters the sweeps use besides the session manager.
+#[derive(Clone)]
+pub struct SweepPorts {
+    pub store: Arc<dyn SweepStore>,
+    pub sessions: Arc<dyn SessionRepository>,
+    pub metrics: Arc<dyn MetricsStore>,
+    pub models: Arc<dyn ModelRegistry>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SweepPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SweepPorts").finish_non_exhaustive()
+    }
+}
+
+/// What the sweep operations fail with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SweepError {
+    /// The request is invalid; every failing field is listed.
+    #[error(transparent)]
+    Invalid(#[from] ConfigErrors),
+    #[error("sweep '{0}' not found")]
+    NotFound(SweepId),
+    #[error("{0}")]
+    Conflict(String),
+    /// A trial could not be started (the sweep has failed and its other trials are stopped).
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A trial as a client sees it: its point, and where its session stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialView {
+    pub trial: Trial,
+    pub session: Option<Session>,
+    /// Its best value of the sweep metric so far, and the epoch.
+    pub best: Option<(u32, f64)>,
+}
+
+/// A sweep with its trials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepView {
+    pub sweep: Sweep,
+    pub trials: Vec<TrialView>,
+}
+
+/// Runs sweeps. Cheap to clone.
+#[derive(Clone)]
+pub struct Sweeps {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sweeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sweeps").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    manager: SessionManager,
+    ports: SweepPorts,
+    state: Mutex<State>,
+    /// Notified, with `State::updates` raised, whenever a sweep's record changes.
+    changed: Condvar,
+    work: Mutex<mpsc::Sender<Work>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Trials of running sweeps: their sweep and epochs.
+    trials: HashMap<SessionId, (SweepId, u32)>,
+    /// Sessions known not to be trials.
+    others: HashSet<SessionId>,
+    /// Each running sweep's observations and the trials already pruned.
+    seen: HashMap<SweepId, (Observations, HashSet<SessionId>)>,
+    /// Sweep records written so far.
+    updates: u64,
+}
+
+enum Work {
+    Epoch(SessionId, EpochMetrics),
+    Ended(SessionId),
+    Check(SweepId),
+}
+
+/// Queues the events the worker acts on.
+struct Listener(Mutex<mpsc::Sender<Work>>);
+
+impl EventListener for Listener {
+    fn on_event(&self, event: &Event) {
+        let work = match (&event.payload, event.kind.is_final()) {
+            (EventPayload::Epoch(m), _) => Work::Epoch(event.session_id.clone(), m.clone()),
+            (EventPayload::Session(_), true) => Work::Ended(event.session_id.clone()),
+            _ => return,
+        };
+        let _ = lock(&self.0).send(work);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Sweeps {
+    /// Starts the sweeps' worker, subscribed to `manager`'s events, and picks up the sweeps a
+    /// restart interrupted: their observations are rebuilt from the stored histories, and those
+    /// whose trials all ended meanwhile are finished.
+    ///
+    /// # Errors
+    /// A store error while reading the interrupted sweeps.
+    pub fn start(manager: SessionManager, ports: SweepPorts) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let inner =
+            Arc::new(Inner { manager, ports, state: Mutex::new(State::default()), changed: Condvar::new(), work: Mutex::new(tx.clone()) });
+        inner.manager.events().subscribe(Arc::new(Listener(Mutex::new(tx))));
+        for sweep in inner.ports.store.list()?.into_iter().filter(|s| s.ended_at.is_none()) {
+            inner.track(&sweep)?;
+            inner.enqueue(Work::Check(sweep.id.clone()));
+        }
+        let worker = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("sweeps".into())
+            .spawn(move || {
+                for work in rx {
+                    worker.handle(work);
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("could not start the sweeps' thread: {e}")))?;
+        Ok(Self { inner })
+    }
+
+    /// Creates a sweep and queues its trials. A trial that cannot start (refused for its
+    /// memory, say) fails the sweep: the trials already queued are cancelled.
+    ///
+    /// # Errors
+    /// [`SweepError::Invalid`] naming every failing field (a trial's config as `trial N: field`),
+    /// [`SweepError::Conflict`] when the name or `<name>-best` is taken, or the trial's error.
+    pub fn create(&self, req: &SweepRequest) -> Result<SweepView, SweepError> {
+        let inner = &self.inner;
+        let p = &inner.ports;
+        let plan = SweepSpec::plan(req)?;
+        let spec = plan.spec;
+        if p.store.list()?.iter().any(|s| s.spec.name == spec.name) {
+            return Err(SweepError::Conflict(format!("a sweep named '{}' exists; choose another name", spec.name)));
+        }
+        let best_name = spec.best_model_name();
+        if p.models.get(&best_name)?.is_some() {
+            return Err(SweepError::Conflict(format!("a model named '{best_name}' exists; the sweep would register its best trial so")));
+        }
+        let mut sweep = Sweep {
+            id: SweepId::generate(),
+            spec,
+            state: SweepState::Running,
+            trials: Vec::new(),
+            created_at: p.clock.now(),
+            ended_at: None,
+            best: None,
+            best_model: None,
+            message: None,
+        };
+        p.store.insert(&sweep).map_err(|e| match e {
+            StoreError::Conflict(_) => SweepError::Conflict(format!("a sweep named '{}' exists; choose another name", sweep.spec.name)),
+            e => e.into(),
+        })?;
+        lock(&inner.state).seen.insert(sweep.id.clone(), Default::default());
+        for (number, (params, mut config)) in (1..).zip(plan.trials) {
+            config.sweep = Some(TrialOf { sweep_id: sweep.id.clone(), number });
+            let epochs = config.epochs;
+            match inner.manager.start_config(config) {
+                Ok(started) => {
+                    let session_id = started.view.session.id;
+                    lock(&inner.state).trials.insert(session_id.clone(), (sweep.id.clone(), epochs));
+                    sweep.trials.push(Trial { number, session_id, params });
+                }
+                Err(e) => {
+                    for t in &sweep.trials {
+                        let _ = inner.manager.stop(&t.session_id);
+                    }
+                    sweep.state = SweepState::Failed;
+                    sweep.message = Some(format!("trial {number} could not start: {e}"));
+                    sweep.ended_at = Some(p.clock.now());
+                    p.store.update(&sweep)?;
+                    lock(&inner.state).seen.remove(&sweep.id);
+                    return Err(e.into());
+                }
+            }
+        }
+        p.store.update(&sweep)?;
+        // Trials that ended while the others were being queued are judged now.
+        inner.enqueue(Work::Check(sweep.id.clone()));
+        self.get(&sweep.id)
+    }
+
+    /// Every sweep, newest first.
+    ///
+    /// # Errors
+    /// A store error.
+    pub fn list(&self) -> Result<Vec<SweepView>, SweepError> {
+        let mut all = self.inner.ports.store.list()?;
+        all.reverse();
+        all.into_iter().map(|s| self.inner.view(s)).collect()
+    }
+
+    /// One sweep with its trials.
+    ///
+    /// # Errors
+    /// [`SweepError::NotFound`] or a store error.
+    pub fn get(&self, id: &SweepId) -> Result<SweepView, SweepError> {
+        let sweep = self.inner.ports.store.get(id)?.ok_or_else(|| SweepError::NotFound(id.clone()))?;
+        self.inner.view(sweep)
+    }
+
+    /// One sweep, once it has ended or `timeout` has passed, whichever comes first.
+    ///
+    /// # Errors
+    /// As [`Self::get`].
+    pub fn wait_ended(&self, id: &SweepId, timeout: Duration) -> Result<SweepView, SweepError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = lock(&self.inner.state).updates;
+            let view = self.get(id)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if view.sweep.ended_at.is_some() || left.is_zero() {
+                return Ok(view);
+            }
+            let state = lock(&self.inner.state);
+            if state.updates == seen {
+                drop(self.inner.changed.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner));
+            }
+        }
+    }
+
+    /// Stops a running sweep: its queued trials are cancelled and its running ones stopped
+    /// (they save their weights); once they have ended the best trial's model is registered.
+    ///
+    /// # Errors
+    /// [`SweepError::NotFound`], [`SweepError::Conflict`] when it has already ended.
+    pub fn stop(&self, id: &SweepId) -> Result<SweepView, SweepError> {
+        let p = &self.inner.ports;
+        let mut sweep = p.store.get(id)?.ok_or_else(|| SweepError::NotFound(id.clone()))?;
+        if sweep.state != SweepState::Running {
+            return Err(SweepError::Conflict(format!("sweep {id} is {} already", sweep.state.as_str())));
+        }
+        sweep.state = SweepState::Stopped;
+        p.store.update(&sweep)?;
+        for t in &sweep.trials {
+            match self.inner.manager.stop(&t.session_id) {
+                Ok(_) | Err(ManagerError::Conflict(_) | ManagerError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.inner.enqueue(Work::Check(id.clone()));
+        self.get(id)
+    }
+}
+
+impl Inner {
+    fn enqueue(&self, work: Work) {
+        let _ = lock(&self.work).send(work);
+    }
+
+    /// Starts following a sweep that is not over: its trials and their observations so far.
+    fn track(&self, sweep: &Sweep) -> Result<(), StoreError> {
+        let mut seen = Observations::default();
+        let mut pruned = HashSet::new();
+        let mut trials = Vec::new();
+        for t in &sweep.trials {
+            let Some(s) = self.ports.sessions.get(&t.session_id)? else { continue };
+            // A pruned trial counts up to the epoch it was pruned at, as it did live.
+            let cut = s.error_message.as_deref().and_then(pruned_at);
+            if cut.is_some() {
+                pruned.insert(t.session_id.clone());
+            }
+            for m in self.ports.metrics.history(&t.session_id)?.iter().filter(|m| cut.is_none_or(|c| m.epoch <= c)) {
+                seen.record(sweep.spec.metric, &t.session_id, m);
+            }
+            trials.push((t.session_id.clone(), s.config.epochs));
+        }
+        let mut state = lock(&self.state);
+        for (id, epochs) in trials {
+            state.trials.insert(id, (sweep.id.clone(), epochs));
+        }
+        state.seen.insert(sweep.id.clone(), (seen, pruned));
+        Ok(())
+    }
+
+    fn handle(&self, work: Work) {
+        let result = match work {
+            Work::Epoch(session, metrics) => self.epoch(&session, &metrics),
+            Work::Ended(session) => match self.sweep_of(&session) {
+                Ok(Some((sweep, _))) => self.check(&sweep),
+                other => other.map(|_| ()),
+            },
+            Work::Check(sweep) => self.check(&sweep),
+        };
+        if let Err(e) = result {
+            tracing::warn!(detail = %e, "a sweep could not be brought up to date; the next event tries again");
+        }
+    }
+
+    /// The sweep a session is a trial of, and its epochs; looked up once per session.
+    fn sweep_of(&self, session: &SessionId) -> Result<Option<(SweepId, u32)>, StoreError> {
+        {
+            let state = lock(&self.state);
+            if let Some(found) = state.trials.get(session) {
+                return Ok(Some(found.clone()));
+            }
+            if state.others.contains(session) {
+                return Ok(None);
+            }
+        }
+        let found = self.ports.sessions.get(session)?.and_then(|s| s.config.sweep.map(|t| (t.sweep_id, s.config.epochs)));
+        let mut state = lock(&self.state);
+        match found {
+            // A trial of a running sweep.
+            Some((sweep, epochs)) if state.seen.contains_key(&sweep) => {
+                state.trials.insert(session.clone(), (sweep.clone(), epochs));
+                Ok(Some((sweep, epochs)))
+            }
+            // Not a trial, or one of a sweep that is over.
+            _ => {
+                state.others.insert(session.clone());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records a trial's epoch and stops the trial when the pruner says so.
+    fn epoch(&self, session: &SessionId, m: &EpochMetrics) -> Result<(), StoreError> {
+        let Some((sweep_id, epochs)) = self.sweep_of(session)? else { return Ok(()) };
+        let Some(sweep) = self.ports.store.get(&sweep_id)? else { return Ok(()) };
+        let verdict = {
+            let mut state = lock(&self.state);
+            let Some((seen, pruned)) = state.seen.get_mut(&sweep_id) else { return Ok(()) };
+            // A pruned trial's epochs until its stop takes effect judge nobody: the trials that
+            // come after it are judged the same however quickly it stopped.
+            if pruned.contains(session) {
+                return Ok(());
+            }
+            seen.record(sweep.spec.metric, session, m);
+            if sweep.state == SweepState::Running {
+                sweep.spec.prune(seen, session, m.epoch, epochs)
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = verdict {
+            if self.manager.stop_for(session, &reason) {
+                if let Some((_, pruned)) = lock(&self.state).seen.get_mut(&sweep_id) {
+                    pruned.insert(session.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings a sweep's best trial up to date, and ends the sweep once every trial has ended.
+    fn check(&self, id: &SweepId) -> Result<(), StoreError> {
+        let p = &self.ports;
+        let Some(mut sweep) = p.store.get(id)? else { return Ok(()) };
+        if sweep.ended_at.is_some() {
+            return Ok(());
+        }
+        let sessions: Vec<Option<Session>> = sweep.trials.iter().map(|t| p.sessions.get(&t.session_id)).collect::<Result<_, _>>()?;
+        let best = self.best(&sweep, &sessions);
+        let all_ended =
+            sweep.trials.len() == sweep.spec.trials as usize && sessions.iter().all(|s| s.as_ref().is_none_or(|s| s.state.is_terminal()));
+        if !all_ended && best == sweep.best {
+            return Ok(());
+        }
+        sweep.best = best;
+        if all_ended {
+            self.finish(&mut sweep, &sessions);
+            lock(&self.state).seen.remove(id);
+        }
+        p.store.update(&sweep)?;
+        lock(&self.state).updates += 1;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The best completed trial by the sweep metric.
+    fn best(&self, sweep: &Sweep, sessions: &[Option<Session>]) -> Option<BestTrial> {
+        let state = lock(&self.state);
+        let seen = state.seen.get(&sweep.id).map(|(seen, _)| seen);
+        let spec = &sweep.spec;
+        sweep
+            .trials
+            .iter()
+            .zip(sessions)
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.state == SessionState::Completed))
+            .filter_map(|(t, _)| {
+                let (epoch, value) = spec.score(seen?.0.get(&t.session_id)?)?;
+                Some(BestTrial { number: t.number, session_id: t.session_id.clone(), epoch, value })
+            })
+            .reduce(|a, b| if spec.score_beats(b.value, a.value) { b } else { a })
+    }
+
+    /// Ends a sweep whose trials have all ended: registers its best trial's model.
+    fn finish(&self, sweep: &mut Sweep, sessions: &[Option<Session>]) {
+        let p = &self.ports;
+        let count = |state: SessionState| sessions.iter().flatten().filter(|s| s.state == state).count();
+        let pruned = sessions.iter().flatten().filter(|s| s.error_message.as_deref().and_then(pruned_at).is_some()).count();
+        let mut message = format!(
+            "{} trials: {} completed, {pruned} pruned, {} failed",
+            sweep.trials.len(),
+            count(SessionState::Completed),
+            count(SessionState::Failed)
+        );
+        if let Some(best) = &sweep.best {
+            let model = sessions.iter().flatten().find(|s| s.id == best.session_id).and_then(|s| s.model_name.clone());
+            let registered = model.ok_or_else(|| "its model is gone".to_owned()).and_then(|name| {
+                let source = p.models.get(&name).map_err(|e| e.public_message())?.ok_or_else(|| format!("its model '{name}' is gone"))?;
+                let mut metadata = source.metadata.clone();
+                if let Some(obj) = metadata.as_object_mut() {
+                    obj.insert("sweep_id".into(), sweep.id.as_str().into());
+                    obj.insert("trial".into(), best.number.into());
+                }
+                p.models.copy(&source, sweep.spec.best_model_name(), metadata).map_err(|e| e.public_message())
+            });
+            match registered {
+                Ok(model) => {
+                    message.push_str(&format!(
+                        "; the best is trial {} ({} {:.4} at epoch {}), registered as '{}'",
+                        best.number,
+                        sweep.spec.metric.as_str(),
+                        best.value,
+                        best.epoch,
+                        model.name
+                    ));
+                    sweep.best_model = Some(model.name);
+                }
+                Err(why) => message.push_str(&format!("; the best is trial {} but it could not be registered: {why}", best.number)),
+            }
+        } else {
+            message.push_str("; no trial completed, so there is no best");
+        }
+        if sweep.state == SweepState::Running {
+            sweep.state = SweepState::Completed;
+        }
+        sweep.message = Some(message);
+        sweep.ended_at = Some(p.clock.now());
+    }
+
+    fn view(&self, sweep: Sweep) -> Result<SweepView, SweepError> {
+        let p = &self.ports;
+        let mut trials = Vec::new();
+        for t in &sweep.trials {
+            let session = p.sessions.get(&t.session_id)?;
+            let mut values = Observations::default();
+            for m in p.metrics.history(&t.session_id)? {
+                values.record(sweep.spec.metric, &t.session_id, &m);
+            }
+            let best = values.0.get(&t.session_id).and_then(|v| sweep.spec.score(v));
+            trials.push(TrialView { trial: t.clone(), session, best });
+        }
+        Ok(SweepView { sweep, trials })
+    }
+}

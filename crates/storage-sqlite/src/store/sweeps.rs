@@ -64,3 +64,58 @@ impl SweepStore for SqliteStore {
         self.query_sweeps("ORDER BY seq", params![])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+    use trainyard_domain::{
+        charts::Metric,
+        selection::Mode,
+        sweep::{Dimension, Dist, Pruner, Search, SweepSpec, SweepState, Trial},
+        ModelName, SessionId,
+    };
+
+    use super::*;
+    use crate::test_support::temp_store;
+
+    fn sweep(name: &str) -> Sweep {
+        Sweep {
+            id: SweepId::generate(),
+            spec: SweepSpec {
+                name: ModelName::new(name).unwrap(),
+                space: vec![Dimension { field: "learning_rate".into(), dist: Dist::LogUniform(1e-4, 0.1) }],
+                search: Search::Random,
+                trials: 2,
+                metric: Metric::ValAccuracy,
+                mode: Mode::Max,
+                pruner: Pruner::Asha,
+                seed: 7,
+            },
+            state: SweepState::Running,
+            trials: Vec::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            ended_at: None,
+            best: None,
+            best_model: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn sweeps_round_trip_in_creation_order_and_names_are_unique() {
+        let (_dir, store) = temp_store();
+        let (mut a, b) = (sweep("a"), sweep("b"));
+        store.insert(&a).unwrap();
+        store.insert(&b).unwrap();
+        assert!(matches!(store.insert(&sweep("a")), Err(StoreError::Conflict(_))));
+        let mut params = serde_json::Map::new();
+        params.insert("learning_rate".into(), 0.01.into());
+        a.trials.push(Trial { number: 1, session_id: SessionId::generate(), params });
+        a.state = SweepState::Completed;
+        a.ended_at = Some(OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1));
+        store.update(&a).unwrap();
+        assert_eq!(store.get(&a.id).unwrap(), Some(a.clone()));
+        assert_eq!(store.list().unwrap(), vec![a, b]);
+        assert!(matches!(store.update(&sweep("c")), Err(StoreError::NotFound(_))));
+    }
+}

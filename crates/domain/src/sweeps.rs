@@ -100,10 +100,20 @@ struct State {
     trials: HashMap<SessionId, (SweepId, u32)>,
     /// Sessions known not to be trials.
     others: HashSet<SessionId>,
-    /// Each running sweep's observations and the trials already pruned.
-    seen: HashMap<SweepId, (Observations, HashSet<SessionId>)>,
+    /// What the worker has seen of each running sweep.
+    seen: HashMap<SweepId, Followed>,
     /// Sweep records written so far.
     updates: u64,
+}
+
+/// A running sweep as the worker has seen it through events (the store may be ahead: a trial
+/// may have ended there while its epochs are still queued here).
+#[derive(Default)]
+struct Followed {
+    seen: Observations,
+    pruned: HashSet<SessionId>,
+    /// Trials whose end the worker has handled (or that had ended before it started).
+    ended: HashSet<SessionId>,
 }
 
 enum Work {
@@ -290,18 +300,23 @@ impl Inner {
 
     /// Starts following a sweep that is not over: its trials and their observations so far.
     fn track(&self, sweep: &Sweep) -> Result<(), StoreError> {
-        let mut seen = Observations::default();
-        let mut pruned = HashSet::new();
+        let mut followed = Followed::default();
         let mut trials = Vec::new();
         for t in &sweep.trials {
-            let Some(s) = self.ports.sessions.get(&t.session_id)? else { continue };
+            let Some(s) = self.ports.sessions.get(&t.session_id)? else {
+                followed.ended.insert(t.session_id.clone());
+                continue;
+            };
             // A pruned trial counts up to the epoch it was pruned at, as it did live.
             let cut = s.error_message.as_deref().and_then(pruned_at);
             if cut.is_some() {
-                pruned.insert(t.session_id.clone());
+                followed.pruned.insert(t.session_id.clone());
+            }
+            if s.state.is_terminal() {
+                followed.ended.insert(t.session_id.clone());
             }
             for m in self.ports.metrics.history(&t.session_id)?.iter().filter(|m| cut.is_none_or(|c| m.epoch <= c)) {
-                seen.record(sweep.spec.metric, &t.session_id, m);
+                followed.seen.record(sweep.spec.metric, &t.session_id, m);
             }
             trials.push((t.session_id.clone(), s.config.epochs));
         }
@@ -309,7 +324,7 @@ impl Inner {
         for (id, epochs) in trials {
             state.trials.insert(id, (sweep.id.clone(), epochs));
         }
-        state.seen.insert(sweep.id.clone(), (seen, pruned));
+        state.seen.insert(sweep.id.clone(), followed);
         Ok(())
     }
 
@@ -317,7 +332,12 @@ impl Inner {
         let result = match work {
             Work::Epoch(session, metrics) => self.epoch(&session, &metrics),
             Work::Ended(session) => match self.sweep_of(&session) {
-                Ok(Some((sweep, _))) => self.check(&sweep),
+                Ok(Some((sweep, _))) => {
+                    if let Some(f) = lock(&self.state).seen.get_mut(&sweep) {
+                        f.ended.insert(session);
+                    }
+                    self.check(&sweep)
+                }
                 other => other.map(|_| ()),
             },
             Work::Check(sweep) => self.check(&sweep),
@@ -360,23 +380,23 @@ impl Inner {
         let Some(sweep) = self.ports.store.get(&sweep_id)? else { return Ok(()) };
         let verdict = {
             let mut state = lock(&self.state);
-            let Some((seen, pruned)) = state.seen.get_mut(&sweep_id) else { return Ok(()) };
+            let Some(f) = state.seen.get_mut(&sweep_id) else { return Ok(()) };
             // A pruned trial's epochs until its stop takes effect judge nobody: the trials that
             // come after it are judged the same however quickly it stopped.
-            if pruned.contains(session) {
+            if f.pruned.contains(session) {
                 return Ok(());
             }
-            seen.record(sweep.spec.metric, session, m);
+            f.seen.record(sweep.spec.metric, session, m);
             if sweep.state == SweepState::Running {
-                sweep.spec.prune(seen, session, m.epoch, epochs)
+                sweep.spec.prune(&f.seen, session, m.epoch, epochs)
             } else {
                 None
             }
         };
         if let Some(reason) = verdict {
             if self.manager.stop_for(session, &reason) {
-                if let Some((_, pruned)) = lock(&self.state).seen.get_mut(&sweep_id) {
-                    pruned.insert(session.clone());
+                if let Some(f) = lock(&self.state).seen.get_mut(&sweep_id) {
+                    f.pruned.insert(session.clone());
                 }
             }
         }
@@ -392,8 +412,10 @@ impl Inner {
         }
         let sessions: Vec<Option<Session>> = sweep.trials.iter().map(|t| p.sessions.get(&t.session_id)).collect::<Result<_, _>>()?;
         let best = self.best(&sweep, &sessions);
-        let all_ended =
-            sweep.trials.len() == sweep.spec.trials as usize && sessions.iter().all(|s| s.as_ref().is_none_or(|s| s.state.is_terminal()));
+        // Ended as far as the events handled say: the epochs of a trial the store already has
+        // ended may still be on their way here.
+        let all_ended = sweep.trials.len() == sweep.spec.trials as usize
+            && lock(&self.state).seen.get(id).is_some_and(|f| sweep.trials.iter().all(|t| f.ended.contains(&t.session_id)));
         if !all_ended && best == sweep.best {
             return Ok(());
         }
@@ -411,15 +433,15 @@ impl Inner {
     /// The best completed trial by the sweep metric.
     fn best(&self, sweep: &Sweep, sessions: &[Option<Session>]) -> Option<BestTrial> {
         let state = lock(&self.state);
-        let seen = state.seen.get(&sweep.id).map(|(seen, _)| seen);
+        let followed = state.seen.get(&sweep.id)?;
         let spec = &sweep.spec;
         sweep
             .trials
             .iter()
             .zip(sessions)
-            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.state == SessionState::Completed))
+            .filter(|(t, s)| followed.ended.contains(&t.session_id) && s.as_ref().is_some_and(|s| s.state == SessionState::Completed))
             .filter_map(|(t, _)| {
-                let (epoch, value) = spec.score(seen?.0.get(&t.session_id)?)?;
+                let (epoch, value) = spec.score(followed.seen.0.get(&t.session_id)?)?;
                 Some(BestTrial { number: t.number, session_id: t.session_id.clone(), epoch, value })
             })
             .reduce(|a, b| if spec.score_beats(b.value, a.value) { b } else { a })

@@ -553,6 +553,8 @@ impl SystemMonitor for FakeMonitor {
 /// first epoch (until released or stopped). Datasets named `fail*` fail, `panic*` panic, and
 /// `crash*` crash (as a run process that died) at their first attempt and train at the next.
 /// Snapshots are taken before each epoch, and a learning rate set live is each epoch's.
+/// Datasets named `sweep*` report a validation accuracy of ten times the learning rate, so
+/// that a sweep's trials differ.
 #[derive(Debug, Default)]
 pub struct ScriptedTrainer {
     hold: Mutex<bool>,
@@ -650,7 +652,7 @@ impl Trainer for ScriptedTrainer {
                 loss: 1.0 / f64::from(epoch),
                 accuracy: 0.5,
                 val_loss: Some(1.0),
-                val_accuracy: Some(0.5),
+                val_accuracy: Some(if name.starts_with("sweep") { job.config.learning_rate * 10.0 } else { 0.5 }),
                 samples_per_second: 100.0,
                 epoch_seconds: 0.01,
                 learning_rate: stop.learning_rate().or(job.learning_rate),
@@ -694,6 +696,36 @@ impl Trainer for ScriptedTrainer {
             crate::config::Device::Cuda(_) => Err("this build has no CUDA support".into()),
             _ => Ok(()),
         }
+    }
+}
+
+/// Sweeps in memory.
+#[derive(Debug, Default)]
+pub struct MemorySweeps(Mutex<Vec<crate::sweep::Sweep>>);
+
+impl crate::ports::SweepStore for MemorySweeps {
+    fn insert(&self, sweep: &crate::sweep::Sweep) -> Result<(), StoreError> {
+        let mut all = guard(&self.0);
+        if all.iter().any(|s| s.spec.name == sweep.spec.name) {
+            return Err(StoreError::Conflict(format!("a sweep named '{}' exists", sweep.spec.name)));
+        }
+        all.push(sweep.clone());
+        Ok(())
+    }
+
+    fn update(&self, sweep: &crate::sweep::Sweep) -> Result<(), StoreError> {
+        let mut all = guard(&self.0);
+        let slot = all.iter_mut().find(|s| s.id == sweep.id).ok_or_else(|| StoreError::NotFound(format!("sweep {}", sweep.id)))?;
+        *slot = sweep.clone();
+        Ok(())
+    }
+
+    fn get(&self, id: &crate::ids::SweepId) -> Result<Option<crate::sweep::Sweep>, StoreError> {
+        Ok(guard(&self.0).iter().find(|s| s.id == *id).cloned())
+    }
+
+    fn list(&self) -> Result<Vec<crate::sweep::Sweep>, StoreError> {
+        Ok(guard(&self.0).clone())
     }
 }
 

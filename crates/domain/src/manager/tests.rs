@@ -33,7 +33,7 @@ fn world(max_concurrent: usize, memory_reserve_mb: u64) -> World {
     let scratch = Arc::new(MemoryScratch::default());
     let clock = Arc::new(FixedClock::new(OffsetDateTime::UNIX_EPOCH + Duration::days(10_000)));
     let datasets = Arc::new(MemoryDatasets::default());
-    for name in ["iris", "fail-data", "panic-data", "crash-data"] {
+    for name in ["iris", "fail-data", "panic-data", "crash-data", "sweep-data"] {
         datasets.add(name, DatasetFormat::Csv);
     }
     datasets.add("tempest", DatasetFormat::Text);
@@ -224,6 +224,51 @@ fn a_running_session_takes_a_live_learning_rate_and_snapshots() {
     assert!(
         matches!(w.manager.snapshot(&id, "later", WAIT), Err(ManagerError::Conflict(m)) if m.ends_with("is completed and not running"))
     );
+}
+
+#[test]
+fn a_sweep_queues_its_trials_in_order_and_registers_the_best_completed_one() {
+    use crate::sweep::{SweepRequest, SweepState};
+    use crate::sweeps::{SweepPorts, Sweeps};
+    let w = world(1, 0);
+    let ports = SweepPorts {
+        store: Arc::new(MemorySweeps::default()),
+        sessions: w.sessions.clone(),
+        metrics: w.metrics.clone(),
+        models: w.models.clone(),
+        clock: w.clock.clone(),
+    };
+    let sweeps = Sweeps::start(w.manager.clone(), ports).unwrap();
+    w.trainer.set_hold(true);
+    let req = SweepRequest {
+        name: Some("s".into()),
+        base: request("sweep-data", 3),
+        space: serde_json::json!({"learning_rate": {"choice": [0.01, 0.05, 0.03]}}).as_object().cloned(),
+        search: Some("grid".into()),
+        pruner: Some("none".into()),
+        ..SweepRequest::default()
+    };
+    let created = sweeps.create(&req).unwrap();
+    assert_eq!(created.sweep.state, SweepState::Running);
+    let ids: Vec<SessionId> = created.trials.iter().map(|t| t.trial.session_id.clone()).collect();
+    for (n, id) in (1..).zip(&ids) {
+        let s = w.manager.view(id).unwrap().session;
+        assert_eq!(s.config.sweep.as_ref().map(|t| t.number), Some(n));
+    }
+    assert!(matches!(sweeps.create(&req), Err(crate::sweeps::SweepError::Conflict(_))));
+    w.trainer.set_hold(false);
+
+    let done = sweeps.wait_ended(&created.sweep.id, WAIT).unwrap();
+    assert_eq!(done.sweep.state, SweepState::Completed, "{:?}", done.sweep.message);
+    let best = done.sweep.best.as_ref().unwrap();
+    // Validation accuracy is ten times the learning rate here: 0.05 is the best.
+    assert_eq!((best.number, best.session_id.clone()), (2, ids[1].clone()));
+    assert_eq!(done.sweep.best_model.as_ref().map(ModelName::as_str), Some("s-best"));
+    let model = w.models.get(&ModelName::new("s-best").unwrap()).unwrap().unwrap();
+    assert_eq!(model.metadata["sweep_id"], done.sweep.id.as_str());
+    assert_eq!(model.metadata["trial"], 2);
+    assert_eq!(*w.trainer.started.lock().unwrap(), ids, "trials start in order");
+    assert!(matches!(sweeps.stop(&done.sweep.id), Err(crate::sweeps::SweepError::Conflict(_))));
 }
 
 #[test]

@@ -112,3 +112,27 @@ fn bad_sweeps_are_refused_with_every_field_named() {
     let (code, v) = s.get("/api/v1/sweeps/swp_0123");
     assert_eq!(code, 404, "{v}");
 }
+
+#[test]
+fn a_sweep_interrupted_by_a_server_crash_finishes_after_the_restart() {
+    let mut s = Server::start_with(Opts { extra_args: vec!["--examples".into()], ..Opts::default() });
+    let (code, created) = s.post_json("/api/v1/sweeps", &sweep("iris-crash", "asha"));
+    assert_eq!(code, 200, "{created}");
+    let id = created["sweep_id"].as_str().unwrap().to_owned();
+    let third = created["trials"][2]["session_id"].as_str().unwrap().to_owned();
+    s.status_until(&third, std::time::Duration::from_secs(120), |st| st["current_epoch"].as_u64() >= Some(1));
+    let tmp = s.take_tmp();
+    let dir = s.kill9();
+
+    let s = Server::start_with(Opts { data_dir: Some(dir), ..Opts::default() });
+    let (code, done) = s.get(&format!("/api/v1/sweeps/{id}?wait_seconds=300"));
+    assert_eq!(code, 200, "{done}");
+    assert_eq!(done["state"], "completed", "{done}");
+    let trials = done["trials"].as_array().unwrap();
+    assert!(trials.iter().all(|t| t["state"] == "completed" || t["state"] == "stopped"), "{done}");
+    assert!(trials.iter().any(|t| t["state"] == "completed"), "{done}");
+    assert_eq!(done["best_model"], "iris-crash-best", "{done}");
+    let (_, models) = s.get("/api/v1/models");
+    assert!(models.as_array().unwrap().iter().any(|m| m["name"] == "iris-crash-best"), "{models}");
+    drop(tmp);
+}

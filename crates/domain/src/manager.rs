@@ -920,9 +920,11 @@ impl Inner {
                     s.model_name = Some(name.clone());
                     s.current_epoch = model.epochs_completed.max(s.current_epoch);
                     s.outcome.stopped_early = model.stopped_early;
-                    let (state, what) =
-                        if model.stopped { (SessionState::Stopped, "stopped") } else { (SessionState::Completed, "completed") };
-                    if model.stopped {
+                    // A run stopped for a reason (a sweep's pruner) ends stopped with it, even
+                    // when it finished its last epoch before the stop reached it.
+                    let stopped = model.stopped || stop_reason.is_some();
+                    let (state, what) = if stopped { (SessionState::Stopped, "stopped") } else { (SessionState::Completed, "completed") };
+                    if stopped {
                         s.error_message = stop_reason;
                     }
                     self.log(id, LogLevel::Info, format!("training {what} after {} epochs; model saved as '{name}'", s.current_epoch));

@@ -102,10 +102,11 @@ name_type!(
     DatasetName
 );
 
+/// Declares an id type: a prefix and 32 lowercase hex digits, generated from a random UUID.
 macro_rules! prefixed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
@@ -121,9 +122,10 @@ macro_rules! prefixed_id {
             /// Parses an id received from outside.
             ///
             /// # Errors
-            /// [`NameError::BadId`] unless `raw` is the prefix and 32 lowercase hex digits.
-            pub fn parse(raw: &str) -> Result<Self, NameError> {
-                let bad = || NameError::BadId { prefix: Self::PREFIX };
+            /// [`NameError::BadId`](crate::ids::NameError::BadId) unless `raw` is the prefix and
+            /// 32 lowercase hex digits.
+            pub fn parse(raw: &str) -> Result<Self, $crate::ids::NameError> {
+                let bad = || $crate::ids::NameError::BadId { prefix: Self::PREFIX };
                 let hex = raw.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
                 if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
                     Ok(Self(raw.to_owned()))
@@ -140,8 +142,8 @@ macro_rules! prefixed_id {
         }
 
         impl TryFrom<String> for $name {
-            type Error = NameError;
-            fn try_from(raw: String) -> Result<Self, NameError> {
+            type Error = $crate::ids::NameError;
+            fn try_from(raw: String) -> Result<Self, $crate::ids::NameError> {
                 Self::parse(&raw)
             }
         }
@@ -152,13 +154,14 @@ macro_rules! prefixed_id {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
             }
         }
     };
 }
+pub(crate) use prefixed_id;
 
 prefixed_id!(
     /// A training session's id: `sess_` followed by 32 lowercase hex digits.

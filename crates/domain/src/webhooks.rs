@@ -16,7 +16,6 @@ use std::{
     sync::Arc,
 };
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -38,75 +37,22 @@ pub const SECRET_CHARS: std::ops::RangeInclusive<usize> = 16..=256;
 /// The event filter that matches every kind.
 pub const ALL_EVENTS: &str = "*";
 
-macro_rules! hex_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            const PREFIX: &'static str = $prefix;
-
-            /// A fresh random id.
-            #[must_use]
-            pub fn generate() -> Self {
-                Self(format!("{}{}", Self::PREFIX, uuid::Uuid::new_v4().simple()))
-            }
-
-            /// Parses an id received from outside: the prefix and 32 lowercase hex digits.
-            ///
-            /// # Errors
-            /// [`WebhookError::NotFound`] for anything else: no webhook has such an id.
-            pub fn parse(raw: &str) -> Result<Self, WebhookError> {
-                let hex = raw.strip_prefix(Self::PREFIX).unwrap_or_default();
-                if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                    Ok(Self(raw.to_owned()))
-                } else {
-                    let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
-                    Err(WebhookError::NotFound(shown))
-                }
-            }
-
-            /// The id as text.
-            #[must_use]
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = WebhookError;
-            fn try_from(raw: String) -> Result<Self, WebhookError> {
-                Self::parse(&raw)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-hex_id!(
+crate::ids::prefixed_id!(
     /// A webhook's id: `wh_` and 32 lowercase hex digits.
     WebhookId,
     "wh_"
 );
-hex_id!(
+crate::ids::prefixed_id!(
     /// A delivery's id: `dlv_` and 32 lowercase hex digits; sent as `X-Trainyard-Delivery`,
     /// the same on every attempt, so a receiver can tell a retry from a new event.
     DeliveryId,
     "dlv_"
 );
+
+/// A webhook id received from outside; anything else is a webhook that does not exist.
+fn webhook_id(raw: &str) -> Result<WebhookId, WebhookError> {
+    WebhookId::parse(raw).map_err(|_| WebhookError::NotFound(raw.chars().take(64).flat_map(char::escape_default).collect()))
+}
 
 /// The host of a webhook URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -525,7 +471,7 @@ impl Webhooks {
     /// # Errors
     /// [`WebhookError::NotFound`], or the store's error.
     pub fn delete(&self, id: &str) -> Result<Webhook, WebhookError> {
-        let id = WebhookId::parse(id)?;
+        let id = webhook_id(id)?;
         let found = self.store.webhook(&id)?;
         match found {
             Some(webhook) if self.store.delete_webhook(&id)? => Ok(webhook),
@@ -538,7 +484,7 @@ impl Webhooks {
     /// # Errors
     /// [`WebhookError::NotFound`], or the store's error.
     pub fn deliveries(&self, id: &str, limit: u32) -> Result<Vec<Delivery>, WebhookError> {
-        let id = WebhookId::parse(id)?;
+        let id = webhook_id(id)?;
         if self.store.webhook(&id)?.is_none() {
             return Err(WebhookError::NotFound(id.to_string()));
         }

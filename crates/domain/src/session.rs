@@ -91,12 +91,17 @@ pub struct Session {
     pub live: SessionLive,
 }
 
-/// What a client changed while the session ran (`PATCH /api/v1/training/{id}`).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+/// What was changed while the session ran: by a client (`PATCH /api/v1/training/{id}`) or by
+/// a sweep's pruner.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SessionLive {
     /// The learning rate set last, which replaced the schedule from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
+    /// Why the run was told to stop, when something other than a client stopped it (a sweep's
+    /// pruner): kept so that a stop decided before a restart is carried out after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 /// How a session's run went: how its epochs were judged (see [`crate::selection`]) and how

@@ -82,7 +82,7 @@ impl Dist {
         let bounds = || -> Result<(f64, f64), String> {
             match list.as_slice() {
                 [a, b] => match (a.as_f64(), b.as_f64()) {
-                    (Some(a), Some(b)) if a.is_finite() && b.is_finite() && a <= b => Ok((a, b)),
+                    (Some(a), Some(b)) if a <= b && (b - a).is_finite() => Ok((a, b)),
                     _ => Err(format!("{kind} takes [low, high] with low <= high")),
                 },
                 _ => Err(format!("{kind} takes [low, high]")),
@@ -319,22 +319,30 @@ impl SweepSpec {
                 (0..self.trials).map(|_| self.space.iter().map(|d| (d.field.clone(), d.dist.draw(rng.unit()))).collect()).collect()
             }
             Search::Grid => {
-                let mut points = vec![Map::new()];
-                for d in &self.space {
-                    let Dist::Choice(values) = &d.dist else { continue };
-                    points = points
-                        .into_iter()
-                        .flat_map(|p| {
-                            values.iter().map(move |v| {
-                                let mut p = p.clone();
-                                p.insert(d.field.clone(), v.clone());
-                                p
-                            })
-                        })
-                        .collect();
-                }
-                points.truncate(self.trials as usize);
-                points
+                // Only the points that run: point i is i written in the mixed radix of the
+                // choices' lengths (the last dimension varying fastest), so a huge grid costs
+                // no more than its trials.
+                let choices: Vec<(&String, &Vec<Value>)> = self
+                    .space
+                    .iter()
+                    .filter_map(|d| match &d.dist {
+                        Dist::Choice(values) => Some((&d.field, values)),
+                        _ => None,
+                    })
+                    .collect();
+                let size = choices.iter().try_fold(1u64, |n, (_, v)| n.checked_mul(v.len() as u64)).unwrap_or(u64::MAX);
+                (0..u64::from(self.trials).min(size))
+                    .map(|i| {
+                        let mut rest = i;
+                        let mut point = Map::new();
+                        for (field, values) in choices.iter().rev() {
+                            let n = values.len() as u64;
+                            point.insert((*field).clone(), values[usize::try_from(rest % n).unwrap_or(0)].clone());
+                            rest /= n;
+                        }
+                        point
+                    })
+                    .collect()
             }
         }
     }
@@ -368,7 +376,11 @@ impl SweepSpec {
                     return None;
                 }
                 let mut at_rung: Vec<f64> = seen.0.values().filter_map(|v| v.get(&epoch).copied()).collect();
-                at_rung.sort_by(|a, b| if worse(*a, *b) { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less });
+                // Best first: a total order, ties included.
+                at_rung.sort_by(|a, b| match self.mode {
+                    Mode::Min => a.total_cmp(b),
+                    Mode::Max => b.total_cmp(a),
+                });
                 let n = at_rung.len();
                 let keep = (n / ASHA_ETA as usize).max(1);
                 let threshold = at_rung[keep - 1];

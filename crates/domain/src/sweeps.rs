@@ -24,6 +24,9 @@ use crate::{
     sweep::{pruned_at, BestTrial, Observations, Sweep, SweepRequest, SweepSpec, SweepState, Trial, TrialOf},
 };
 
+/// How long the worker waits for an event before it looks at every followed sweep again.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// The adapters the sweeps use besides the session manager.
 #[derive(Clone)]
 pub struct SweepPorts {
@@ -91,6 +94,9 @@ struct Inner {
     state: Mutex<State>,
     /// Notified, with `State::updates` raised, whenever a sweep's record changes.
     changed: Condvar,
+    /// Held across every read-modify-write of a sweep's record (the worker's checks, a stop,
+    /// creation), so that none undoes another.
+    writes: Mutex<()>,
     work: Mutex<mpsc::Sender<Work>>,
 }
 
@@ -149,19 +155,37 @@ impl Sweeps {
     /// A store error while reading the interrupted sweeps.
     pub fn start(manager: SessionManager, ports: SweepPorts) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
-        let inner =
-            Arc::new(Inner { manager, ports, state: Mutex::new(State::default()), changed: Condvar::new(), work: Mutex::new(tx.clone()) });
+        let inner = Arc::new(Inner {
+            manager,
+            ports,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            writes: Mutex::new(()),
+            work: Mutex::new(tx.clone()),
+        });
         inner.manager.events().subscribe(Arc::new(Listener(Mutex::new(tx))));
-        for sweep in inner.ports.store.list()?.into_iter().filter(|s| s.ended_at.is_none()) {
+        for mut sweep in inner.ports.store.list()?.into_iter().filter(|s| s.ended_at.is_none()) {
+            inner.complete_trials(&mut sweep)?;
             inner.track(&sweep)?;
             inner.enqueue(Work::Check(sweep.id.clone()));
         }
         let worker = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("sweeps".into())
-            .spawn(move || {
-                for work in rx {
-                    worker.handle(work);
+            .spawn(move || loop {
+                // When nothing came for a while, every followed sweep is looked at again: a
+                // check that failed on a store error, or an end whose event was not recorded,
+                // is caught up with then.
+                let work = match rx.recv_timeout(RECHECK_EVERY) {
+                    Ok(work) => vec![work],
+                    Err(mpsc::RecvTimeoutError::Timeout) => lock(&worker.state).seen.keys().cloned().map(Work::Check).collect(),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                };
+                for w in work {
+                    // A bug in one sweep's handling must not stop every sweep.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.handle(w))).is_err() {
+                        tracing::error!("a sweep's event could not be handled (a panic); the next check tries again");
+                    }
                 }
             })
             .map_err(|e| StoreError::Io(format!("could not start the sweeps' thread: {e}")))?;
@@ -178,6 +202,24 @@ impl Sweeps {
         let inner = &self.inner;
         let p = &inner.ports;
         let plan = SweepSpec::plan(req)?;
+        // Every trial as the start would take it (datasets, device, memory), before anything
+        // is created, so that a sweep never stops half queued.
+        let mut refused = ConfigErrors::default();
+        for (number, (_, config)) in (1..).zip(&plan.trials) {
+            match inner.manager.admissible(config) {
+                Ok(_) => {}
+                Err(ManagerError::Invalid(errors)) => {
+                    for e in errors.0 {
+                        refused.push(&format!("trial {number}: {}", e.field), e.message);
+                    }
+                }
+                Err(ManagerError::InsufficientMemory(why)) => refused.push(&format!("trial {number}"), why),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(refused.into());
+        }
         let spec = plan.spec;
         if p.store.list()?.iter().any(|s| s.spec.name == spec.name) {
             return Err(SweepError::Conflict(format!("a sweep named '{}' exists; choose another name", spec.name)));
@@ -210,6 +252,11 @@ impl Sweeps {
                     let session_id = started.view.session.id;
                     lock(&inner.state).trials.insert(session_id.clone(), (sweep.id.clone(), epochs));
                     sweep.trials.push(Trial { number, session_id, params });
+                    // Kept as it grows, so that a crash here leaves no trial unknown.
+                    let _writing = lock(&inner.writes);
+                    let best = p.store.get(&sweep.id)?.and_then(|s| s.best);
+                    sweep.best = best;
+                    inner.write(&sweep)?;
                 }
                 Err(e) => {
                     for t in &sweep.trials {
@@ -218,13 +265,13 @@ impl Sweeps {
                     sweep.state = SweepState::Failed;
                     sweep.message = Some(format!("trial {number} could not start: {e}"));
                     sweep.ended_at = Some(p.clock.now());
-                    p.store.update(&sweep)?;
+                    let _writing = lock(&inner.writes);
+                    inner.write(&sweep)?;
                     lock(&inner.state).seen.remove(&sweep.id);
                     return Err(e.into());
                 }
             }
         }
-        p.store.update(&sweep)?;
         // Trials that ended while the others were being queued are judged now.
         inner.enqueue(Work::Check(sweep.id.clone()));
         self.get(&sweep.id)
@@ -276,12 +323,16 @@ impl Sweeps {
     /// [`SweepError::NotFound`], [`SweepError::Conflict`] when it has already ended.
     pub fn stop(&self, id: &SweepId) -> Result<SweepView, SweepError> {
         let p = &self.inner.ports;
-        let mut sweep = p.store.get(id)?.ok_or_else(|| SweepError::NotFound(id.clone()))?;
-        if sweep.state != SweepState::Running {
-            return Err(SweepError::Conflict(format!("sweep {id} is {} already", sweep.state.as_str())));
-        }
-        sweep.state = SweepState::Stopped;
-        p.store.update(&sweep)?;
+        let sweep = {
+            let _writing = lock(&self.inner.writes);
+            let mut sweep = p.store.get(id)?.ok_or_else(|| SweepError::NotFound(id.clone()))?;
+            if sweep.state != SweepState::Running || sweep.ended_at.is_some() {
+                return Err(SweepError::Conflict(format!("sweep {id} is {} already", sweep.state.as_str())));
+            }
+            sweep.state = SweepState::Stopped;
+            self.inner.write(&sweep)?;
+            sweep
+        };
         for t in &sweep.trials {
             match self.inner.manager.stop(&t.session_id) {
                 Ok(_) | Err(ManagerError::Conflict(_) | ManagerError::NotFound(_)) => {}
@@ -298,6 +349,39 @@ impl Inner {
         let _ = lock(&self.work).send(work);
     }
 
+    /// Stores a sweep's record and wakes whoever waits on it; the caller holds `writes`.
+    fn write(&self, sweep: &Sweep) -> Result<(), StoreError> {
+        self.ports.store.update(sweep)?;
+        lock(&self.state).updates += 1;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// A sweep the server stopped while it was queuing its trials: the trials queued then (found
+    /// by their sessions, their points drawn again from the spec) are its trials; those never
+    /// queued are dropped from it, and its message says so.
+    fn complete_trials(&self, sweep: &mut Sweep) -> Result<(), StoreError> {
+        let planned = sweep.spec.trials as usize;
+        if sweep.trials.len() >= planned {
+            return Ok(());
+        }
+        let points = sweep.spec.points();
+        for s in self.ports.sessions.list()? {
+            let Some(of) = s.config.sweep.as_ref().filter(|t| t.sweep_id == sweep.id) else { continue };
+            if sweep.trials.iter().all(|t| t.session_id != s.id) {
+                let params = points.get(of.number as usize - 1).cloned().unwrap_or_default();
+                sweep.trials.push(Trial { number: of.number, session_id: s.id.clone(), params });
+            }
+        }
+        sweep.trials.sort_by_key(|t| t.number);
+        if sweep.trials.len() < planned {
+            sweep.message = Some(format!("the server stopped after queuing {} of its {planned} trials", sweep.trials.len()));
+            sweep.spec.trials = u32::try_from(sweep.trials.len()).unwrap_or(0);
+        }
+        let _writing = lock(&self.writes);
+        self.write(sweep)
+    }
+
     /// Starts following a sweep that is not over: its trials and their observations so far.
     fn track(&self, sweep: &Sweep) -> Result<(), StoreError> {
         let mut followed = Followed::default();
@@ -308,7 +392,7 @@ impl Inner {
                 continue;
             };
             // A pruned trial counts up to the epoch it was pruned at, as it did live.
-            let cut = s.error_message.as_deref().and_then(pruned_at);
+            let cut = s.error_message.as_deref().or(s.live.stop_reason.as_deref()).and_then(pruned_at);
             if cut.is_some() {
                 followed.pruned.insert(t.session_id.clone());
             }
@@ -406,8 +490,10 @@ impl Inner {
     /// Brings a sweep's best trial up to date, and ends the sweep once every trial has ended.
     fn check(&self, id: &SweepId) -> Result<(), StoreError> {
         let p = &self.ports;
+        let _writing = lock(&self.writes);
         let Some(mut sweep) = p.store.get(id)? else { return Ok(()) };
         if sweep.ended_at.is_some() {
+            lock(&self.state).seen.remove(id);
             return Ok(());
         }
         let sessions: Vec<Option<Session>> = sweep.trials.iter().map(|t| p.sessions.get(&t.session_id)).collect::<Result<_, _>>()?;
@@ -422,11 +508,11 @@ impl Inner {
         sweep.best = best;
         if all_ended {
             self.finish(&mut sweep, &sessions);
+        }
+        self.write(&sweep)?;
+        if all_ended {
             lock(&self.state).seen.remove(id);
         }
-        p.store.update(&sweep)?;
-        lock(&self.state).updates += 1;
-        self.changed.notify_all();
         Ok(())
     }
 
@@ -488,6 +574,9 @@ impl Inner {
         }
         if sweep.state == SweepState::Running {
             sweep.state = SweepState::Completed;
+        }
+        if let Some(earlier) = sweep.message.take() {
+            message = format!("{earlier}; {message}");
         }
         sweep.message = Some(message);
         sweep.ended_at = Some(p.clock.now());

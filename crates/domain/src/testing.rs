@@ -70,8 +70,20 @@ impl SessionRepository for MemorySessions {
     fn update(&self, session: &Session) -> Result<(), StoreError> {
         let mut all = guard(&self.0);
         let slot = all.iter_mut().find(|s| s.id == session.id).ok_or_else(|| StoreError::NotFound(session.id.to_string()))?;
-        *slot = session.clone();
+        let live = slot.live.clone();
+        *slot = Session { live, ..session.clone() };
         Ok(())
+    }
+
+    fn set_live(&self, id: &SessionId, live: &crate::session::SessionLive) -> Result<bool, StoreError> {
+        let mut all = guard(&self.0);
+        match all.iter_mut().find(|s| s.id == *id && s.state == SessionState::Running) {
+            Some(s) => {
+                s.live = live.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {

@@ -17,7 +17,7 @@ use crate::{
 pub(super) struct Snapshot {
     session: SessionId,
     name: ModelName,
-    result: Option<Result<ModelRecord, String>>,
+    result: Option<Result<ModelRecord, ManagerError>>,
 }
 
 impl SessionManager {
@@ -31,26 +31,26 @@ impl SessionManager {
     pub fn set_learning_rate(&self, id: &SessionId, rate: f64) -> Result<SessionView, ManagerError> {
         let rate = check_learning_rate(rate)?;
         let p = &self.inner.ports;
-        let before = {
+        let (before, s) = {
+            // Held so that the run cannot end between the check and the write, and so that
+            // live changes are written one at a time.
             let sched = lock(&self.inner.sched);
             let run = sched.running.get(id).ok_or_else(|| self.not_running(id))?;
-            let before = run.control.learning_rate();
-            run.control.set_learning_rate(rate);
-            before
-        };
-        // The run's recorder writes the same value with its next record; this write keeps it
-        // should the server stop first.
-        if let Some(mut s) = p.sessions.get(id)? {
-            let before = before.or(s.live.learning_rate);
+            let mut s = p.sessions.get(id)?.ok_or_else(|| ManagerError::NotFound(id.clone()))?;
+            let before = run.control.learning_rate().or(s.live.learning_rate);
             s.live.learning_rate = Some(rate);
-            p.sessions.update(&s)?;
-            let was = match before {
-                Some(r) => format!("it was set to {r}"),
-                None if s.config.lr_schedule.is_some() => "it replaces the schedule".to_owned(),
-                None => format!("it was {}", s.config.learning_rate),
-            };
-            self.inner.log(id, LogLevel::Info, format!("learning rate set to {rate} from the next batch on; {was}"));
-        }
+            if !p.sessions.set_live(id, &s.live)? {
+                return Err(self.not_running(id));
+            }
+            run.control.set_learning_rate(rate);
+            (before, s)
+        };
+        let was = match before {
+            Some(r) => format!("it was set to {r}"),
+            None if s.config.lr_schedule.is_some() => "it replaces the schedule".to_owned(),
+            None => format!("it was {}", s.config.learning_rate),
+        };
+        self.inner.log(id, LogLevel::Info, format!("learning rate set to {rate} from the next batch on; {was}"));
         self.view(id)
     }
 
@@ -62,11 +62,16 @@ impl SessionManager {
     /// [`ManagerError::Conflict`] when the session is not running, the name is taken, or the
     /// run ends or does not reach its next batch within `timeout`.
     pub fn snapshot(&self, id: &SessionId, name: &str, timeout: StdDuration) -> Result<ModelRecord, ManagerError> {
-        let name = ModelName::new(name).map_err(|e| {
+        let invalid = |why: String| {
             let mut errors = ConfigErrors::default();
-            errors.push("model_name", e.to_string());
+            errors.push("model_name", why);
             ManagerError::Invalid(errors)
-        })?;
+        };
+        let name = ModelName::new(name).map_err(|e| invalid(e.to_string()))?;
+        if SessionId::parse(name.as_str()).is_ok() {
+            // A session's own model is registered under its id when it ends.
+            return Err(invalid("must not be a session id: those are the names of the sessions' own models".to_owned()));
+        }
         let p = &self.inner.ports;
         if p.models.get(&name)?.is_some() {
             return Err(ManagerError::Conflict(format!("a model named '{name}' already exists; choose another name")));
@@ -84,7 +89,7 @@ impl SessionManager {
         loop {
             if let Some(result) = sched.snapshots.get_mut(&snap).and_then(|s| s.result.take()) {
                 sched.snapshots.remove(&snap);
-                return result.map_err(ManagerError::Conflict);
+                return result;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let gone = !sched.running.contains_key(id);
@@ -103,9 +108,21 @@ impl SessionManager {
     /// Stops a running session for `reason` (a sweep's pruner): it saves its weights and ends
     /// `stopped` with `reason` as its `error_message`. Answers whether it was running.
     pub fn stop_for(&self, id: &SessionId, reason: &str) -> bool {
+        let p = &self.inner.ports;
         {
             let mut sched = lock(&self.inner.sched);
             let Some(run) = sched.running.get_mut(id) else { return false };
+            // Kept with the session, so that a restart before the stop lands still stops it.
+            match p.sessions.get(id) {
+                Ok(Some(mut s)) => {
+                    s.live.stop_reason = Some(reason.to_owned());
+                    if let Err(e) = p.sessions.set_live(id, &s.live) {
+                        tracing::warn!(session = %id, detail = %e, "the reason of a stop could not be kept");
+                    }
+                }
+                Ok(None) => return false,
+                Err(e) => tracing::warn!(session = %id, detail = %e, "the reason of a stop could not be kept"),
+            }
             run.stop_reason = Some(reason.to_owned());
             run.control.request_stop();
         }
@@ -127,6 +144,20 @@ impl SessionManager {
 }
 
 impl Recorder<'_> {
+    /// Answers the snapshots this session's run was asked for and will not take: its process
+    /// died with them (a retry starts a new one).
+    pub(super) fn snapshots_lost(&mut self) {
+        let _ = self.control.take_snapshots();
+        let mut sched = lock(&self.inner.sched);
+        for slot in sched.snapshots.values_mut().filter(|s| s.session == self.session.id && s.result.is_none()) {
+            slot.result = Some(Err(ManagerError::Conflict(
+                "the run's process ended before it took the snapshot; ask again once it has resumed".to_owned(),
+            )));
+        }
+        drop(sched);
+        self.inner.idle.notify_all();
+    }
+
     /// A snapshot the run wrote (or could not): registered under the name asked for, and the
     /// outcome handed to the request waiting for it. Nobody waits any more when the request
     /// timed out; the file is then left to the scratch directory's cleanup.
@@ -136,16 +167,17 @@ impl Recorder<'_> {
         let Some(name) = name else { return };
         let outcome = match result {
             Ok(model) => inner.register_model(&self.session, &model, Some(&name)).map_err(|e| match e {
-                StoreError::Conflict(_) => format!("a model named '{name}' already exists; choose another name"),
-                e => format!("could not register the snapshot: {}", e.public_message()),
+                StoreError::Conflict(_) => ManagerError::Conflict(format!("a model named '{name}' already exists; choose another name")),
+                e => ManagerError::Store(e),
             }),
-            Err(e) => Err(format!("could not save the snapshot: {}", e.public_message())),
+            Err(e) => Err(ManagerError::Store(StoreError::Io(format!("could not save the snapshot: {}", e.public_message())))),
         };
         let line = match &outcome {
             Ok(record) => {
                 (LogLevel::Info, format!("snapshot saved as model '{}' after {} epochs", record.name, self.session.current_epoch))
             }
-            Err(why) => (LogLevel::Warning, why.clone()),
+            Err(ManagerError::Store(e)) => (LogLevel::Warning, format!("the snapshot could not be saved: {}", e.public_message())),
+            Err(e) => (LogLevel::Warning, e.to_string()),
         };
         inner.log(&self.session.id, line.0, line.1);
         if let Some(slot) = lock(&inner.sched).snapshots.get_mut(&snap) {

@@ -194,6 +194,8 @@ fn a_running_session_takes_a_live_learning_rate_and_snapshots() {
     let view = w.manager.set_learning_rate(&id, 0.01).unwrap();
     assert_eq!(view.session.live.learning_rate, Some(0.01));
     assert!(matches!(w.manager.snapshot(&id, "../evil", WAIT), Err(ManagerError::Invalid(e)) if e.0[0].field == "model_name"));
+    // The session's own model will take its id as its name.
+    assert!(matches!(w.manager.snapshot(&id, id.as_str(), WAIT), Err(ManagerError::Invalid(e)) if e.0[0].field == "model_name"));
 
     // The snapshot is taken at the run's next step, once it is released.
     let taker = {

@@ -54,6 +54,25 @@ fn a_grid_runs_every_combination_in_order() {
 }
 
 #[test]
+fn a_huge_grid_costs_only_its_trials() {
+    let hundred: Vec<Value> = (0..100).map(Value::from).collect();
+    // 15 dimensions of 100 values: 10^30 points.
+    let space: Map<String, Value> = SWEEPABLE.iter().map(|f| ((*f).to_owned(), json!({"choice": hundred.clone()}))).collect();
+    let s = SweepSpec {
+        space: space.iter().map(|(f, d)| Dimension { field: f.clone(), dist: Dist::parse(d).unwrap() }).collect(),
+        search: Search::Grid,
+        trials: 5,
+        ..spec(Pruner::None, Mode::Max)
+    };
+    let points = s.points();
+    assert_eq!(points.len(), 5);
+    // The last dimension varies fastest.
+    let fields: Vec<&String> = space.keys().collect();
+    assert_eq!(points[4][fields[14].as_str()], 4);
+    assert_eq!(points[4][fields[0].as_str()], 0);
+}
+
+#[test]
 fn asha_rungs_divide_by_three() {
     assert_eq!(asha_rungs(27), [1, 3, 9]);
     assert_eq!(asha_rungs(20), [2, 6]);

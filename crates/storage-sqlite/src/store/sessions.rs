@@ -5,7 +5,7 @@ use rusqlite::{params, Row, ToSql};
 use time::OffsetDateTime;
 use trainyard_domain::{
     ports::{SessionRepository, StoreError},
-    ModelName, Session, SessionId, SessionState, TrainingConfig,
+    ModelName, Session, SessionId, SessionLive, SessionState, TrainingConfig,
 };
 
 use super::SqliteStore;
@@ -161,7 +161,7 @@ impl SessionRepository for SqliteStore {
             tx.prepare_cached(
                 "UPDATE sessions
                  SET state = ?2, config = ?3, current_epoch = ?4, created_at = ?5, start_time = ?6, end_time = ?7,
-                     error_message = ?8, model_name = ?9, resources = ?10, outcome = ?11, live = ?12
+                     error_message = ?8, model_name = ?9, resources = ?10, outcome = ?11
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -175,14 +175,21 @@ impl SessionRepository for SqliteStore {
                 e.error_message,
                 e.model_name,
                 e.resources,
-                e.outcome,
-                e.live
+                e.outcome
             ])
         })?;
         if changed == 0 {
             return Err(StoreError::NotFound(format!("session {}", session.id)));
         }
         Ok(())
+    }
+
+    fn set_live(&self, id: &SessionId, live: &SessionLive) -> Result<bool, StoreError> {
+        let json = json_unless_default(live, "session live changes")?;
+        let changed = self.db.write(|tx| {
+            tx.prepare_cached("UPDATE sessions SET live = ?2 WHERE id = ?1 AND state = 'running'")?.execute(params![id.as_str(), json])
+        })?;
+        Ok(changed > 0)
     }
 
     fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {

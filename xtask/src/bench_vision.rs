@@ -4,7 +4,9 @@
 //! `--speed`, built in release: a generated CIFAR-10 batch at 32x32x3, or an `.npz` at 224x224x3)
 //! and PyTorch's torchvision model with the same small-input adaptations
 //! (`../shared/bench/torch_vision.py`), and prints both in samples per second with their ratio.
-//! `TRAINYARD_BENCH_STEPS` (default 10) sets the timed steps of each side after its warm-up.
+//! `TRAINYARD_BENCH_STEPS` (default 10) sets the timed steps of each side after its warm-up, and
+//! `TRAINYARD_BENCH_ROUNDS` (default 3) how many times each row alternates the two sides: the
+//! medians are compared, and the spread of the rounds' ratios is shown.
 
 use std::{path::Path, process::Command};
 
@@ -18,11 +20,20 @@ const ROWS: [(&str, usize, usize); 6] =
 
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
     let steps = super::bench_steps(10)?;
+    // This machine's timings swing by up to 2x from run to run: each row alternates the two
+    // sides this many times and compares their medians.
+    let rounds = super::env_number("TRAINYARD_BENCH_ROUNDS", 3)?.max(1);
     let probe = super::build_probe(root)?;
     let python = torch_python(root)?;
     let script = root.join("../shared/bench/torch_vision.py");
-    println!("image classifier training (10 classes, Adam, train mode), CPU, samples/s, {steps} timed steps each, this run:");
-    println!("{:<14} {:<10} {:>5} {:>11} {:>11} {:>11}", "architecture", "input", "batch", "Trainyard", "PyTorch", "ratio");
+    println!(
+        "image classifier training (10 classes, Adam, train mode), CPU, samples/s, {steps} timed steps each, \
+         median of {rounds} alternating rounds, this run:"
+    );
+    println!(
+        "{:<14} {:<10} {:>5} {:>11} {:>11} {:>11} {:>15}",
+        "architecture", "input", "batch", "Trainyard", "PyTorch", "ratio", "round ratios"
+    );
     for (arch, size, batch) in ROWS {
         // The cnn trains in milliseconds a step: more steps make its time measurable.
         let ours_steps = if arch == "cnn" { steps * 20 } else { steps };
@@ -44,13 +55,6 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
             &ours_steps.to_string(),
             "--speed",
         ];
-        eprintln!("$ {} {}", probe.display(), args.join(" "));
-        let out = Command::new(&probe).args(args).current_dir(root).output().context("running memory_probe")?;
-        if !out.status.success() {
-            bail!("memory_probe {arch} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let line = json_lines(&out.stdout).pop().context("no result from memory_probe")?;
-        let ours = field(&line, "samples_per_s").with_context(|| format!("no samples_per_s in {line}"))?;
         let torch_args = [
             script.to_string_lossy().into_owned(),
             "--batch".into(),
@@ -61,16 +65,45 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
             ours_steps.to_string(),
             arch.into(),
         ];
-        eprintln!("$ {} {}", python.display(), torch_args.join(" "));
-        let reference = Command::new(&python).args(&torch_args).current_dir(root).output().context("running the PyTorch reference")?;
-        if !reference.status.success() {
-            bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&reference.stderr));
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            eprintln!("$ {} {}", probe.display(), args.join(" "));
+            let out = Command::new(&probe).args(args).current_dir(root).output().context("running memory_probe")?;
+            if !out.status.success() {
+                bail!("memory_probe {arch} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let line = json_lines(&out.stdout).pop().context("no result from memory_probe")?;
+            ours.push(field(&line, "samples_per_s").with_context(|| format!("no samples_per_s in {line}"))?);
+            eprintln!("$ {} {}", python.display(), torch_args.join(" "));
+            let reference = Command::new(&python).args(&torch_args).current_dir(root).output().context("running the PyTorch reference")?;
+            if !reference.status.success() {
+                bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&reference.stderr));
+            }
+            let torch = json_lines(&reference.stdout).pop().context("no result from the PyTorch reference")?;
+            theirs.push(field(&torch, "samples_per_s").with_context(|| format!("no samples_per_s in {torch}"))?);
         }
-        let torch = json_lines(&reference.stdout).pop().context("no result from the PyTorch reference")?;
-        let theirs = field(&torch, "samples_per_s").with_context(|| format!("no samples_per_s in {torch}"))?;
+        let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(o, t)| o / t.max(f64::MIN_POSITIVE)).collect();
+        let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let (ours, theirs) = (median(&mut ours), median(&mut theirs));
         let input = format!("{size}x{size}x3");
-        println!("{arch:<14} {input:<10} {batch:>5} {ours:>11.1} {theirs:>11.1} {:>10.2}x", ours / theirs.max(f64::MIN_POSITIVE));
+        println!(
+            "{arch:<14} {input:<10} {batch:>5} {ours:>11.1} {theirs:>11.1} {:>10.2}x {:>7.2}-{:.2}x",
+            ours / theirs.max(f64::MIN_POSITIVE),
+            lo,
+            hi
+        );
     }
-    println!("(ratio: Trainyard's samples/s over PyTorch's; above 1 means faster than PyTorch)");
+    println!("(ratio: Trainyard's median samples/s over PyTorch's; above 1 means faster than PyTorch)");
     Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
 }

@@ -65,7 +65,7 @@ fn bench_steps(default: usize) -> anyhow::Result<usize> {
 }
 
 /// The number in the environment variable `name`, else `default`.
-fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
+pub(crate) fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(name) {
         Ok(s) => s.parse().with_context(|| format!("{name}={s:?} is not a number")),
         Err(_) => Ok(default),

@@ -379,22 +379,29 @@ impl SessionManager {
     /// # Errors
     /// [`ManagerError::NotFound`], [`ManagerError::Conflict`] when it has already ended.
     pub fn stop(&self, id: &SessionId) -> Result<String, ManagerError> {
-        {
-            let sched = lock(&self.inner.sched);
-            if let Some(run) = sched.running.get(id) {
-                run.control.request_stop();
-                drop(sched);
-                self.inner.log(id, LogLevel::Info, "stop requested; saving the current weights".to_owned());
-                return Ok(format!("Training session {id} is stopping; its current weights will be saved"));
+        // Twice at most: a queued session admitted between the two looks is running the
+        // second time.
+        for _ in 0..2 {
+            {
+                let sched = lock(&self.inner.sched);
+                if let Some(run) = sched.running.get(id) {
+                    run.control.request_stop();
+                    drop(sched);
+                    self.inner.log(id, LogLevel::Info, "stop requested; saving the current weights".to_owned());
+                    return Ok(format!("Training session {id} is stopping; its current weights will be saved"));
+                }
+            }
+            match self.cancel(id) {
+                Err(ManagerError::Conflict(_)) => {
+                    let state = self.view(id)?.session.state;
+                    if state != SessionState::Running {
+                        return Err(ManagerError::Conflict(format!("training session {id} has already ended ({state})")));
+                    }
+                }
+                other => return other,
             }
         }
-        match self.cancel(id) {
-            Err(ManagerError::Conflict(_)) => {
-                let state = self.view(id)?.session.state;
-                Err(ManagerError::Conflict(format!("training session {id} has already ended ({state})")))
-            }
-            other => other,
-        }
+        Err(ManagerError::Conflict(format!("training session {id} is between runs; try again in a moment")))
     }
 
     /// Moves a queued session in the queue by giving it another priority: higher starts

@@ -570,7 +570,7 @@ impl Inner {
                 Err(why) => message.push_str(&format!("; the best is trial {} but it could not be registered: {why}", best.number)),
             }
         } else {
-            message.push_str("; no trial completed, so there is no best");
+            message.push_str("; no completed trial reported the metric, so there is no best");
         }
         if sweep.state == SweepState::Running {
             sweep.state = SweepState::Completed;

@@ -10,6 +10,7 @@ use std::{fmt, sync::Arc};
 
 use crate::{
     config::FieldError,
+    failure::shown,
     ids::SessionId,
     manager::{ManagerError, SessionManager},
     metrics::EpochMetrics,
@@ -341,11 +342,6 @@ impl CompareQuery {
     pub fn height(&self) -> u32 {
         self.height
     }
-}
-
-/// A client's text as an error message shows it: escaped, at most 64 characters.
-fn shown(raw: &str) -> String {
-    raw.chars().take(64).flat_map(char::escape_default).collect()
 }
 
 fn one_of_metrics() -> String {

@@ -607,7 +607,7 @@ impl TrainingConfig {
                 Ok(id) if depends_on.contains(&id) => errors.push("depends_on", format!("names session {id} twice")),
                 Ok(id) => depends_on.push(id),
                 Err(_) => {
-                    let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+                    let shown = crate::failure::shown(raw);
                     errors.push("depends_on", format!("'{shown}' is not a session id (sess_ and 32 hex digits)"));
                 }
             }

@@ -100,6 +100,12 @@ impl StoreError {
     }
 }
 
+/// A client's text as an error message shows it: escaped, at most 64 characters.
+#[must_use]
+pub fn shown(raw: &str) -> String {
+    raw.chars().take(64).flat_map(char::escape_default).collect()
+}
+
 impl TrainError {
     /// What a client may read about this failure: the trainer's own message with paths and
     /// internal error text taken out, or a short reason for an I/O failure.

@@ -102,7 +102,7 @@ impl ChatId {
         if numeric || username {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(TelegramConfigError::Chat(raw.chars().take(64).flat_map(char::escape_default).collect()))
+            Err(TelegramConfigError::Chat(crate::failure::shown(raw)))
         }
     }
 

@@ -51,7 +51,7 @@ crate::ids::prefixed_id!(
 
 /// A webhook id received from outside; anything else is a webhook that does not exist.
 fn webhook_id(raw: &str) -> Result<WebhookId, WebhookError> {
-    WebhookId::parse(raw).map_err(|_| WebhookError::NotFound(raw.chars().take(64).flat_map(char::escape_default).collect()))
+    WebhookId::parse(raw).map_err(|_| WebhookError::NotFound(crate::failure::shown(raw)))
 }
 
 /// The host of a webhook URL.
@@ -160,7 +160,7 @@ impl EventFilter {
                 return Ok(Self::All);
             }
             let Some(kind) = EventKind::parse(name) else {
-                let shown: String = name.chars().take(64).flat_map(char::escape_default).collect();
+                let shown = crate::failure::shown(name);
                 let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
                 return Err(WebhookError::InvalidEvents(format!(
                     "unknown event kind \"{shown}\"; known kinds: {}, or \"{ALL_EVENTS}\" for all",

@@ -369,7 +369,7 @@ fn adapter_text(message: &str) -> String {
 
 /// A name that failed validation, as a 400 naming the parameter.
 pub fn bad_name(what: &str, raw: &str, e: &NameError) -> ApiError {
-    let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+    let shown = trainyard_domain::failure::shown(raw);
     ApiError::new(ErrorCode::InvalidName, format!("invalid {what} '{shown}': {e}")).with_details(serde_json::json!({ "parameter": what }))
 }
 

@@ -13,7 +13,7 @@ use crate::{
 
 fn sweep_id(raw: &str) -> Result<SweepId, ApiError> {
     SweepId::parse(raw).map_err(|_| {
-        let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+        let shown = trainyard_domain::failure::shown(raw);
         ApiError::new(ErrorCode::NotFound, format!("sweep '{shown}' not found"))
     })
 }

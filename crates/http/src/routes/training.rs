@@ -25,7 +25,7 @@ const MAX_LOG_LIMIT: u32 = 10_000;
 
 pub(crate) fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(raw).map_err(|_| {
-        let shown: String = raw.chars().take(64).flat_map(char::escape_default).collect();
+        let shown = trainyard_domain::failure::shown(raw);
         ApiError::new(ErrorCode::SessionNotFound, format!("training session '{shown}' not found"))
     })
 }

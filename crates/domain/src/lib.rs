@@ -33,3 +33,9 @@ pub mod testing;
 pub use config::{Architecture, ConfigErrors, FieldError, LossFunction, Optimizer, TrainingConfig, TrainingRequest};
 pub use ids::{DatasetName, ModelName, NameError, SessionId, SweepId};
 pub use session::{Session, SessionLive, SessionOutcome, SessionResources, SessionState, TransitionError};
+
+/// Locks `m`, taking over a lock whose holder panicked: every critical section in this crate
+/// leaves its data consistent between statements, so a panic elsewhere must not spread.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

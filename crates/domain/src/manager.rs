@@ -13,7 +13,7 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     panic::{catch_unwind, AssertUnwindSafe},
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Condvar, Mutex, PoisonError},
     thread::JoinHandle,
     time::{Duration as StdDuration, Instant},
 };
@@ -25,6 +25,7 @@ use crate::{
     events::{EventBus, EventKind, EventPayload, EventStore, NewEvent},
     failure,
     ids::{ModelName, SessionId},
+    lock,
     metrics::{EpochMetrics, LogEntry, LogLevel},
     ports::{
         Clock, DatasetRegistry, LogStore, MemoryEstimate, MetricsStore, ModelInspector, ModelRegistry, RunControl, RunUsage, ScratchSpace,
@@ -177,10 +178,6 @@ impl fmt::Debug for SessionManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionManager").field("policy", &self.inner.policy).finish_non_exhaustive()
     }
-}
-
-fn lock(m: &Mutex<Sched>) -> MutexGuard<'_, Sched> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl SessionManager {

@@ -291,7 +291,7 @@ impl RunControl {
 
     /// Makes the run train at `rate` from its next batch on, whatever its schedule says.
     pub fn set_learning_rate(&self, rate: f64) {
-        *lock_state(&self.0.learning_rate) = Some(rate);
+        *crate::lock(&self.0.learning_rate) = Some(rate);
         self.0.pending.store(true, Ordering::SeqCst);
         self.wake();
     }
@@ -299,12 +299,12 @@ impl RunControl {
     /// The learning rate set while the run was under way, if any.
     #[must_use]
     pub fn learning_rate(&self) -> Option<f64> {
-        *lock_state(&self.0.learning_rate)
+        *crate::lock(&self.0.learning_rate)
     }
 
     /// Asks the run to save its current weights before its next batch.
     pub fn request_snapshot(&self, id: SnapshotId) {
-        lock_state(&self.0.snapshots).push(id);
+        crate::lock(&self.0.snapshots).push(id);
         self.0.pending.store(true, Ordering::SeqCst);
         self.wake();
     }
@@ -312,7 +312,7 @@ impl RunControl {
     /// The snapshots asked for since the last call, oldest first.
     #[must_use]
     pub fn take_snapshots(&self) -> Vec<SnapshotId> {
-        std::mem::take(&mut *lock_state(&self.0.snapshots))
+        std::mem::take(&mut *crate::lock(&self.0.snapshots))
     }
 
     /// Whether a command came since the last call (for relays, such as the supervisor's pipe
@@ -325,23 +325,19 @@ impl RunControl {
     /// Has `waker` called after every command from now on (a relay's wake-up), until
     /// [`Self::clear_waker`].
     pub fn set_waker(&self, waker: impl Fn() + Send + Sync + 'static) {
-        *lock_state(&self.0.waker) = Some(Box::new(waker));
+        *crate::lock(&self.0.waker) = Some(Box::new(waker));
     }
 
     /// Calls no waker any more.
     pub fn clear_waker(&self) {
-        *lock_state(&self.0.waker) = None;
+        *crate::lock(&self.0.waker) = None;
     }
 
     fn wake(&self) {
-        if let Some(waker) = lock_state(&self.0.waker).as_ref() {
+        if let Some(waker) = crate::lock(&self.0.waker).as_ref() {
             waker();
         }
     }
-}
-
-fn lock_state<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Everything a trainer needs to run one session. Serializable, so that a supervisor can

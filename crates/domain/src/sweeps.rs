@@ -9,7 +9,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{mpsc, Arc, Condvar, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -17,6 +17,7 @@ use crate::{
     config::ConfigErrors,
     events::{Event, EventListener, EventPayload},
     ids::{SessionId, SweepId},
+    lock,
     manager::{ManagerError, SessionManager},
     metrics::EpochMetrics,
     ports::{Clock, MetricsStore, ModelRegistry, SessionRepository, StoreError, SweepStore},
@@ -140,10 +141,6 @@ impl EventListener for Listener {
         };
         let _ = lock(&self.0).send(work);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Sweeps {

@@ -28,9 +28,7 @@ use crate::{
     webhooks::{AttemptRecord, Delivery, DeliveryId, DeliveryRecord, DeliveryState, DueDelivery, Webhook, WebhookId, WebhookStore},
 };
 
-fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::lock as guard;
 
 /// A clock that moves only when told.
 #[derive(Debug)]

@@ -3,14 +3,15 @@
 
 use std::time::{Duration as StdDuration, Instant};
 
-use super::{lock, ManagerError, Recorder, SessionManager, SessionView};
+use super::{ManagerError, Recorder, SessionManager, SessionView};
+use crate::lock;
 use crate::{
     config::{check_learning_rate, ConfigErrors},
     ids::{ModelName, SessionId},
     metrics::LogLevel,
     ports::{SnapshotId, StoreError, TrainError, TrainedModel},
     registry::ModelRecord,
-    session::SessionState,
+    session::{Session, SessionLive, SessionState},
 };
 
 /// A snapshot asked for: the name it is to be registered under, then what came of it.
@@ -30,18 +31,18 @@ impl SessionManager {
     /// [`ManagerError::NotFound`], [`ManagerError::Conflict`] when it is not running.
     pub fn set_learning_rate(&self, id: &SessionId, rate: f64) -> Result<SessionView, ManagerError> {
         let rate = check_learning_rate(rate)?;
-        let p = &self.inner.ports;
         let (before, s) = {
             // Held so that the run cannot end between the check and the write, and so that
             // live changes are written one at a time.
             let sched = lock(&self.inner.sched);
             let run = sched.running.get(id).ok_or_else(|| self.not_running(id))?;
-            let mut s = p.sessions.get(id)?.ok_or_else(|| ManagerError::NotFound(id.clone()))?;
-            let before = run.control.learning_rate().or(s.live.learning_rate);
-            s.live.learning_rate = Some(rate);
-            if !p.sessions.set_live(id, &s.live)? {
+            let mut kept = None;
+            let (s, written) =
+                self.change_live(id, |live| kept = live.learning_rate.replace(rate))?.ok_or_else(|| ManagerError::NotFound(id.clone()))?;
+            if !written {
                 return Err(self.not_running(id));
             }
+            let before = run.control.learning_rate().or(kept);
             run.control.set_learning_rate(rate);
             (before, s)
         };
@@ -108,18 +109,12 @@ impl SessionManager {
     /// Stops a running session for `reason` (a sweep's pruner): it saves its weights and ends
     /// `stopped` with `reason` as its `error_message`. Answers whether it was running.
     pub fn stop_for(&self, id: &SessionId, reason: &str) -> bool {
-        let p = &self.inner.ports;
         {
             let mut sched = lock(&self.inner.sched);
             let Some(run) = sched.running.get_mut(id) else { return false };
             // Kept with the session, so that a restart before the stop lands still stops it.
-            match p.sessions.get(id) {
-                Ok(Some(mut s)) => {
-                    s.live.stop_reason = Some(reason.to_owned());
-                    if let Err(e) = p.sessions.set_live(id, &s.live) {
-                        tracing::warn!(session = %id, detail = %e, "the reason of a stop could not be kept");
-                    }
-                }
+            match self.change_live(id, |live| live.stop_reason = Some(reason.to_owned())) {
+                Ok(Some(_)) => {}
                 Ok(None) => return false,
                 Err(e) => tracing::warn!(session = %id, detail = %e, "the reason of a stop could not be kept"),
             }
@@ -128,6 +123,18 @@ impl SessionManager {
         }
         self.inner.log(id, LogLevel::Info, format!("{reason}; stopping and saving the current weights"));
         true
+    }
+
+    /// Changes what is kept of the live changes of session `id` (the caller holds the scheduler
+    /// lock, so that they are written one at a time): the session as it was read, and whether
+    /// the change was written (it was not when the session no longer runs); `None` when there
+    /// is no such session.
+    fn change_live(&self, id: &SessionId, change: impl FnOnce(&mut SessionLive)) -> Result<Option<(Session, bool)>, StoreError> {
+        let p = &self.inner.ports;
+        let Some(mut s) = p.sessions.get(id)? else { return Ok(None) };
+        change(&mut s.live);
+        let written = p.sessions.set_live(id, &s.live)?;
+        Ok(Some((s, written)))
     }
 
     /// The error for an operation on a running session that is not running.

@@ -162,15 +162,7 @@ impl Session<'_> {
                 for snap in control.take_snapshots() {
                     let meta = run_meta(job, device, &description, last.as_ref().map(FinalMetrics::from), completed, false, None);
                     let file = job.scratch_dir.join(format!("snapshot-{snap}.safetensors"));
-                    let saved = save(task.varmap(), &meta, &file).map(|()| TrainedModel {
-                        file,
-                        format: ModelFormat::Safetensors,
-                        metadata: meta.to_value(),
-                        epochs_completed: completed,
-                        stopped: false,
-                        stopped_early: false,
-                    });
-                    events.snapshot(snap, saved);
+                    events.snapshot(snap, write_model(task.varmap(), &meta, file, completed, false, false));
                 }
                 if control.stop_requested() {
                     events.log(
@@ -275,17 +267,28 @@ impl Session<'_> {
         }
 
         let meta = run_meta(job, device, &description, final_metrics, completed, stopped, kept);
-        let file = job.scratch_dir.join(MODEL_FILE_NAME);
-        save(task.varmap(), &meta, &file)?;
-        Ok(TrainedModel {
-            file,
-            format: ModelFormat::Safetensors,
-            metadata: meta.to_value(),
-            epochs_completed: completed,
-            stopped,
-            stopped_early,
-        })
+        write_model(task.varmap(), &meta, job.scratch_dir.join(MODEL_FILE_NAME), completed, stopped, stopped_early)
     }
+}
+
+/// Writes a model file (the final one, or a snapshot) and describes it for the manager.
+fn write_model(
+    varmap: &VarMap,
+    meta: &ModelMeta,
+    file: std::path::PathBuf,
+    completed: u32,
+    stopped: bool,
+    stopped_early: bool,
+) -> Result<TrainedModel, TrainError> {
+    save(varmap, meta, &file)?;
+    Ok(TrainedModel {
+        file,
+        format: ModelFormat::Safetensors,
+        metadata: meta.to_value(),
+        epochs_completed: completed,
+        stopped,
+        stopped_early,
+    })
 }
 
 /// The model's description with the run's record: what a model file (final or snapshot) says.

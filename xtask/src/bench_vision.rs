@@ -6,7 +6,8 @@
 //! (`../shared/bench/torch_vision.py`), and prints both in samples per second with their ratio.
 //! `TRAINYARD_BENCH_STEPS` (default 10) sets the timed steps of each side after its warm-up, and
 //! `TRAINYARD_BENCH_ROUNDS` (default 3) how many times each row alternates the two sides: the
-//! medians are compared, and the spread of the rounds' ratios is shown.
+//! medians are compared, and the spread of the rounds' ratios is shown. Names after `vision`
+//! choose rows: an architecture (`resnet18`: both its rows) or one row (`resnet18@224`).
 
 use std::{path::Path, process::Command};
 
@@ -18,7 +19,11 @@ use super::{field, json_lines, torch_python};
 const ROWS: [(&str, usize, usize); 6] =
     [("cnn", 32, 16), ("resnet18", 32, 16), ("resnet50", 32, 16), ("vgg16", 32, 16), ("mobilenet_v2", 32, 16), ("resnet18", 224, 8)];
 
-pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
+pub(crate) fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
+    let chosen = |arch: &str, size: usize| only.is_empty() || only.iter().any(|name| name == arch || *name == format!("{arch}@{size}"));
+    if let Some(name) = only.iter().find(|name| !ROWS.iter().any(|&(arch, size, _)| *name == arch || **name == format!("{arch}@{size}"))) {
+        bail!("no row {name:?}: expected an architecture ({}) or one of its rows, as resnet18@224", ROWS.map(|row| row.0).join(", "));
+    }
     let steps = super::bench_steps(10)?;
     // This machine's timings swing by up to 2x from run to run: each row alternates the two
     // sides this many times and compares their medians.
@@ -34,7 +39,7 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
         "{:<14} {:<10} {:>5} {:>11} {:>11} {:>11} {:>15}",
         "architecture", "input", "batch", "Trainyard", "PyTorch", "ratio", "round ratios"
     );
-    for (arch, size, batch) in ROWS {
+    for (arch, size, batch) in ROWS.into_iter().filter(|&(arch, size, _)| chosen(arch, size)) {
         // The cnn trains in milliseconds a step: more steps make its time measurable.
         let ours_steps = if arch == "cnn" { steps * 20 } else { steps };
         let (data, samples) = if size == 32 { ("cifar", 2000) } else { ("images", 200) };

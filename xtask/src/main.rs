@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
             Some("lstm") => bench(&root),
             Some("registry") => bench_registry::run(&root),
             Some("memory") => bench_memory::run(&root),
-            Some("vision") => bench_vision::run(&root),
+            Some("vision") => bench_vision::run(&root, &std::env::args().skip(3).collect::<Vec<_>>()),
             Some("events") => bench_events::run(&root),
             Some(other) => bail!("unknown benchmark {other:?}: expected lstm, registry, memory, vision or events"),
         },
@@ -46,7 +46,8 @@ fn main() -> anyhow::Result<()> {
             eprintln!("    lstm      char-LSTM training speed: Trainyard, stock candle and PyTorch, as ratios");
             eprintln!("    registry  model upload/download MB/s over loopback vs a file copy, and the server's peak RSS");
             eprintln!("    memory    training peak RSS and growth per architecture vs the memory estimate (minutes; not in plain bench)");
-            eprintln!("    vision    image-classifier training samples/s vs PyTorch, as ratios (minutes; not in plain bench)");
+            eprintln!("    vision    image-classifier training samples/s vs PyTorch, as ratios (minutes; not in plain bench);");
+            eprintln!("              names after it choose rows: an architecture, or one row as resnet18@224");
             eprintln!(
                 "    events    the server memory of 1000 idle event-stream subscribers, and training time with them (not in plain bench)"
             );

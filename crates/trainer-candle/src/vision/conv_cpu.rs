@@ -13,13 +13,13 @@
 //! run in a fixed order, so results do not depend on the number of threads. The composed candle
 //! operations are their test oracle.
 
-use std::cell::Cell;
+use std::{cell::Cell, ops::Range};
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::lanes;
+use super::{lanes, winograd::Winograd};
 use crate::{cpu_data, lstm::add_assign};
 
 /// The fewest columns (images times outputs per map) one matrix product of a convolution has,
@@ -27,6 +27,25 @@ use crate::{cpu_data, lstm::add_assign};
 /// the weight. (Measured on resnet18 at 32x32: 64 was 5-10% faster than 256, whose groups of
 /// four 8x8 images left fewer products to share between the cores, and than 16.)
 const MIN_COLUMNS: usize = 64;
+
+/// About how many columns (outputs per map) one matrix product of a single image's convolution
+/// takes at a time: a larger map is cut into bands of whole output rows, each band's im2col
+/// matrix written just before its product reads it. A whole map's matrix (7 MB at 56x56 with 64
+/// channels) goes out to memory and comes back strided by the map; a band's stays in the core's
+/// cache. (Measured on resnet18 at 224x224, eight images on two cores: the stem's convolution
+/// 62 to 100 GFLOP/s and the first stage's 69 to 108 with bands of 224 columns; 96 and 512 were
+/// slower than 160 to 288.)
+const BAND_COLUMNS: usize = 256;
+
+/// The most values an image's im2col matrix has and still goes in one product (see
+/// [`BAND_COLUMNS`]): 1 MB, which the core's cache holds about as well as a band.
+const BANDS_FROM: usize = 1 << 18;
+
+/// The fewest input and output channels a 3x3 convolution goes by [`Winograd`] with.
+const WINOGRAD_CHANNELS: usize = 8;
+
+/// The shortest side of the maps a 3x3 convolution goes by [`Winograd`] with.
+const WINOGRAD_SIDE: usize = 8;
 
 /// The weight gradient is summed over at most this many groups of images at once (one partial
 /// sum each, added in order): a fixed number, so that the sum's order does not depend on the
@@ -113,21 +132,72 @@ impl Geometry {
     }
 
     /// The im2col matrix `[c * k * k, count * oh * ow]` of `count` images `x` (`[count, c, h,
-    /// w]`), image `i` in columns `i * oh * ow..`: one pointwise image itself, else written into
-    /// `col` (strided ones by way of `phases`, [`Self::phased`]).
+    /// w]`), image `i` in columns `i * oh * ow..`, written into `col` (strided ones by way of
+    /// `phases`, [`Self::phased`]). A single image goes by [`Self::bands`] instead.
     #[inline(always)]
     fn columns<'a>(&self, x: &'a [f32], col: &'a mut Vec<f32>, phases: &mut Vec<f32>) -> MatRef<'a, f32> {
-        let count = x.len() / self.image();
-        let ld = count * self.plane();
-        if self.pointwise() && count == 1 {
-            return MatRef::from_row_major_slice(x, self.rows(), ld);
-        }
+        let ld = x.len() / self.image() * self.plane();
         let col = reuse(col, self.rows() * ld);
         for (i, x) in x.chunks_exact(self.image()).enumerate() {
             let phased = self.phased(x, phases);
-            im2col(self, phased, col, ld, i * self.plane());
+            im2col(self, phased, col, ld, i * self.plane(), 0..self.oh);
         }
         MatRef::from_row_major_slice(col, self.rows(), ld)
+    }
+
+    /// The bands of output rows a single image's products take in turn (see [`BAND_COLUMNS`]):
+    /// the whole map when its im2col matrix is small ([`BANDS_FROM`]), or for a pointwise
+    /// convolution, whose image is its own im2col matrix.
+    fn bands(&self) -> impl Iterator<Item = Range<usize>> {
+        let oh = self.oh;
+        let small = self.rows() * self.plane() <= BANDS_FROM;
+        let rows = if self.pointwise() || small { oh } else { BAND_COLUMNS / self.ow.max(1) }.clamp(1, oh.max(1));
+        (0..oh).step_by(rows).map(move |start| start..(start + rows).min(oh))
+    }
+
+    /// The columns of output rows `oys` of one image's im2col matrix, from the image `x` as
+    /// [`Self::phased`] gives it: the image itself for a pointwise convolution, else written
+    /// into `col` (rows of `oys.len() * ow` values).
+    #[inline(always)]
+    fn band_columns<'a>(&self, x: &'a [f32], oys: Range<usize>, col: &'a mut Vec<f32>) -> MatRef<'a, f32> {
+        let width = oys.len() * self.ow;
+        if self.pointwise() {
+            return MatRef::from_row_major_slice(x, self.rows(), self.plane()).subcols(oys.start * self.ow, width);
+        }
+        let col = reuse(col, self.rows() * width);
+        im2col(self, x, col, width, 0, oys);
+        MatRef::from_row_major_slice(col, self.rows(), width)
+    }
+
+    /// This convolution for [`Winograd`], when it is a 3x3 one at stride 1 with padding 1, at
+    /// least [`WINOGRAD_CHANNELS`] channels in and out and maps of at least [`WINOGRAD_SIDE`]
+    /// on each side (with fewer channels, the transforms cost more than the multiplications they
+    /// save; on smaller maps, the 2x2 tiles waste up to a third of their work on the padding,
+    /// and rows of a few tiles transform slowly: resnet18's 7x7 maps ran as fast either way).
+    fn winograd(&self) -> Option<Winograd> {
+        let big = self.c.min(self.o) >= WINOGRAD_CHANNELS && self.h.min(self.w) >= WINOGRAD_SIDE;
+        let fits = self.k == 3 && self.s == 1 && self.p == 1 && big;
+        fits.then_some(Winograd { n: self.n, c: self.c, h: self.h, w: self.w, o: self.o })
+    }
+
+    /// The convolution that gives a [`Self::same`] one's input gradient from its output
+    /// gradient: the output gradient `[n, o, h, w]` with the [`swapped`] weight `[c, o, k, k]`,
+    /// padded by `k - 1 - p`, is `[n, c, h, w]`. As a forward convolution, it needs no
+    /// scattered additions ([`col2im`]) and its products have the forward's shapes, which run
+    /// faster (resnet18 at 224x224: its 3x3 convolutions' input gradients went from 100 GFLOP/s
+    /// to as fast as their forward passes). Other stride-1 convolutions have one too, but it
+    /// would multiply the zeros of its wider padding.
+    fn transposed(&self) -> Result<Option<Self>> {
+        if !self.same() || self.p >= self.k {
+            return Ok(None);
+        }
+        Self::new(&[self.n, self.o, self.oh, self.ow], &[self.c, self.o, self.k, self.k], 1, self.k - 1 - self.p, false).map(Some)
+    }
+
+    /// Whether a strided convolution reads its images as [`Self::phased`] runs, and its input
+    /// gradient builds up in them before it is spread over the image ([`with_sums`]).
+    fn sums_phased(&self) -> bool {
+        self.s > 1 && !self.gathers()
     }
 
     /// Values per phase of an input row at this stride: `w / s`, rounded up.
@@ -141,7 +211,7 @@ impl Geometry {
     /// contiguous run. At stride 1 that is `x` itself; else written into `buf`.
     #[inline(always)]
     fn phased<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
-        if self.s == 1 || self.gathers() {
+        if !self.sums_phased() {
             return x;
         }
         let (s, run) = (self.s, self.run());
@@ -244,14 +314,16 @@ fn zero_edges(row: &mut [f32], ow: usize, (ox_lo, ox_hi): (usize, usize)) {
     }
 }
 
-/// The im2col matrix of one image `x` (`[c, h, w]`, [`Geometry::phased`]) into the columns `at..at + oh * ow` of `col`
-/// (rows of `ld` values): row `(ci, ki, kj)`, column `at + (oy, ox)` gets `x[ci, oy * s + ki - p,
+/// The output rows `oys` of the im2col matrix of one image `x` (`[c, h, w]`,
+/// [`Geometry::phased`]) into the columns `at..at + oys.len() * ow` of `col` (rows of `ld`
+/// values): row `(ci, ki, kj)`, column `at + (oy - oys.start, ox)` gets `x[ci, oy * s + ki - p,
 /// ox * s + kj - p]`, or 0 outside. Every value of those columns is written.
 #[inline(always)]
-fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
+fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize, oys: Range<usize>) {
     let (k, hw) = (g.k, g.h * g.w);
+    let (first, width) = (oys.start * g.ow, oys.len() * g.ow);
     for (r, row) in col.chunks_exact_mut(ld).enumerate() {
-        let row = &mut row[at..][..g.plane()];
+        let row = &mut row[at..][..width];
         let (ci, ki, kj) = (r / (k * k), r / k % k, r % k);
         let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
         let (ox_lo, ox_hi) = g.span(kj, g.w, g.ow);
@@ -259,15 +331,16 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
             // One copy of the shifted map, then the reads past the left and right edges zeroed.
             let map = &x[ci * hw..][..hw];
             let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
+            let (lo, hi) = (lo.clamp(first, first + width) - first, hi.clamp(first, first + width) - first);
             row[..lo].fill(0.0);
             row[hi..].fill(0.0);
             if lo < hi {
-                row[lo..hi].copy_from_slice(&map[lo + plus - minus..hi + plus - minus]);
+                row[lo..hi].copy_from_slice(&map[first + lo + plus - minus..first + hi + plus - minus]);
             }
             zero_edges(row, g.ow, (ox_lo, ox_hi));
             continue;
         }
-        for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
+        for (oy, dst) in oys.clone().zip(row.chunks_exact_mut(g.ow)) {
             if !(oy_lo..oy_hi).contains(&oy) || ox_lo == ox_hi {
                 dst.fill(0.0);
                 continue;
@@ -286,36 +359,31 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
     }
 }
 
-/// One image's input gradient `dx` (`[c, h, w]`) from the columns `at..at + oh * ow` of the
-/// im2col matrix's gradient `dcol` (rows of `ld` values): the sum, for every input, of the
-/// matrix entries that read it, added to `dx` (zeros from the caller). A "same" convolution's
-/// entries that read outside the map are zeroed in `dcol` on the way. A strided one's sums
-/// build up in `phases` ([`Geometry::phased`]), spread back over `dx` at the end.
+/// Adds to `sums` the input gradient of one image's output rows `oys` from the columns `at..at +
+/// oys.len() * ow` of the im2col matrix's gradient `dcol` (rows of `ld` values): for every input,
+/// the matrix entries that read it. `sums` is the image's gradient (`[c, h, w]`), or with
+/// [`Geometry::sums_phased`] its [`Geometry::phased`] runs, spread over it by [`unphase`]. A
+/// "same" convolution's entries that read outside the map are zeroed in `dcol` on the way.
 #[inline(always)]
-fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32], phases: &mut Vec<f32>) {
-    let (k, plane, hw) = (g.k, g.plane(), g.h * g.w);
+fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, sums: &mut [f32], oys: Range<usize>) {
+    let (k, hw) = (g.k, g.h * g.w);
+    let (first, width) = (oys.start * g.ow, oys.len() * g.ow);
     if g.same() {
-        for (ci, map) in dx.chunks_exact_mut(hw).enumerate() {
+        for (ci, map) in sums.chunks_exact_mut(hw).enumerate() {
             for (ki, kj) in (0..k).flat_map(|ki| (0..k).map(move |kj| (ki, kj))) {
                 // The entries past the left and right edges zeroed, then one addition into
                 // the shifted map.
-                let row = &mut dcol[((ci * k + ki) * k + kj) * ld + at..][..plane];
+                let row = &mut dcol[((ci * k + ki) * k + kj) * ld + at..][..width];
                 zero_edges(row, g.ow, g.span(kj, g.w, g.ow));
                 let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
+                let (lo, hi) = (lo.clamp(first, first + width), hi.clamp(first, first + width));
                 if lo < hi {
-                    add_into(&mut map[lo + plus - minus..hi + plus - minus], &row[lo..hi]);
+                    add_into(&mut map[lo + plus - minus..hi + plus - minus], &row[lo - first..hi - first]);
                 }
             }
         }
         return;
     }
-    let sums = if g.s == 1 || g.gathers() {
-        &mut *dx
-    } else {
-        let sums = reuse(phases, g.c * g.h * g.s * g.run());
-        sums.fill(0.0);
-        sums
-    };
     for (r, row) in dcol.chunks_exact(ld).enumerate() {
         let (ci, ki, kj) = (r / (k * k), r / k % k, r % k);
         let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
@@ -323,8 +391,8 @@ fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32], 
         if ox_lo == ox_hi {
             continue;
         }
-        for oy in oy_lo..oy_hi {
-            let src = &row[at + oy * g.ow..][ox_lo..ox_hi];
+        for oy in oy_lo.max(oys.start)..oy_hi.min(oys.end) {
+            let src = &row[at + (oy - oys.start) * g.ow..][ox_lo..ox_hi];
             if g.gathers() {
                 let dst = &mut sums[(ci * g.h + oy * g.s + ki - g.p) * g.w + ox_lo * g.s + kj - g.p..];
                 for (d, v) in dst.iter_mut().step_by(g.s).zip(src) {
@@ -335,13 +403,24 @@ fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, dx: &mut [f32], 
             }
         }
     }
-    if g.s > 1 && !g.gathers() {
-        let run = g.run();
-        for (dst, src) in dx.chunks_exact_mut(g.w).zip(phases.chunks_exact(g.s * run)) {
-            for (q, phase) in src.chunks_exact(run).enumerate() {
-                for (d, v) in dst[q.min(g.w)..].iter_mut().step_by(g.s).zip(phase) {
-                    *d += v;
-                }
+}
+
+/// Calls `f` with where one image's input gradient `dx` (zeros) builds up ([`col2im`]): `dx`
+/// itself, or with [`Geometry::sums_phased`] zeroed runs in `phases`, then spread over `dx`.
+#[inline(always)]
+fn with_sums(g: &Geometry, dx: &mut [f32], phases: &mut Vec<f32>, f: impl FnOnce(&mut [f32])) {
+    if !g.sums_phased() {
+        f(dx);
+        return;
+    }
+    let sums = reuse(phases, g.c * g.h * g.s * g.run());
+    sums.fill(0.0);
+    f(sums);
+    let run = g.run();
+    for (dst, src) in dx.chunks_exact_mut(g.w).zip(sums.chunks_exact(g.s * run)) {
+        for (q, phase) in src.chunks_exact(run).enumerate() {
+            for (d, v) in dst[q.min(g.w)..].iter_mut().step_by(g.s).zip(phase) {
+                *d += v;
             }
         }
     }
@@ -373,8 +452,12 @@ fn gather<'a>(src: &'a [f32], o: usize, plane: usize, buf: &'a mut Vec<f32>) -> 
     MatRef::from_row_major_slice(buf, o, ld)
 }
 
-/// A dense convolution's output `[n, o, oh, ow]`: per group `W · col`.
+/// A dense convolution's output `[n, o, oh, ow]`: per group `W · col`, a single image's in
+/// [`Geometry::bands`].
 fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if let Some(winograd) = g.winograd() {
+        return winograd.forward(x, w);
+    }
     let (group, plane) = (g.group(), g.plane());
     let (w, par) = (MatRef::from_row_major_slice(w, g.o, g.rows()), product_par(g.n.div_ceil(group)));
     let mut y = vec![0f32; g.n * g.output()];
@@ -383,12 +466,16 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
         with_scratch(
             #[inline(always)]
             |Scratch { col, out, phases, .. }| {
-                let col = g.columns(x, col, phases);
                 if y.len() == g.output() {
-                    matmul(MatMut::from_row_major_slice_mut(y, g.o, plane), Accum::Replace, w, col, 1.0, par);
+                    let x = g.phased(x, phases);
+                    for oys in g.bands() {
+                        let y = MatMut::from_row_major_slice_mut(y, g.o, plane).subcols_mut(oys.start * g.ow, oys.len() * g.ow);
+                        matmul(y, Accum::Replace, w, g.band_columns(x, oys, col), 1.0, par);
+                    }
                     return;
                 }
                 // `[o, count * plane]`, scattered to `[count, o, plane]`.
+                let col = g.columns(x, col, phases);
                 let ld = col.ncols();
                 let out = reuse(out, g.o * ld);
                 matmul(MatMut::from_row_major_slice_mut(out, g.o, ld), Accum::Replace, w, col, 1.0, par);
@@ -403,8 +490,13 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
-/// A dense convolution's input gradient `[n, c, h, w]`: per group `Wᵀ · grad`, folded back.
-fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
+/// A dense convolution's input gradient `[n, c, h, w]`. At stride 1 it is itself a
+/// convolution ([`Geometry::transposed`]); else per group `Wᵀ · grad`, folded back by
+/// [`col2im`], a single image's in [`Geometry::bands`].
+fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+    if let Some(t) = g.transposed()? {
+        return Ok(dense_forward(&t, grad, &swapped(g, w)));
+    }
     let (group, plane) = (g.group(), g.plane());
     let wt = MatRef::from_row_major_slice(w, g.o, g.rows()).transpose();
     let par = product_par(g.n.div_ceil(group));
@@ -414,21 +506,44 @@ fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Vec<f32> {
         with_scratch(
             #[inline(always)]
             |Scratch { col: dcol, gathered, phases, .. }| {
-                let grad = gather(grad, g.o, plane, gathered);
-                let ld = grad.ncols();
-                if g.pointwise() && ld == plane {
-                    matmul(MatMut::from_row_major_slice_mut(dx, g.c, plane), Accum::Replace, wt, grad, 1.0, par);
+                if dx.len() == g.image() {
+                    let grad = MatRef::from_row_major_slice(grad, g.o, plane);
+                    with_sums(g, dx, phases, |sums| {
+                        for oys in g.bands() {
+                            let width = oys.len() * g.ow;
+                            let dcol = reuse(dcol, g.rows() * width);
+                            let grad = grad.subcols(oys.start * g.ow, width);
+                            matmul(MatMut::from_row_major_slice_mut(dcol, g.rows(), width), Accum::Replace, wt, grad, 1.0, par);
+                            col2im(g, dcol, width, 0, sums, oys);
+                        }
+                    });
                     return;
                 }
+                let grad = gather(grad, g.o, plane, gathered);
+                let ld = grad.ncols();
                 let dcol = reuse(dcol, g.rows() * ld);
                 matmul(MatMut::from_row_major_slice_mut(dcol, g.rows(), ld), Accum::Replace, wt, grad, 1.0, par);
                 for (i, dx) in dx.chunks_exact_mut(g.image()).enumerate() {
-                    col2im(g, dcol, ld, i * plane, dx, phases);
+                    with_sums(g, dx, phases, |sums| col2im(g, dcol, ld, i * plane, sums, 0..g.oh));
                 }
             },
         )
     });
-    dx
+    Ok(dx)
+}
+
+/// The weight `[o, c, k, k]` of `g` as that of its [`Geometry::transposed`] convolution, `[c,
+/// o, k, k]` with each kernel turned by half a turn.
+fn swapped(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    let taps = g.k * g.k;
+    let mut out = vec![0f32; w.len()];
+    for (oc, kernel) in w.chunks_exact(taps).enumerate() {
+        let (o, c) = (oc / g.c, oc % g.c);
+        for (dst, v) in out[(c * g.o + o) * taps..][..taps].iter_mut().zip(kernel.iter().rev()) {
+            *dst = *v;
+        }
+    }
+    out
 }
 
 /// A dense convolution's weight gradient `[o, c, k, k]`: `Σ grad · colᵀ` over the groups, in
@@ -447,15 +562,25 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
             with_scratch(
                 #[inline(always)]
                 |Scratch { col, gathered, phases, .. }| {
-                    let work = xs.chunks(group * g.image()).zip(grads.chunks(group * g.output()));
-                    for (i, (x, grad)) in work.enumerate() {
+                    // The first product replaces: adding it would first read the fresh zeros, and
+                    // writing over pages read as zeros costs a copy-on-write fault and a TLB
+                    // flush on every core.
+                    let mut accum = Accum::Replace;
+                    for (x, grad) in xs.chunks(group * g.image()).zip(grads.chunks(group * g.output())) {
+                        if x.len() == g.image() {
+                            let (x, grad) = (g.phased(x, phases), MatRef::from_row_major_slice(grad, g.o, g.plane()));
+                            for oys in g.bands() {
+                                let grad = grad.subcols(oys.start * g.ow, oys.len() * g.ow);
+                                let dst = MatMut::from_row_major_slice_mut(&mut dw, g.o, g.rows());
+                                matmul(dst, accum, grad, g.band_columns(x, oys, col).transpose(), 1.0, par);
+                                accum = Accum::Add;
+                            }
+                            continue;
+                        }
                         let dst = MatMut::from_row_major_slice_mut(&mut dw, g.o, g.rows());
                         let grad = gather(grad, g.o, g.plane(), gathered);
-                        // The first product replaces: adding it would first read the fresh zeros,
-                        // and writing over pages read as zeros costs a copy-on-write fault and a
-                        // TLB flush on every core.
-                        let accum = if i == 0 { Accum::Replace } else { Accum::Add };
                         matmul(dst, accum, grad, g.columns(x, col, phases).transpose(), 1.0, par);
+                        accum = Accum::Add;
                     }
                 },
             );
@@ -538,7 +663,7 @@ impl CustomOp2 for InputGrad {
         if gl.dims() != [g.n, g.o, g.oh, g.ow] {
             bail!("conv2d-cpu: an output gradient of shape {:?} for {g:?}", gl.dims())
         }
-        let dx = if self.conv.depthwise { depthwise_input_grad(&g, grad, w) } else { dense_input_grad(&g, grad, w) };
+        let dx = if self.conv.depthwise { depthwise_input_grad(&g, grad, w) } else { dense_input_grad(&g, grad, w)? };
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
@@ -795,6 +920,22 @@ mod tests {
             ([2, 2, 6, 7], 3, 5, 1, 2),
             ([2, 2, 1, 6], 3, 3, 1, 1),
             ([2, 2, 5, 1], 3, 3, 1, 1),
+            // im2col matrices large enough for bands of output rows (`BANDS_FROM`,
+            // `BAND_COLUMNS`), the last one shorter: "same", strided (phased and gathered), a
+            // wide stem, and rows wider than a band.
+            ([2, 8, 66, 60], 3, 3, 1, 1),
+            ([1, 8, 130, 126], 3, 3, 2, 1),
+            ([1, 64, 130, 130], 3, 1, 2, 0),
+            ([1, 3, 200, 200], 4, 7, 2, 3),
+            ([1, 30, 3, 600], 2, 3, 1, 1),
+            // Winograd's 3x3 convolutions (`WINOGRAD_CHANNELS`, `WINOGRAD_SIDE`): odd sides, a
+            // large map in bands of tile rows (the last shorter), and small maps several to a
+            // block (the last block smaller).
+            ([2, 8, 9, 11], 8, 3, 1, 1),
+            ([3, 16, 12, 12], 9, 3, 1, 1),
+            ([2, 8, 8, 9], 8, 3, 1, 1),
+            ([1, 8, 40, 30], 8, 3, 1, 1),
+            ([5, 8, 8, 8], 10, 3, 1, 1),
         ] {
             check(dims, [o, dims[1], k, k], s, p, 1);
         }

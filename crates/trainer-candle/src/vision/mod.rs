@@ -49,6 +49,7 @@ mod resnet;
 #[cfg(test)]
 mod tests;
 mod vgg;
+mod winograd;
 
 use std::sync::PoisonError;
 

@@ -550,11 +550,18 @@ fn swapped(g: &Geometry, w: &[f32]) -> Vec<f32> {
 /// up to [`WEIGHT_GRAD_PARTS`] partial sums (each over consecutive groups, in order), added in
 /// order.
 fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    if let Some(winograd) = g.winograd() {
+        let per_part = winograd.part(WEIGHT_GRAD_PARTS);
+        let par = product_par(g.n.div_ceil(per_part));
+        let work = x.par_chunks(per_part * g.image()).zip(grad.par_chunks(per_part * g.output()));
+        let partials = work.map(|(xs, grads)| winograd.weight_grad_part(xs, grads, par)).collect();
+        return winograd.weight_grad(&sum_in_order(partials));
+    }
     let group = g.group();
     let groups = g.n.div_ceil(group);
     let per_part = group * groups.div_ceil(WEIGHT_GRAD_PARTS.min(groups).max(1));
     let par = product_par(g.n.div_ceil(per_part));
-    let mut partials: Vec<Vec<f32>> = x
+    let partials = x
         .par_chunks(per_part * g.image())
         .zip(grad.par_chunks(per_part * g.output()))
         .map(|(xs, grads)| {
@@ -587,9 +594,15 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
             dw
         })
         .collect();
-    let Some((dw, rest)) = partials.split_first_mut() else { return vec![0f32; g.o * g.rows()] };
+    sum_in_order(partials)
+}
+
+/// The sum of equally long `partials`, added to the first in their order (the same order on
+/// any number of threads), sharing the values between the cores.
+fn sum_in_order(mut partials: Vec<Vec<f32>>) -> Vec<f32> {
     const CHUNK: usize = 1 << 14;
-    dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, sum)| {
+    let Some((sum, rest)) = partials.split_first_mut() else { return Vec::new() };
+    sum.par_chunks_mut(CHUNK).enumerate().for_each(|(i, sum)| {
         for part in rest.iter() {
             add_assign(pulp::Arch::new(), sum, &part[i * CHUNK..][..sum.len()]);
         }

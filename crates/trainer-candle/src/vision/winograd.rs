@@ -123,6 +123,83 @@ impl Winograd {
         y
     }
 
+    /// Images per part of the weight gradient, for at most `parts` parts of whole blocks.
+    pub(super) fn part(&self, parts: usize) -> usize {
+        let images = self.blocks().0;
+        let blocks = self.n.div_ceil(images);
+        images * blocks.div_ceil(parts.min(blocks).max(1))
+    }
+
+    /// The kernels' gradient in the transformed domain, `dU[ξ] = Σ (A dY Aᵀ)[ξ] ⊙ V[ξ]` over
+    /// the tiles of the images `x` (`[count, c, h, w]`) and their output gradient `grad`
+    /// (`[count, o, h, w]`), `[16, o, c]`, the products running on `par`: one `[o, tiles] ·
+    /// [tiles, c]` product per `ξ` and block, added in order.
+    pub(super) fn weight_grad_part(&self, x: &[f32], grad: &[f32], par: Par) -> Vec<f32> {
+        let (images, band) = self.blocks();
+        let (plane, (th, tw)) = (self.h * self.w, self.tiles());
+        let mut du = vec![0f32; XI * self.o * self.c];
+        let mut scratch = SCRATCH.take();
+        cpu_data::wide(
+            #[inline(always)]
+            || {
+                let Scratch { v, m, rows } = &mut scratch;
+                // The first product replaces: see the im2col weight gradient.
+                let mut accum = Accum::Replace;
+                for (x, grad) in x.chunks(images * self.c * plane).zip(grad.chunks(images * self.o * plane)) {
+                    let count = x.len() / (self.c * plane);
+                    for ty0 in (0..th).step_by(band) {
+                        let ty1 = (ty0 + band).min(th);
+                        let tiles = count * (ty1 - ty0) * tw;
+                        let v = reuse(v, XI * self.c * tiles);
+                        let dm = reuse(m, XI * self.o * tiles);
+                        for (i, (x, grad)) in x.chunks_exact(self.c * plane).zip(grad.chunks_exact(self.o * plane)).enumerate() {
+                            self.transform_input(x, ty0..ty1, v, tiles, i * (ty1 - ty0) * tw, rows);
+                            self.transform_grad(grad, ty0..ty1, dm, tiles, i * (ty1 - ty0) * tw, rows);
+                        }
+                        let oc = self.o * self.c;
+                        for (du, (dm, v)) in
+                            du.chunks_exact_mut(oc).zip(dm.chunks_exact(self.o * tiles).zip(v.chunks_exact(self.c * tiles)))
+                        {
+                            let dm = MatRef::from_row_major_slice(dm, self.o, tiles);
+                            let v = MatRef::from_row_major_slice(v, self.c, tiles).transpose();
+                            matmul(MatMut::from_row_major_slice_mut(du, self.o, self.c), accum, dm, v, 1.0, par);
+                        }
+                        accum = Accum::Add;
+                    }
+                }
+            },
+        );
+        SCRATCH.set(scratch);
+        du
+    }
+
+    /// The weight gradient `[o, c, 3, 3]`, `Gᵀ dU G`, from the kernels' gradient `du` in the
+    /// transformed domain (`[16, o, c]`, [`Self::weight_grad_part`] summed over the parts).
+    pub(super) fn weight_grad(&self, du: &[f32]) -> Vec<f32> {
+        let oc = self.o * self.c;
+        let mut dw = vec![0f32; oc * 9];
+        for (at, dg) in dw.chunks_exact_mut(9).enumerate() {
+            let u = |i: usize, j: usize| du[(i * 4 + j) * oc + at];
+            // `Gᵀ dU`: three rows of four, then each row times `G`.
+            for (a, t) in [0usize, 1, 2]
+                .map(|a| {
+                    std::array::from_fn::<f32, 4, _>(|j| match a {
+                        0 => u(0, j) + 0.5 * (u(1, j) + u(2, j)),
+                        1 => 0.5 * (u(1, j) - u(2, j)),
+                        _ => 0.5 * (u(1, j) + u(2, j)) + u(3, j),
+                    })
+                })
+                .into_iter()
+                .enumerate()
+            {
+                dg[a * 3] = t[0] + 0.5 * (t[1] + t[2]);
+                dg[a * 3 + 1] = 0.5 * (t[1] - t[2]);
+                dg[a * 3 + 2] = 0.5 * (t[1] + t[2]) + t[3];
+            }
+        }
+        dw
+    }
+
     /// The transformed kernels `U[ξ] = (G g Gᵀ)[ξ]`, `[16, o, c]`, with `G = [[1, 0, 0], [½,
     /// ½, ½], [½, -½, ½], [0, 0, 1]]`.
     #[inline(always)]
@@ -204,6 +281,59 @@ impl Winograd {
                     zip2(&mut v[slot(1)..][..tw], even, odd_next, |a, b| a + b);
                     zip2(&mut v[slot(2)..][..tw], odd_next, even, |a, b| a - b);
                     zip2(&mut v[slot(3)..][..tw], even, even_next, |a, b| a - b);
+                }
+            }
+        }
+    }
+
+    /// Writes `dM[ξ] = (A dY Aᵀ)[ξ]` of one image's output gradient `grad` (`[o, h, w]`) for its
+    /// tile rows `tys`, as columns `at..` of the `[16, o, tiles]` matrix `dm`: the gradient of
+    /// the products that [`Self::transform_output`] reads, tile `(ty, tx)` taking outputs
+    /// `(2ty.., 2tx..)` (zeros past the image's edge), with `A = [[1, 0], [1, 1], [1, -1], [0,
+    /// -1]]`.
+    #[inline(always)]
+    fn transform_grad(&self, grad: &[f32], tys: Range<usize>, dm: &mut [f32], tiles: usize, at: usize, buf: &mut Vec<f32>) {
+        let (h, w, tw) = (self.h, self.w, self.tiles().1);
+        // The two output rows as their values at even then odd columns (`split`), then the
+        // rows of `A dY` (`combined`), each as even then odd.
+        let (split, combined) = reuse(buf, 12 * tw).split_at_mut(4 * tw);
+        for (oc, map) in grad.chunks_exact(h * w).enumerate() {
+            for (band_row, ty) in tys.clone().enumerate() {
+                for (r, split) in split.chunks_exact_mut(2 * tw).enumerate() {
+                    let (even, odd) = split.split_at_mut(tw);
+                    if 2 * ty + r >= h {
+                        split.fill(0.0);
+                        continue;
+                    }
+                    let row = &map[(2 * ty + r) * w..][..w];
+                    let pairs = row.chunks_exact(2);
+                    let last = pairs.remainder().first().copied();
+                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                    if let Some(last) = last {
+                        even[w / 2] = last;
+                        odd[w / 2] = 0.0;
+                    }
+                }
+                let (top, bottom) = split.split_at(2 * tw);
+                for (i, row) in combined.chunks_exact_mut(2 * tw).enumerate() {
+                    match i {
+                        0 => row.copy_from_slice(top),
+                        1 => zip2(row, top, bottom, |a, b| a + b),
+                        2 => zip2(row, top, bottom, |a, b| a - b),
+                        _ => zip2(row, top, bottom, |_, b| -b),
+                    }
+                }
+                let col = at + band_row * tw;
+                for (i, row) in combined.chunks_exact(2 * tw).enumerate() {
+                    let (even, odd) = row.split_at(tw);
+                    let slot = |j: usize| ((i * 4 + j) * self.o + oc) * tiles + col;
+                    dm[slot(0)..][..tw].copy_from_slice(even);
+                    zip2(&mut dm[slot(1)..][..tw], even, odd, |a, b| a + b);
+                    zip2(&mut dm[slot(2)..][..tw], even, odd, |a, b| a - b);
+                    zip2(&mut dm[slot(3)..][..tw], even, odd, |_, b| -b);
                 }
             }
         }

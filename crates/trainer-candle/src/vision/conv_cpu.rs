@@ -285,7 +285,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 
 /// The first `len` values of `buf`, grown (with zeros) to hold them: what was there before
 /// stays, so callers overwrite or clear what they use.
-fn reuse(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn reuse(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
         buf.resize(len, 0.0);
     }

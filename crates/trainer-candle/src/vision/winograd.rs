@@ -18,6 +18,7 @@ use std::{cell::Cell, ops::Range};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
+use super::conv_cpu::reuse;
 use crate::cpu_data;
 
 /// About how many tiles one block of products takes (a band of a large image's tile rows, or
@@ -50,14 +51,6 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: Cell<Scratch> = Cell::default();
-}
-
-/// The first `len` values of `buf`, grown (with zeros) to hold them.
-fn reuse(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    &mut buf[..len]
 }
 
 impl Winograd {

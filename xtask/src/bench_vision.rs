@@ -19,10 +19,16 @@ use super::{field, json_lines, torch_python};
 const ROWS: [(&str, usize, usize); 6] =
     [("cnn", 32, 16), ("resnet18", 32, 16), ("resnet50", 32, 16), ("vgg16", 32, 16), ("mobilenet_v2", 32, 16), ("resnet18", 224, 8)];
 
+/// Whether `name` chooses the row of `arch` at `size`: the architecture, or `arch@size`.
+fn names(name: &str, (arch, size, _): (&str, usize, usize)) -> bool {
+    name == arch || name == format!("{arch}@{size}")
+}
+
 pub(crate) fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
-    let chosen = |arch: &str, size: usize| only.is_empty() || only.iter().any(|name| name == arch || *name == format!("{arch}@{size}"));
-    if let Some(name) = only.iter().find(|name| !ROWS.iter().any(|&(arch, size, _)| *name == arch || **name == format!("{arch}@{size}"))) {
-        bail!("no row {name:?}: expected an architecture ({}) or one of its rows, as resnet18@224", ROWS.map(|row| row.0).join(", "));
+    if let Some(name) = only.iter().find(|name| !ROWS.into_iter().any(|row| names(name, row))) {
+        let archs = ROWS.map(|row| row.0);
+        let archs: Vec<&str> = archs.iter().enumerate().filter(|&(i, arch)| !archs[..i].contains(arch)).map(|(_, arch)| *arch).collect();
+        bail!("no row {name:?}: expected an architecture ({}) or one of its rows, as resnet18@224", archs.join(", "));
     }
     let steps = super::bench_steps(10)?;
     // This machine's timings swing by up to 2x from run to run: each row alternates the two
@@ -39,7 +45,8 @@ pub(crate) fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
         "{:<14} {:<10} {:>5} {:>11} {:>11} {:>11} {:>15}",
         "architecture", "input", "batch", "Trainyard", "PyTorch", "ratio", "round ratios"
     );
-    for (arch, size, batch) in ROWS.into_iter().filter(|&(arch, size, _)| chosen(arch, size)) {
+    let chosen = |row| only.is_empty() || only.iter().any(|name| names(name, row));
+    for (arch, size, batch) in ROWS.into_iter().filter(|&row| chosen(row)) {
         // The cnn trains in milliseconds a step: more steps make its time measurable.
         let ours_steps = if arch == "cnn" { steps * 20 } else { steps };
         let (data, samples) = if size == 32 { ("cifar", 2000) } else { ("images", 200) };

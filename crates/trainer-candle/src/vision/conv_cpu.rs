@@ -1,7 +1,10 @@
 //! Convolutions on the CPU in `f32`, forward and backward, as candle custom operations. A dense
 //! convolution is, per group of images, one matrix product of the weight with the group's im2col
-//! matrix (the image itself for a pointwise one); its input gradient is one product per group
-//! folded back by col2im, and its weight gradient a sum of products over the groups. A group is
+//! matrix (the image itself for a pointwise one), a large image's in bands of output rows
+//! ([`BAND_COLUMNS`]); its input gradient is one product per group folded back by col2im (a
+//! "same" convolution's is the forward convolution of the output gradient with the swapped
+//! kernel), and its weight gradient a sum of products over the groups. Large enough 3x3
+//! convolutions at stride 1 go by Winograd's algorithm instead ([`Winograd`]). A group is
 //! one image unless its maps are small ([`MIN_COLUMNS`]). The groups are shared between the
 //! cores, each product running on one core with its im2col matrix in that core's cache (or, with
 //! fewer groups than cores, each product on all of them). A strided convolution splits each
@@ -188,7 +191,8 @@ impl Geometry {
     /// to as fast as their forward passes). Other stride-1 convolutions have one too, but it
     /// would multiply the zeros of its wider padding.
     fn transposed(&self) -> Result<Option<Self>> {
-        if !self.same() || self.p >= self.k {
+        // "Same" means `2p = k - 1`, so the padding `k - 1 - p` is never negative.
+        if !self.same() {
             return Ok(None);
         }
         Self::new(&[self.n, self.o, self.oh, self.ow], &[self.c, self.o, self.k, self.k], 1, self.k - 1 - self.p, false).map(Some)
@@ -303,8 +307,8 @@ fn product_par(tasks: usize) -> Par {
     }
 }
 
-/// Zeroes the entries of `row` (a row of a "same" convolution's im2col matrix or of its
-/// gradient, in output rows of `ow`) outside the columns `ox_lo..ox_hi` of each output row: the
+/// Zeroes the entries of `row` (a row of a "same" convolution's im2col matrix, in output rows
+/// of `ow`) outside the columns `ox_lo..ox_hi` of each output row: the
 /// reads past the left and right edges, which a shifted copy of the flat map gets wrong.
 #[inline(always)]
 fn zero_edges(row: &mut [f32], ow: usize, (ox_lo, ox_hi): (usize, usize)) {
@@ -362,28 +366,11 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32], ld: usize, at: usize, oys: R
 /// Adds to `sums` the input gradient of one image's output rows `oys` from the columns `at..at +
 /// oys.len() * ow` of the im2col matrix's gradient `dcol` (rows of `ld` values): for every input,
 /// the matrix entries that read it. `sums` is the image's gradient (`[c, h, w]`), or with
-/// [`Geometry::sums_phased`] its [`Geometry::phased`] runs, spread over it by [`unphase`]. A
-/// "same" convolution's entries that read outside the map are zeroed in `dcol` on the way.
+/// [`Geometry::sums_phased`] its [`Geometry::phased`] runs ([`with_sums`]). A "same"
+/// convolution's input gradient never comes here: it is [`Geometry::transposed`].
 #[inline(always)]
-fn col2im(g: &Geometry, dcol: &mut [f32], ld: usize, at: usize, sums: &mut [f32], oys: Range<usize>) {
-    let (k, hw) = (g.k, g.h * g.w);
-    let (first, width) = (oys.start * g.ow, oys.len() * g.ow);
-    if g.same() {
-        for (ci, map) in sums.chunks_exact_mut(hw).enumerate() {
-            for (ki, kj) in (0..k).flat_map(|ki| (0..k).map(move |kj| (ki, kj))) {
-                // The entries past the left and right edges zeroed, then one addition into
-                // the shifted map.
-                let row = &mut dcol[((ci * k + ki) * k + kj) * ld + at..][..width];
-                zero_edges(row, g.ow, g.span(kj, g.w, g.ow));
-                let ((plus, minus), (lo, hi)) = g.shift(ki, kj);
-                let (lo, hi) = (lo.clamp(first, first + width), hi.clamp(first, first + width));
-                if lo < hi {
-                    add_into(&mut map[lo + plus - minus..hi + plus - minus], &row[lo - first..hi - first]);
-                }
-            }
-        }
-        return;
-    }
+fn col2im(g: &Geometry, dcol: &[f32], ld: usize, at: usize, sums: &mut [f32], oys: Range<usize>) {
+    let k = g.k;
     for (r, row) in dcol.chunks_exact(ld).enumerate() {
         let (ci, ki, kj) = (r / (k * k), r / k % k, r % k);
         let (oy_lo, oy_hi) = g.span(ki, g.h, g.oh);
@@ -490,7 +477,7 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
-/// A dense convolution's input gradient `[n, c, h, w]`. At stride 1 it is itself a
+/// A dense convolution's input gradient `[n, c, h, w]`. A "same" convolution's is itself a
 /// convolution ([`Geometry::transposed`]); else per group `Wᵀ · grad`, folded back by
 /// [`col2im`], a single image's in [`Geometry::bands`].
 fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {

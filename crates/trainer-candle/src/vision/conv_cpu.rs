@@ -259,15 +259,16 @@ fn data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
 }
 
 /// The buffers one thread's convolution work writes into (im2col matrices, products to scatter,
-/// gathered gradients, phased images), kept from one call to the next: a training step runs the
+/// gathered gradients, phased images; [`Winograd`]'s transformed tiles in `col`, its products
+/// in `out` and its rows in `phases`), kept from one call to the next: a training step runs the
 /// same convolutions every time, so after the first step nothing is allocated or zero-filled.
 /// They last as long as the thread, which in a run process is the run.
 #[derive(Default)]
-struct Scratch {
-    col: Vec<f32>,
-    out: Vec<f32>,
+pub(super) struct Scratch {
+    pub(super) col: Vec<f32>,
+    pub(super) out: Vec<f32>,
     gathered: Vec<f32>,
-    phases: Vec<f32>,
+    pub(super) phases: Vec<f32>,
 }
 
 thread_local! {
@@ -277,7 +278,7 @@ thread_local! {
 /// Runs `f` with this thread's [`Scratch`], inside [`cpu_data::wide`]. Taken out for the call,
 /// so that a call nested in it (a job of another convolution this thread picks up while a
 /// parallel product waits) starts from empty buffers instead of sharing them.
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     let mut scratch = SCRATCH.take();
     let result = cpu_data::wide(
         #[inline(always)]

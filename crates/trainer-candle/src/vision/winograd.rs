@@ -13,12 +13,12 @@
 //! images several to a block. Blocks depend only on the sizes, never on the number of threads,
 //! and every sum runs in a fixed order. The composed candle convolution is the test oracle.
 
-use std::{cell::Cell, ops::Range};
+use std::ops::Range;
 
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::conv_cpu::reuse;
+use super::conv_cpu::{reuse, with_scratch, Scratch};
 use crate::cpu_data;
 
 /// About how many tiles one block of products takes (a band of a large image's tile rows, or
@@ -40,19 +40,6 @@ pub(super) struct Winograd {
     pub(super) o: usize,
 }
 
-/// The buffers one thread's blocks write into (transformed tiles `v`, products `m`, the rows
-/// the transforms go through `rows`), kept from one call to the next as the im2col convolution's.
-#[derive(Default)]
-struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
-    rows: Vec<f32>,
-}
-
-thread_local! {
-    static SCRATCH: Cell<Scratch> = Cell::default();
-}
-
 impl Winograd {
     /// Tile rows and tiles per row: `h / 2` and `w / 2`, rounded up.
     fn tiles(&self) -> (usize, usize) {
@@ -72,6 +59,18 @@ impl Winograd {
         (images, th)
     }
 
+    /// The bands of tile rows a block of `count` images takes in turn ([`Self::blocks`]), each
+    /// with its number of tiles (image `i`'s from column `i * rows * tiles per row` of the
+    /// block's matrices).
+    fn bands(&self, count: usize) -> impl Iterator<Item = (Range<usize>, usize)> {
+        let ((th, tw), band) = (self.tiles(), self.blocks().1);
+        (0..th).step_by(band).map(move |ty0| {
+            let tys = ty0..(ty0 + band).min(th);
+            let tiles = count * tys.len() * tw;
+            (tys, tiles)
+        })
+    }
+
     /// The output `[n, o, h, w]` of the input `x` `[n, c, h, w]` and the weight `w` `[o, c, 3,
     /// 3]`.
     pub(super) fn forward(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
@@ -79,26 +78,20 @@ impl Winograd {
             #[inline(always)]
             || self.kernels(w),
         );
-        let (images, band) = self.blocks();
-        let (plane, (th, tw)) = (self.h * self.w, self.tiles());
+        let (images, plane, tw) = (self.blocks().0, self.h * self.w, self.tiles().1);
         let threads = rayon::current_num_threads();
         let par = if self.n.div_ceil(images) >= threads { Par::Seq } else { Par::rayon(threads) };
         let mut y = vec![0f32; self.n * self.o * plane];
         let work = y.par_chunks_mut(images * self.o * plane).zip(x.par_chunks(images * self.c * plane));
         work.for_each(|(y, x)| {
-            let mut scratch = SCRATCH.take();
-            cpu_data::wide(
+            with_scratch(
                 #[inline(always)]
-                || {
-                    let Scratch { v, m, rows } = &mut scratch;
-                    let count = x.len() / (self.c * plane);
-                    for ty0 in (0..th).step_by(band) {
-                        let ty1 = (ty0 + band).min(th);
-                        let tiles = count * (ty1 - ty0) * tw;
+                |Scratch { col: v, out: m, phases: rows, .. }| {
+                    for (tys, tiles) in self.bands(x.len() / (self.c * plane)) {
                         let v = reuse(v, XI * self.c * tiles);
                         let m = reuse(m, XI * self.o * tiles);
                         for (i, x) in x.chunks_exact(self.c * plane).enumerate() {
-                            self.transform_input(x, ty0..ty1, v, tiles, i * (ty1 - ty0) * tw, rows);
+                            self.transform_input(x, tys.clone(), v, tiles, i * tys.len() * tw, rows);
                         }
                         for (xi, (m, v)) in m.chunks_exact_mut(self.o * tiles).zip(v.chunks_exact(self.c * tiles)).enumerate() {
                             let u = MatRef::from_row_major_slice(&u[xi * self.o * self.c..][..self.o * self.c], self.o, self.c);
@@ -106,12 +99,11 @@ impl Winograd {
                             matmul(MatMut::from_row_major_slice_mut(m, self.o, tiles), Accum::Replace, u, v, 1.0, par);
                         }
                         for (i, y) in y.chunks_exact_mut(self.o * plane).enumerate() {
-                            self.transform_output(m, tiles, i * (ty1 - ty0) * tw, ty0..ty1, y, rows);
+                            self.transform_output(m, tiles, i * tys.len() * tw, tys.clone(), y, rows);
                         }
                     }
                 },
             );
-            SCRATCH.set(scratch);
         });
         y
     }
@@ -128,31 +120,23 @@ impl Winograd {
     /// (`[count, o, h, w]`), `[16, o, c]`, the products running on `par`: one `[o, tiles] ·
     /// [tiles, c]` product per `ξ` and block, added in order.
     pub(super) fn weight_grad_part(&self, x: &[f32], grad: &[f32], par: Par) -> Vec<f32> {
-        let (images, band) = self.blocks();
-        let (plane, (th, tw)) = (self.h * self.w, self.tiles());
-        let mut du = vec![0f32; XI * self.o * self.c];
-        let mut scratch = SCRATCH.take();
-        cpu_data::wide(
+        let (images, plane, tw) = (self.blocks().0, self.h * self.w, self.tiles().1);
+        let (oc, mut du) = (self.o * self.c, vec![0f32; XI * self.o * self.c]);
+        with_scratch(
             #[inline(always)]
-            || {
-                let Scratch { v, m, rows } = &mut scratch;
+            |Scratch { col: v, out: dm, phases: rows, .. }| {
                 // The first product replaces: see the im2col weight gradient.
                 let mut accum = Accum::Replace;
                 for (x, grad) in x.chunks(images * self.c * plane).zip(grad.chunks(images * self.o * plane)) {
-                    let count = x.len() / (self.c * plane);
-                    for ty0 in (0..th).step_by(band) {
-                        let ty1 = (ty0 + band).min(th);
-                        let tiles = count * (ty1 - ty0) * tw;
+                    for (tys, tiles) in self.bands(x.len() / (self.c * plane)) {
                         let v = reuse(v, XI * self.c * tiles);
-                        let dm = reuse(m, XI * self.o * tiles);
+                        let dm = reuse(dm, XI * self.o * tiles);
                         for (i, (x, grad)) in x.chunks_exact(self.c * plane).zip(grad.chunks_exact(self.o * plane)).enumerate() {
-                            self.transform_input(x, ty0..ty1, v, tiles, i * (ty1 - ty0) * tw, rows);
-                            self.transform_grad(grad, ty0..ty1, dm, tiles, i * (ty1 - ty0) * tw, rows);
+                            self.transform_input(x, tys.clone(), v, tiles, i * tys.len() * tw, rows);
+                            self.transform_grad(grad, tys.clone(), dm, tiles, i * tys.len() * tw, rows);
                         }
-                        let oc = self.o * self.c;
-                        for (du, (dm, v)) in
-                            du.chunks_exact_mut(oc).zip(dm.chunks_exact(self.o * tiles).zip(v.chunks_exact(self.c * tiles)))
-                        {
+                        let blocks = dm.chunks_exact(self.o * tiles).zip(v.chunks_exact(self.c * tiles));
+                        for (du, (dm, v)) in du.chunks_exact_mut(oc).zip(blocks) {
                             let dm = MatRef::from_row_major_slice(dm, self.o, tiles);
                             let v = MatRef::from_row_major_slice(v, self.c, tiles).transpose();
                             matmul(MatMut::from_row_major_slice_mut(du, self.o, self.c), accum, dm, v, 1.0, par);
@@ -162,7 +146,6 @@ impl Winograd {
                 }
             },
         );
-        SCRATCH.set(scratch);
         du
     }
 
@@ -174,20 +157,15 @@ impl Winograd {
         for (at, dg) in dw.chunks_exact_mut(9).enumerate() {
             let u = |i: usize, j: usize| du[(i * 4 + j) * oc + at];
             // `Gᵀ dU`: three rows of four, then each row times `G`.
-            for (a, t) in [0usize, 1, 2]
-                .map(|a| {
-                    std::array::from_fn::<f32, 4, _>(|j| match a {
-                        0 => u(0, j) + 0.5 * (u(1, j) + u(2, j)),
-                        1 => 0.5 * (u(1, j) - u(2, j)),
-                        _ => 0.5 * (u(1, j) + u(2, j)) + u(3, j),
-                    })
-                })
-                .into_iter()
-                .enumerate()
-            {
-                dg[a * 3] = t[0] + 0.5 * (t[1] + t[2]);
-                dg[a * 3 + 1] = 0.5 * (t[1] - t[2]);
-                dg[a * 3 + 2] = 0.5 * (t[1] + t[2]) + t[3];
+            let rows: [[f32; 4]; 3] = [
+                std::array::from_fn(|j| u(0, j) + 0.5 * (u(1, j) + u(2, j))),
+                std::array::from_fn(|j| 0.5 * (u(1, j) - u(2, j))),
+                std::array::from_fn(|j| 0.5 * (u(1, j) + u(2, j)) + u(3, j)),
+            ];
+            for (dg, t) in dg.chunks_exact_mut(3).zip(rows) {
+                dg[0] = t[0] + 0.5 * (t[1] + t[2]);
+                dg[1] = 0.5 * (t[1] - t[2]);
+                dg[2] = 0.5 * (t[1] + t[2]) + t[3];
             }
         }
         dw

@@ -937,6 +937,10 @@ mod tests {
             ([2, 8, 8, 9], 8, 3, 1, 1),
             ([1, 8, 40, 30], 8, 3, 1, 1),
             ([5, 8, 8, 8], 10, 3, 1, 1),
+            // Blocks of small maps evened out (three of six images would be four of four, the
+            // last of two), and more kernels than one chunk of their transform.
+            ([14, 8, 8, 8], 8, 3, 1, 1),
+            ([2, 40, 8, 8], 30, 3, 1, 1),
         ] {
             check(dims, [o, dims[1], k, k], s, p, 1);
         }

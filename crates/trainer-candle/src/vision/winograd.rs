@@ -13,7 +13,7 @@
 //! images several to a block. Blocks depend only on the sizes, never on the number of threads,
 //! and every sum runs in a fixed order. The composed candle convolution is the test oracle.
 
-use std::ops::Range;
+use std::{cell::Cell, ops::Range};
 
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -25,6 +25,17 @@ use crate::cpu_data;
 /// several small images): 96 kept resnet18's 56x56 stage at 64 channels 1.5x faster than
 /// im2col with the transformed tiles in the cache.
 const TILES: usize = 96;
+
+/// Kernels per chunk of [`Winograd::kernels`]'s transform: their taps as rows (36 KB) and
+/// `G g` (48 KB) stay in the core's cache.
+const KERNEL_CHUNK: usize = 1024;
+
+thread_local! {
+    /// The transformed kernels of the calling thread's last [`Winograd::forward`], kept for the
+    /// next: a fresh buffer cost as much as the transform itself in page faults (4 MB at 256
+    /// channels). Taken out for the call, like [`Scratch`].
+    static KERNELS: Cell<Vec<f32>> = Cell::default();
+}
 
 /// Entries of a transformed tile (4x4).
 const XI: usize = 16;
@@ -47,16 +58,19 @@ impl Winograd {
     }
 
     /// Images per block and tile rows per band: one image in bands of about [`TILES`] tiles
-    /// when its tiles are that many, else whole images, as many as make [`TILES`], in at
-    /// least two blocks where the batch allows (so that both cores of the smallest machine
-    /// get work).
+    /// when its tiles are that many, else whole images, about as many as make [`TILES`], in an
+    /// even number of blocks where the batch allows, so that two or four cores get equal
+    /// shares (resnet18's 8x8 maps, sixteen images: three blocks of six left one of two cores
+    /// idle for a third of the time; four of four ran the whole step 10-15% faster).
     fn blocks(&self) -> (usize, usize) {
         let (th, tw) = self.tiles();
         if th * tw >= TILES {
             return (1, (TILES / tw).clamp(1, th));
         }
         let images = TILES.div_ceil(th * tw).min(self.n.div_ceil(2)).max(1);
-        (images, th)
+        let blocks = self.n.div_ceil(images);
+        let even = if blocks > 1 { blocks.next_multiple_of(2) } else { blocks };
+        (self.n.div_ceil(even), th)
     }
 
     /// The bands of tile rows a block of `count` images takes in turn ([`Self::blocks`]), each
@@ -74,10 +88,10 @@ impl Winograd {
     /// The output `[n, o, h, w]` of the input `x` `[n, c, h, w]` and the weight `w` `[o, c, 3,
     /// 3]`.
     pub(super) fn forward(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
-        let u = cpu_data::wide(
-            #[inline(always)]
-            || self.kernels(w),
-        );
+        let mut kept = KERNELS.take();
+        let u = reuse(&mut kept, XI * self.o * self.c);
+        self.kernels(w, u);
+        let u = &*u;
         let (images, plane, tw) = (self.blocks().0, self.h * self.w, self.tiles().1);
         let threads = rayon::current_num_threads();
         let par = if self.n.div_ceil(images) >= threads { Par::Seq } else { Par::rayon(threads) };
@@ -105,6 +119,7 @@ impl Winograd {
                 },
             );
         });
+        KERNELS.set(kept);
         y
     }
 
@@ -171,31 +186,43 @@ impl Winograd {
         dw
     }
 
-    /// The transformed kernels `U[ξ] = (G g Gᵀ)[ξ]`, `[16, o, c]`, with `G = [[1, 0, 0], [½,
-    /// ½, ½], [½, -½, ½], [0, 0, 1]]`.
-    #[inline(always)]
-    fn kernels(&self, w: &[f32]) -> Vec<f32> {
+    /// Writes the transformed kernels `U[ξ] = (G g Gᵀ)[ξ]` of the weight `w` into `u` (`[16,
+    /// o, c]`), with `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`: in chunks of
+    /// [`KERNEL_CHUNK`] kernels shared between the cores, each chunk's taps first gathered into
+    /// rows (`taps[k]` the tap `k` of every kernel), so that the transform runs along them.
+    fn kernels(&self, w: &[f32], u: &mut [f32]) {
         let oc = self.o * self.c;
-        let mut u = vec![0f32; XI * oc];
-        for (at, g) in w.chunks_exact(9).enumerate() {
-            // `G g`: four rows of three.
-            let mut gg = [[0f32; 3]; 4];
-            for j in 0..3 {
-                let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
-                gg[0][j] = a;
-                gg[1][j] = 0.5 * (a + b + c);
-                gg[2][j] = 0.5 * (a - b + c);
-                gg[3][j] = c;
-            }
-            // `(G g) Gᵀ`.
-            for (i, [a, b, c]) in gg.into_iter().enumerate() {
-                let row = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-                for (j, value) in row.into_iter().enumerate() {
-                    u[(i * 4 + j) * oc + at] = value;
-                }
-            }
-        }
-        u
+        let mut rows: Vec<_> = u.chunks_exact_mut(oc).map(|row| row.chunks_mut(KERNEL_CHUNK)).collect();
+        let chunks = oc.div_ceil(KERNEL_CHUNK);
+        let dsts: Vec<[&mut [f32]; XI]> =
+            (0..chunks).map(|_| std::array::from_fn(|xi| rows[xi].next().expect("16 rows of as many chunks"))).collect();
+        dsts.into_par_iter().zip(w.par_chunks(9 * KERNEL_CHUNK)).for_each(|(mut dst, g)| {
+            cpu_data::wide(
+                #[inline(always)]
+                || {
+                    let n = g.len() / 9;
+                    let mut taps = [0f32; 9 * KERNEL_CHUNK];
+                    for (at, kernel) in g.chunks_exact(9).enumerate() {
+                        for (k, &value) in kernel.iter().enumerate() {
+                            taps[k * KERNEL_CHUNK + at] = value;
+                        }
+                    }
+                    let tap = |k: usize| &taps[k * KERNEL_CHUNK..][..n];
+                    // `G g`: four rows of three kernel columns each (`gg[j * 4 + i]`, column `j`
+                    // of row `i`), then `(G g) Gᵀ`.
+                    let mut gg = [0f32; 12 * KERNEL_CHUNK];
+                    for (j, column) in gg.chunks_exact_mut(4 * KERNEL_CHUNK).enumerate() {
+                        let mut rows = column.chunks_exact_mut(KERNEL_CHUNK).map(|row| &mut row[..n]);
+                        let mut rows: [&mut [f32]; 4] = std::array::from_fn(|_| rows.next().expect("four rows"));
+                        times_g(&mut rows, tap(j), tap(3 + j), tap(6 + j));
+                    }
+                    for (i, dst) in dst.chunks_exact_mut(4).enumerate() {
+                        let col = |j: usize| &gg[(j * 4 + i) * KERNEL_CHUNK..][..n];
+                        times_g(dst, col(0), col(1), col(2));
+                    }
+                },
+            )
+        });
     }
 
     /// Writes `V[ξ] = (Bᵀ d B)[ξ]` of one image `x` (`[c, h, w]`) for its tile rows `tys`, as
@@ -348,6 +375,17 @@ impl Winograd {
             }
         }
     }
+}
+
+/// `G (a, b, c)ᵀ` along rows: `a`, `½ (a + b + c)`, `½ (a - b + c)` and `c` into the four
+/// rows `dst`.
+#[inline(always)]
+fn times_g(dst: &mut [&mut [f32]], a: &[f32], b: &[f32], c: &[f32]) {
+    let [d0, d1, d2, d3] = dst else { unreachable!("G has four rows") };
+    d0.copy_from_slice(a);
+    zip3(d1, a, b, c, |a, b, c| 0.5 * (a + b + c));
+    zip3(d2, a, b, c, |a, b, c| 0.5 * (a - b + c));
+    d3.copy_from_slice(c);
 }
 
 /// `dst[i] = f(a[i], b[i])`.

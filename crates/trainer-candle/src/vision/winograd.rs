@@ -112,9 +112,7 @@ impl Winograd {
                             let v = MatRef::from_row_major_slice(v, self.c, tiles);
                             matmul(MatMut::from_row_major_slice_mut(m, self.o, tiles), Accum::Replace, u, v, 1.0, par);
                         }
-                        for (i, y) in y.chunks_exact_mut(self.o * plane).enumerate() {
-                            self.transform_output(m, tiles, i * tys.len() * tw, tys.clone(), y, rows);
-                        }
+                        self.transform_output(m, tiles, tys.clone(), y, rows);
                     }
                 },
             );
@@ -146,10 +144,10 @@ impl Winograd {
                     for (tys, tiles) in self.bands(x.len() / (self.c * plane)) {
                         let v = reuse(v, XI * self.c * tiles);
                         let dm = reuse(dm, XI * self.o * tiles);
-                        for (i, (x, grad)) in x.chunks_exact(self.c * plane).zip(grad.chunks_exact(self.o * plane)).enumerate() {
+                        for (i, x) in x.chunks_exact(self.c * plane).enumerate() {
                             self.transform_input(x, tys.clone(), v, tiles, i * tys.len() * tw, rows);
-                            self.transform_grad(grad, tys.clone(), dm, tiles, i * tys.len() * tw, rows);
                         }
+                        self.transform_grad(grad, tys.clone(), dm, tiles, rows);
                         let blocks = dm.chunks_exact(self.o * tiles).zip(v.chunks_exact(self.c * tiles));
                         for (du, (dm, v)) in du.chunks_exact_mut(oc).zip(blocks) {
                             let dm = MatRef::from_row_major_slice(dm, self.o, tiles);
@@ -228,153 +226,156 @@ impl Winograd {
     /// Writes `V[ξ] = (Bᵀ d B)[ξ]` of one image `x` (`[c, h, w]`) for its tile rows `tys`, as
     /// columns `at..` of the `[16, c, tiles]` matrix `v`, with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1,
     /// 0], [0, -1, 1, 0], [0, 1, 0, -1]]`. Tile `(ty, tx)` reads input rows `2ty - 1..2ty + 3`
-    /// and columns `2tx - 1..2tx + 3`, zeros outside the image. Every loop runs along a row of
-    /// tiles, so that it vectorises.
+    /// and columns `2tx - 1..2tx + 3`, zeros outside the image. Per channel, the input rows
+    /// are first gathered along the band's tiles (`d`, see below), so that both halves of the
+    /// transform run along all the band's tiles at once, not along one short row of them.
     #[inline(always)]
     fn transform_input(&self, x: &[f32], tys: Range<usize>, v: &mut [f32], tiles: usize, at: usize, buf: &mut Vec<f32>) {
         let (h, w, tw) = (self.h, self.w, self.tiles().1);
-        // Each input row as its values at odd columns `2k - 1` then at even columns `2k`, `k`
-        // in `0..=tw`, zeros outside the row (`split`); then the rows of `Bᵀ d` (`combined`).
-        let half = tw + 1;
-        let (split, combined) = reuse(buf, 16 * half).split_at_mut(8 * half);
+        let (len, cols) = (tys.len(), tys.len() * tw);
+        // `d[(q * 2 + parity) * (len + 1) + m][tx]`: input row `2 (ty0 + m) + parity - 1` at
+        // column `2tx + q - 1`. Tile row `ty0 + b` reads its rows `r = 0..4` at `(parity, m)`
+        // = `(0, b)`, `(1, b)`, `(0, b + 1)`, `(1, b + 1)`: each parity's rows `b..b + len`
+        // are one run. Then `t[i * 4 + q]`, the rows of `Bᵀ d`, one run per `(i, q)`.
+        let (d, t) = reuse(buf, 8 * (len + 1) * tw + 16 * cols).split_at_mut(8 * (len + 1) * tw);
         for (ci, map) in x.chunks_exact(h * w).enumerate() {
-            for (band_row, ty) in tys.clone().enumerate() {
-                for (r, split) in split.chunks_exact_mut(2 * half).enumerate() {
-                    let Some(row) = (2 * ty + r).checked_sub(1).filter(|&iy| iy < h).map(|iy| &map[iy * w..][..w]) else {
-                        split.fill(0.0);
-                        continue;
-                    };
-                    let (odd, even) = split.split_at_mut(half);
-                    let pairs = row.chunks_exact(2);
-                    let last = pairs.remainder().first().copied();
-                    let full = row.len() / 2;
-                    odd[0] = 0.0;
-                    for ((e, o), pair) in even.iter_mut().zip(&mut odd[1..]).zip(pairs) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                    even[full] = last.unwrap_or(0.0);
-                    odd[full + 1..].fill(0.0);
-                    even[full + 1..].fill(0.0);
+            for (at_row, dst) in d.chunks_exact_mut(tw).enumerate() {
+                let (qp, m) = (at_row / (len + 1), at_row % (len + 1));
+                let iy = (2 * (tys.start + m) + qp % 2).checked_sub(1).filter(|&iy| iy < h);
+                every_other(dst, iy.map(|iy| &map[iy * w..][..w]), qp / 2);
+            }
+            let rows = |q: usize, parity: usize, m: usize| &d[((q * 2 + parity) * (len + 1) + m) * tw..][..cols];
+            for (iq, t) in t.chunks_exact_mut(cols).enumerate() {
+                let q = iq % 4;
+                let (r0, r1, r2, r3) = (rows(q, 0, 0), rows(q, 1, 0), rows(q, 0, 1), rows(q, 1, 1));
+                match iq / 4 {
+                    0 => zip2(t, r0, r2, |a, b| a - b),
+                    1 => zip2(t, r1, r2, |a, b| a + b),
+                    2 => zip2(t, r2, r1, |a, b| a - b),
+                    _ => zip2(t, r1, r3, |a, b| a - b),
                 }
-                let (r0, rest) = split.split_at(2 * half);
-                let (r1, rest) = rest.split_at(2 * half);
-                let (r2, r3) = rest.split_at(2 * half);
-                for (i, row) in combined.chunks_exact_mut(2 * half).enumerate() {
-                    match i {
-                        0 => zip2(row, r0, r2, |a, b| a - b),
-                        1 => zip2(row, r1, r2, |a, b| a + b),
-                        2 => zip2(row, r2, r1, |a, b| a - b),
-                        _ => zip2(row, r1, r3, |a, b| a - b),
-                    }
-                }
-                let col = at + band_row * tw;
-                for (i, row) in combined.chunks_exact(2 * half).enumerate() {
-                    // Columns `2tx - 1, 2tx, 2tx + 1, 2tx + 2` of the row are `odd[tx]`,
-                    // `even[tx]`, `odd[tx + 1]`, `even[tx + 1]`.
-                    let (odd, even) = row.split_at(half);
-                    let (odd, odd_next, even, even_next) = (&odd[..tw], &odd[1..], &even[..tw], &even[1..]);
-                    let slot = |j: usize| ((i * 4 + j) * self.c + ci) * tiles + col;
-                    zip2(&mut v[slot(0)..][..tw], odd, odd_next, |a, b| a - b);
-                    zip2(&mut v[slot(1)..][..tw], even, odd_next, |a, b| a + b);
-                    zip2(&mut v[slot(2)..][..tw], odd_next, even, |a, b| a - b);
-                    zip2(&mut v[slot(3)..][..tw], even, even_next, |a, b| a - b);
-                }
+            }
+            for (i, t) in t.chunks_exact(4 * cols).enumerate() {
+                let (t0, t1, t2, t3) = (&t[..cols], &t[cols..2 * cols], &t[2 * cols..3 * cols], &t[3 * cols..]);
+                let slot = |j: usize| ((i * 4 + j) * self.c + ci) * tiles + at;
+                zip2(&mut v[slot(0)..][..cols], t0, t2, |a, b| a - b);
+                zip2(&mut v[slot(1)..][..cols], t1, t2, |a, b| a + b);
+                zip2(&mut v[slot(2)..][..cols], t2, t1, |a, b| a - b);
+                zip2(&mut v[slot(3)..][..cols], t1, t3, |a, b| a - b);
             }
         }
     }
 
-    /// Writes `dM[ξ] = (A dY Aᵀ)[ξ]` of one image's output gradient `grad` (`[o, h, w]`) for its
-    /// tile rows `tys`, as columns `at..` of the `[16, o, tiles]` matrix `dm`: the gradient of
-    /// the products that [`Self::transform_output`] reads, tile `(ty, tx)` taking outputs
-    /// `(2ty.., 2tx..)` (zeros past the image's edge), with `A = [[1, 0], [1, 1], [1, -1], [0,
-    /// -1]]`.
+    /// Writes `dM[ξ] = (A dY Aᵀ)[ξ]` of a block's output gradients `grad` (`[count, o, h, w]`)
+    /// for their tile rows `tys` as the `[16, o, tiles]` matrix `dm` (image `i` from column `i *
+    /// tys.len() * tiles per row`): the gradient of the products that
+    /// [`Self::transform_output`] reads, tile `(ty, tx)` taking outputs `(2ty.., 2tx..)` (zeros
+    /// past the image's edge), with `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`. Per output
+    /// channel, the outputs are first gathered along the block's tiles, as in
+    /// [`Self::transform_input`].
     #[inline(always)]
-    fn transform_grad(&self, grad: &[f32], tys: Range<usize>, dm: &mut [f32], tiles: usize, at: usize, buf: &mut Vec<f32>) {
-        let (h, w, tw) = (self.h, self.w, self.tiles().1);
-        // The two output rows as their values at even then odd columns (`split`), then the
-        // rows of `A dY` (`combined`), each as even then odd.
-        let (split, combined) = reuse(buf, 12 * tw).split_at_mut(4 * tw);
-        for (oc, map) in grad.chunks_exact(h * w).enumerate() {
-            for (band_row, ty) in tys.clone().enumerate() {
-                for (r, split) in split.chunks_exact_mut(2 * tw).enumerate() {
-                    let (even, odd) = split.split_at_mut(tw);
-                    if 2 * ty + r >= h {
-                        split.fill(0.0);
-                        continue;
-                    }
-                    let row = &map[(2 * ty + r) * w..][..w];
-                    let pairs = row.chunks_exact(2);
-                    let last = pairs.remainder().first().copied();
-                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                    if let Some(last) = last {
-                        even[w / 2] = last;
-                        odd[w / 2] = 0.0;
+    fn transform_grad(&self, grad: &[f32], tys: Range<usize>, dm: &mut [f32], tiles: usize, buf: &mut Vec<f32>) {
+        let (h, w, tw, plane) = (self.h, self.w, self.tiles().1, self.h * self.w);
+        let per_image = tys.len() * tw;
+        // `g[q * 2 + r]`: output `(2ty + r, 2tx + q)` of every tile; then `t[i * 2 + q]`, the
+        // rows of `A dY`.
+        let (g, t) = reuse(buf, 12 * tiles).split_at_mut(4 * tiles);
+        for oc in 0..self.o {
+            for (qr, g) in g.chunks_exact_mut(tiles).enumerate() {
+                let (q, r) = (qr / 2, qr % 2);
+                for (map, g) in
+                    grad.chunks_exact(self.o * plane).map(|image| &image[oc * plane..][..plane]).zip(g.chunks_exact_mut(per_image))
+                {
+                    for (ty, dst) in tys.clone().zip(g.chunks_exact_mut(tw)) {
+                        let oy = 2 * ty + r;
+                        every_other(dst, (oy < h).then(|| &map[oy * w..][..w]), q + 1);
                     }
                 }
-                let (top, bottom) = split.split_at(2 * tw);
-                for (i, row) in combined.chunks_exact_mut(2 * tw).enumerate() {
-                    match i {
-                        0 => row.copy_from_slice(top),
-                        1 => zip2(row, top, bottom, |a, b| a + b),
-                        2 => zip2(row, top, bottom, |a, b| a - b),
-                        _ => zip2(row, top, bottom, |_, b| -b),
-                    }
+            }
+            for (iq, t) in t.chunks_exact_mut(tiles).enumerate() {
+                let q = iq % 2;
+                let (top, bottom) = (&g[q * 2 * tiles..][..tiles], &g[(q * 2 + 1) * tiles..][..tiles]);
+                match iq / 2 {
+                    0 => t.copy_from_slice(top),
+                    1 => zip2(t, top, bottom, |a, b| a + b),
+                    2 => zip2(t, top, bottom, |a, b| a - b),
+                    _ => zip2(t, top, bottom, |_, b| -b),
                 }
-                let col = at + band_row * tw;
-                for (i, row) in combined.chunks_exact(2 * tw).enumerate() {
-                    let (even, odd) = row.split_at(tw);
-                    let slot = |j: usize| ((i * 4 + j) * self.o + oc) * tiles + col;
-                    dm[slot(0)..][..tw].copy_from_slice(even);
-                    zip2(&mut dm[slot(1)..][..tw], even, odd, |a, b| a + b);
-                    zip2(&mut dm[slot(2)..][..tw], even, odd, |a, b| a - b);
-                    zip2(&mut dm[slot(3)..][..tw], even, odd, |_, b| -b);
-                }
+            }
+            for (i, t) in t.chunks_exact(2 * tiles).enumerate() {
+                let (even, odd) = t.split_at(tiles);
+                let slot = |j: usize| ((i * 4 + j) * self.o + oc) * tiles;
+                dm[slot(0)..][..tiles].copy_from_slice(even);
+                zip2(&mut dm[slot(1)..][..tiles], even, odd, |a, b| a + b);
+                zip2(&mut dm[slot(2)..][..tiles], even, odd, |a, b| a - b);
+                zip2(&mut dm[slot(3)..][..tiles], even, odd, |_, b| -b);
             }
         }
     }
 
-    /// Writes the outputs of one image's tile rows `tys` into `y` (`[o, h, w]`) from columns
-    /// `at..` of the products `m` (`[16, o, tiles]`): `Aᵀ M A` with `Aᵀ = [[1, 1, 1, 0], [0, 1,
-    /// -1, -1]]`, cut at the image's edge. The four outputs of each tile are computed along the
-    /// row of tiles into `buf`, then interleaved into the two output rows.
+    /// Writes the outputs of a block's tile rows `tys` into `ys` (`[count, o, h, w]`) from the
+    /// products `m` (`[16, o, tiles]`, image `i` from column `i * tys.len() * tiles per row`):
+    /// `Aᵀ M A` with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`, cut at the image's edge. The four
+    /// outputs of each tile are computed along all the block's tiles into `buf`, then
+    /// interleaved into each image's two output rows per tile row.
     #[inline(always)]
-    fn transform_output(&self, m: &[f32], tiles: usize, at: usize, tys: Range<usize>, y: &mut [f32], buf: &mut Vec<f32>) {
-        let (h, w, tw) = (self.h, self.w, self.tiles().1);
-        let stride = self.o * tiles;
-        let out = reuse(buf, 12 * tw);
-        for (oc, map) in y.chunks_exact_mut(h * w).enumerate() {
-            for (band_row, ty) in tys.clone().enumerate() {
-                let col = oc * tiles + at + band_row * tw;
-                let e: [&[f32]; XI] = std::array::from_fn(|xi| &m[xi * stride + col..][..tw]);
-                // The rows of `Aᵀ M` (`s[r * 4 + j]`), then the tile's outputs `y[r * 2 + q]`.
-                let (s, y) = out.split_at_mut(8 * tw);
-                for (j, row) in s.chunks_exact_mut(tw).enumerate() {
-                    if j < 4 {
-                        zip3(row, e[j], e[4 + j], e[8 + j], |a, b, c| a + b + c);
-                    } else {
-                        zip3(row, e[j], e[4 + j], e[8 + j], |a, b, c| a - b - c);
-                    }
+    fn transform_output(&self, m: &[f32], tiles: usize, tys: Range<usize>, ys: &mut [f32], buf: &mut Vec<f32>) {
+        let (h, w, tw, plane) = (self.h, self.w, self.tiles().1, self.h * self.w);
+        let (stride, per_image) = (self.o * tiles, tys.len() * tw);
+        // The rows of `Aᵀ M` (`s[r * 4 + j]`), then the tiles' outputs `y[r * 2 + q]`.
+        let (s, y) = reuse(buf, 12 * tiles).split_at_mut(8 * tiles);
+        for oc in 0..self.o {
+            let e = |xi: usize| &m[xi * stride + oc * tiles..][..tiles];
+            for (rj, row) in s.chunks_exact_mut(tiles).enumerate() {
+                let j = rj % 4;
+                if rj < 4 {
+                    zip3(row, e(j), e(4 + j), e(8 + j), |a, b, c| a + b + c);
+                } else {
+                    zip3(row, e(4 + j), e(8 + j), e(12 + j), |a, b, c| a - b - c);
                 }
-                let s: Vec<&[f32]> = s.chunks_exact(tw).collect();
-                let (y0, rest) = y.split_at_mut(tw);
-                let (y1, rest) = rest.split_at_mut(tw);
-                let (y2, y3) = rest.split_at_mut(tw);
-                zip3(y0, s[0], s[1], s[2], |a, b, c| a + b + c);
-                zip3(y1, s[1], s[2], s[3], |a, b, c| a - b - c);
-                zip3(y2, s[4], s[5], s[6], |a, b, c| a + b + c);
-                zip3(y3, s[5], s[6], s[7], |a, b, c| a - b - c);
-                let (top, bottom) = map[2 * ty * w..].split_at_mut(w);
-                interleave(top, y0, y1);
-                if 2 * ty + 1 < h {
-                    interleave(&mut bottom[..w], y2, y3);
+            }
+            for (rq, out) in y.chunks_exact_mut(tiles).enumerate() {
+                let sr = |j: usize| &s[((rq / 2) * 4 + j) * tiles..][..tiles];
+                if rq % 2 == 0 {
+                    zip3(out, sr(0), sr(1), sr(2), |a, b, c| a + b + c);
+                } else {
+                    zip3(out, sr(1), sr(2), sr(3), |a, b, c| a - b - c);
+                }
+            }
+            for (image, at) in ys.chunks_exact_mut(self.o * plane).zip((0..).step_by(per_image)) {
+                let map = &mut image[oc * plane..][..plane];
+                for (b, ty) in tys.clone().enumerate() {
+                    let tile_row = |k: usize| &y[k * tiles + at + b * tw..][..tw];
+                    let (top, bottom) = map[2 * ty * w..].split_at_mut(w);
+                    interleave(top, tile_row(0), tile_row(1));
+                    if 2 * ty + 1 < h {
+                        interleave(&mut bottom[..w], tile_row(2), tile_row(3));
+                    }
                 }
             }
         }
     }
+}
+
+/// `dst[k] = row[2k + q - 1]`, zero where that is outside `row` or there is no row: one of
+/// the four columns (`q` in `0..4`) of a row of 4x4 patches at stride 2, or (`q` in `1..3`)
+/// of 2x2 tiles.
+#[inline(always)]
+fn every_other(dst: &mut [f32], row: Option<&[f32]>, q: usize) {
+    let Some(row) = row else {
+        dst.fill(0.0);
+        return;
+    };
+    // At `k = 0`, `q = 0` reads column -1: from `k = 1`, column 1.
+    let (skip, start) = if q == 0 { (1.min(dst.len()), 1) } else { (0, q - 1) };
+    let src = row.get(start..).unwrap_or_default();
+    let (zeros, dst) = dst.split_at_mut(skip);
+    zeros.fill(0.0);
+    let inside = src.len().div_ceil(2).min(dst.len());
+    for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
+        *d = pair[0];
+    }
+    dst[inside..].fill(0.0);
 }
 
 /// `G (a, b, c)ᵀ` along rows: `a`, `½ (a + b + c)`, `½ (a - b + c)` and `c` into the four

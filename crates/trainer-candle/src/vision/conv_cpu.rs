@@ -281,6 +281,11 @@ pub(super) struct Scratch {
 
 thread_local! {
     static SCRATCH: Cell<Scratch> = Cell::default();
+
+    /// The [`swapped`] weight of the calling thread's last transposed convolution, kept for the
+    /// next: a fresh buffer costs a page fault per 4 KB (9.4 MB at 512 channels, 3x3), more
+    /// than the copy itself.
+    static SWAPPED: Cell<Vec<f32>> = Cell::default();
 }
 
 /// Runs `f` with this thread's [`Scratch`], inside [`cpu_data::wide`]. Taken out for the call,
@@ -491,7 +496,12 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// [`col2im`], a single image's in [`Geometry::bands`].
 fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     if let Some(t) = g.transposed()? {
-        return Ok(dense_forward(&t, grad, &swapped(g, w)));
+        let mut kept = SWAPPED.take();
+        let swapped_w = reuse(&mut kept, w.len());
+        swapped(g, w, swapped_w);
+        let dx = dense_forward(&t, grad, swapped_w);
+        SWAPPED.set(kept);
+        return Ok(dx);
     }
     let (group, plane) = (g.group(MIN_COLUMNS), g.plane());
     let wt = MatRef::from_row_major_slice(w, g.o, g.rows()).transpose();
@@ -528,18 +538,18 @@ fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     Ok(dx)
 }
 
-/// The weight `[o, c, k, k]` of `g` as that of its [`Geometry::transposed`] convolution, `[c,
-/// o, k, k]` with each kernel turned by half a turn.
-fn swapped(g: &Geometry, w: &[f32]) -> Vec<f32> {
+/// Writes the weight `w` (`[o, c, k, k]`) of `g` as that of its [`Geometry::transposed`]
+/// convolution into `out`: `[c, o, k, k]` with each kernel turned by half a turn, a row of
+/// kernels per input channel, the rows shared between the cores.
+fn swapped(g: &Geometry, w: &[f32], out: &mut [f32]) {
     let taps = g.k * g.k;
-    let mut out = vec![0f32; w.len()];
-    for (oc, kernel) in w.chunks_exact(taps).enumerate() {
-        let (o, c) = (oc / g.c, oc % g.c);
-        for (dst, v) in out[(c * g.o + o) * taps..][..taps].iter_mut().zip(kernel.iter().rev()) {
-            *dst = *v;
+    out.par_chunks_mut(g.o * taps).enumerate().for_each(|(c, row)| {
+        for (o, dst) in row.chunks_exact_mut(taps).enumerate() {
+            for (dst, v) in dst.iter_mut().zip(w[(o * g.c + c) * taps..][..taps].iter().rev()) {
+                *dst = *v;
+            }
         }
-    }
-    out
+    });
 }
 
 /// A dense convolution's weight gradient `[o, c, k, k]`: `Σ grad · colᵀ` over the groups, in

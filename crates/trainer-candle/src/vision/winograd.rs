@@ -167,20 +167,35 @@ impl Winograd {
     pub(super) fn weight_grad(&self, du: &[f32]) -> Vec<f32> {
         let oc = self.o * self.c;
         let mut dw = vec![0f32; oc * 9];
-        for (at, dg) in dw.chunks_exact_mut(9).enumerate() {
-            let u = |i: usize, j: usize| du[(i * 4 + j) * oc + at];
-            // `Gᵀ dU`: three rows of four, then each row times `G`.
-            let rows: [[f32; 4]; 3] = [
-                std::array::from_fn(|j| u(0, j) + 0.5 * (u(1, j) + u(2, j))),
-                std::array::from_fn(|j| 0.5 * (u(1, j) - u(2, j))),
-                std::array::from_fn(|j| 0.5 * (u(1, j) + u(2, j)) + u(3, j)),
-            ];
-            for (dg, t) in dg.chunks_exact_mut(3).zip(rows) {
-                dg[0] = t[0] + 0.5 * (t[1] + t[2]);
-                dg[1] = 0.5 * (t[1] - t[2]);
-                dg[2] = 0.5 * (t[1] + t[2]) + t[3];
-            }
-        }
+        dw.par_chunks_mut(9 * KERNEL_CHUNK).enumerate().for_each(|(chunk, dw)| {
+            cpu_data::wide(
+                #[inline(always)]
+                || {
+                    let n = dw.len() / 9;
+                    let du = |xi: usize| &du[xi * oc + chunk * KERNEL_CHUNK..][..n];
+                    // `Gᵀ dU`: three rows of four (`rows[i * 4 + j]`), then each row times `G`,
+                    // into `taps[i * 3 + k]`, and the taps back into kernels.
+                    let mut rows = [0f32; 12 * KERNEL_CHUNK];
+                    for j in 0..4 {
+                        let mut dst = rows.chunks_exact_mut(KERNEL_CHUNK).skip(j).step_by(4).map(|row| &mut row[..n]);
+                        let mut dst: [&mut [f32]; 3] = std::array::from_fn(|_| dst.next().expect("three rows"));
+                        times_gt(&mut dst, du(j), du(4 + j), du(8 + j), du(12 + j));
+                    }
+                    let mut taps = [0f32; 9 * KERNEL_CHUNK];
+                    for (row, dst) in rows.chunks_exact(4 * KERNEL_CHUNK).zip(taps.chunks_exact_mut(3 * KERNEL_CHUNK)) {
+                        let row = |j: usize| &row[j * KERNEL_CHUNK..][..n];
+                        let mut dst = dst.chunks_exact_mut(KERNEL_CHUNK).map(|tap| &mut tap[..n]);
+                        let mut dst: [&mut [f32]; 3] = std::array::from_fn(|_| dst.next().expect("three taps"));
+                        times_gt(&mut dst, row(0), row(1), row(2), row(3));
+                    }
+                    for (at, kernel) in dw.chunks_exact_mut(9).enumerate() {
+                        for (k, tap) in kernel.iter_mut().enumerate() {
+                            *tap = taps[k * KERNEL_CHUNK + at];
+                        }
+                    }
+                },
+            );
+        });
         dw
     }
 
@@ -236,13 +251,27 @@ impl Winograd {
         // `d[(q * 2 + parity) * (len + 1) + m][tx]`: input row `2 (ty0 + m) + parity - 1` at
         // column `2tx + q - 1`. Tile row `ty0 + b` reads its rows `r = 0..4` at `(parity, m)`
         // = `(0, b)`, `(1, b)`, `(0, b + 1)`, `(1, b + 1)`: each parity's rows `b..b + len`
-        // are one run. Then `t[i * 4 + q]`, the rows of `Bᵀ d`, one run per `(i, q)`.
-        let (d, t) = reuse(buf, 8 * (len + 1) * tw + 16 * cols).split_at_mut(8 * (len + 1) * tw);
+        // are one run. Then `t[i * 4 + q]`, the rows of `Bᵀ d`, one run per `(i, q)`; and an
+        // input row's values at even and at odd columns (`tw + 1` each, zeros past its end).
+        let run = (len + 1) * tw;
+        let (d, rest) = reuse(buf, 8 * run + 16 * cols + 2 * (tw + 1)).split_at_mut(8 * run);
+        let (t, split) = rest.split_at_mut(16 * cols);
+        let (even, odd) = split.split_at_mut(tw + 1);
         for (ci, map) in x.chunks_exact(h * w).enumerate() {
-            for (at_row, dst) in d.chunks_exact_mut(tw).enumerate() {
-                let (qp, m) = (at_row / (len + 1), at_row % (len + 1));
-                let iy = (2 * (tys.start + m) + qp % 2).checked_sub(1).filter(|&iy| iy < h);
-                every_other(dst, iy.map(|iy| &map[iy * w..][..w]), qp / 2);
+            for (parity, m) in (0..2).flat_map(|parity| (0..=len).map(move |m| (parity, m))) {
+                let at = |q: usize| (q * 2 + parity) * run + m * tw;
+                let Some(iy) = (2 * (tys.start + m) + parity).checked_sub(1).filter(|&iy| iy < h) else {
+                    (0..4).for_each(|q| d[at(q)..][..tw].fill(0.0));
+                    continue;
+                };
+                deinterleave(&map[iy * w..][..w], even, odd);
+                // Column `2tx + q - 1` is `odd[tx - 1]`, `even[tx]`, `odd[tx]`, `even[tx + 1]`.
+                let q0 = &mut d[at(0)..][..tw];
+                q0[0] = 0.0;
+                q0[1..].copy_from_slice(&odd[..tw - 1]);
+                d[at(1)..][..tw].copy_from_slice(&even[..tw]);
+                d[at(2)..][..tw].copy_from_slice(&odd[..tw]);
+                d[at(3)..][..tw].copy_from_slice(&even[1..]);
             }
             let rows = |q: usize, parity: usize, m: usize| &d[((q * 2 + parity) * (len + 1) + m) * tw..][..cols];
             for (iq, t) in t.chunks_exact_mut(cols).enumerate() {
@@ -281,14 +310,19 @@ impl Winograd {
         // rows of `A dY`.
         let (g, t) = reuse(buf, 12 * tiles).split_at_mut(4 * tiles);
         for oc in 0..self.o {
-            for (qr, g) in g.chunks_exact_mut(tiles).enumerate() {
-                let (q, r) = (qr / 2, qr % 2);
-                for (map, g) in
-                    grad.chunks_exact(self.o * plane).map(|image| &image[oc * plane..][..plane]).zip(g.chunks_exact_mut(per_image))
-                {
-                    for (ty, dst) in tys.clone().zip(g.chunks_exact_mut(tw)) {
+            let (evens, odds) = g.split_at_mut(2 * tiles);
+            let images = grad.chunks_exact(self.o * plane).map(|image| &image[oc * plane..][..plane]);
+            for (map, at) in images.zip((0..).step_by(per_image)) {
+                for (b, ty) in tys.clone().enumerate() {
+                    for r in 0..2 {
+                        let (even, odd) = (&mut evens[r * tiles + at + b * tw..][..tw], &mut odds[r * tiles + at + b * tw..][..tw]);
                         let oy = 2 * ty + r;
-                        every_other(dst, (oy < h).then(|| &map[oy * w..][..w]), q + 1);
+                        if oy < h {
+                            deinterleave(&map[oy * w..][..w], even, odd);
+                        } else {
+                            even.fill(0.0);
+                            odd.fill(0.0);
+                        }
                     }
                 }
             }
@@ -357,25 +391,22 @@ impl Winograd {
     }
 }
 
-/// `dst[k] = row[2k + q - 1]`, zero where that is outside `row` or there is no row: one of
-/// the four columns (`q` in `0..4`) of a row of 4x4 patches at stride 2, or (`q` in `1..3`)
-/// of 2x2 tiles.
+/// `even[k] = row[2k]` and `odd[k] = row[2k + 1]`, zeros past the row's end.
 #[inline(always)]
-fn every_other(dst: &mut [f32], row: Option<&[f32]>, q: usize) {
-    let Some(row) = row else {
-        dst.fill(0.0);
-        return;
-    };
-    // At `k = 0`, `q = 0` reads column -1: from `k = 1`, column 1.
-    let (skip, start) = if q == 0 { (1.min(dst.len()), 1) } else { (0, q - 1) };
-    let src = row.get(start..).unwrap_or_default();
-    let (zeros, dst) = dst.split_at_mut(skip);
-    zeros.fill(0.0);
-    let inside = src.len().div_ceil(2).min(dst.len());
-    for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
-        *d = pair[0];
+fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let pairs = row.chunks_exact(2);
+    let (full, last) = (row.len() / 2, pairs.remainder().first().copied());
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+        *e = pair[0];
+        *o = pair[1];
     }
-    dst[inside..].fill(0.0);
+    if let Some((first, rest)) = even.get_mut(full..).and_then(<[f32]>::split_first_mut) {
+        *first = last.unwrap_or(0.0);
+        rest.fill(0.0);
+    }
+    if let Some(rest) = odd.get_mut(full..) {
+        rest.fill(0.0);
+    }
 }
 
 /// `G (a, b, c)ᵀ` along rows: `a`, `½ (a + b + c)`, `½ (a - b + c)` and `c` into the four
@@ -387,6 +418,16 @@ fn times_g(dst: &mut [&mut [f32]], a: &[f32], b: &[f32], c: &[f32]) {
     zip3(d1, a, b, c, |a, b, c| 0.5 * (a + b + c));
     zip3(d2, a, b, c, |a, b, c| 0.5 * (a - b + c));
     d3.copy_from_slice(c);
+}
+
+/// `Gᵀ (a, b, c, d)ᵀ` along rows: `a + ½ (b + c)`, `½ (b - c)` and `½ (b + c) + d` into the
+/// three rows `dst`.
+#[inline(always)]
+fn times_gt(dst: &mut [&mut [f32]], a: &[f32], b: &[f32], c: &[f32], d: &[f32]) {
+    let [d0, d1, d2] = dst else { unreachable!("Gᵀ has three rows") };
+    zip3(d0, a, b, c, |a, b, c| a + 0.5 * (b + c));
+    zip2(d1, b, c, |b, c| 0.5 * (b - c));
+    zip3(d2, b, c, d, |b, c, d| 0.5 * (b + c) + d);
 }
 
 /// `dst[i] = f(a[i], b[i])`.

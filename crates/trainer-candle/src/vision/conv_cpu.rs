@@ -5,7 +5,8 @@
 //! "same" convolution's is the forward convolution of the output gradient with the swapped
 //! kernel), and its weight gradient a sum of products over the groups. Large enough 3x3
 //! convolutions at stride 1 go by Winograd's algorithm instead ([`Winograd`]). A group is
-//! one image unless its maps are small ([`MIN_COLUMNS`]). The groups are shared between the
+//! one image unless its maps are small ([`MIN_COLUMNS`]; [`MIN_WEIGHT_GRAD_COLUMNS`] for a weight
+//! gradient, whose products sum over their columns). The groups are shared between the
 //! cores, each product running on one core with its im2col matrix in that core's cache (or, with
 //! fewer groups than cores, each product on all of them). A strided convolution splits each
 //! input row into its phases first, so that its im2col rows are contiguous copies too; every

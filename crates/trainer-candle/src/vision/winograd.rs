@@ -10,8 +10,9 @@
 //!
 //! Work is shared like the im2col convolutions': images between the cores, a large image's
 //! tiles in bands of tile rows (so that its transformed tiles stay in the core's cache), small
-//! images several to a block. Blocks depend only on the sizes, never on the number of threads,
-//! and every sum runs in a fixed order. The composed candle convolution is the test oracle.
+//! images several to a block, in an even number of blocks. Blocks depend only on the sizes,
+//! never on the number of threads, and every sum runs in a fixed order. The composed candle
+//! convolution is the test oracle.
 
 use std::{cell::Cell, ops::Range};
 

@@ -14,6 +14,9 @@
 //!   without, RMSprop 1 and 2 with momentum). On top come two copies of the largest parameter:
 //!   the backward pass sums its gradient into a fresh tensor, and a checkpoint serialises one
 //!   tensor at a time.
+//! - **Kept kernels** (CPU): the convolutions keep, from one call to the next, the swapped
+//!   kernel of a "same" convolution's input gradient and Winograd's transformed kernels (16/9
+//!   the weight's size): [`KEPT_KERNEL_COPIES`] times the largest convolution weight.
 //! - **Activations**: what one training batch keeps alive for its backward pass, `batch *
 //!   activation_floats * 4` from a walk over each image model's layers
 //!   ([`vision::activation_floats`]) or the LSTM's per-character state, times
@@ -52,6 +55,9 @@ pub(crate) const RUNTIME_MB: f64 = 10.0;
 pub(crate) const BACKWARD_FACTOR: f64 = 2.0;
 /// The allocator's free blocks it keeps, as a share of what the run allocates.
 pub(crate) const ALLOCATOR_FACTOR: f64 = 1.15;
+/// Copies of the largest convolution weight the CPU convolutions keep between calls: the
+/// swapped kernel (one) and Winograd's transformed kernels (16/9).
+pub(crate) const KEPT_KERNEL_COPIES: f64 = 1.0 + 16.0 / 9.0;
 /// Copies of the decoded data a run holds at once.
 const DATA_COPIES: f64 = 3.0;
 /// Bytes per character of text: the string, its ids and the window starts.
@@ -70,6 +76,8 @@ pub(crate) struct Footprint {
     pub parameters: usize,
     /// Numbers in the largest parameter.
     pub largest: usize,
+    /// Numbers in the largest convolution weight (a 4-D parameter), 0 without convolutions.
+    pub largest_kernel: usize,
     /// Numbers one sample keeps for the backward pass.
     pub activations_per_sample: f64,
     /// Samples per training batch.
@@ -171,6 +179,7 @@ pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord], device
             Ok(Footprint {
                 parameters: lstm::parameter_count(lstm_cfg),
                 largest: shapes.iter().map(|(_, s)| s.iter().product::<usize>()).max().unwrap_or(0),
+                largest_kernel: 0,
                 activations_per_sample: per_char * as_f64(opts.sequence_length as usize),
                 batch,
                 eval_samples,
@@ -192,6 +201,7 @@ pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord], device
             Ok(Footprint {
                 parameters: mlp.parameter_count(),
                 largest,
+                largest_kernel: 0,
                 activations_per_sample: per_sample,
                 batch,
                 eval_samples,
@@ -200,10 +210,12 @@ pub(crate) fn footprint(cfg: &TrainingConfig, datasets: &[DatasetRecord], device
         }
         (arch, Samples::Image(input)) => {
             let shapes = vision::parameter_shapes(arch, input, classes).map_err(|e| e.to_string())?;
-            let trained = shapes.iter().filter(|(name, _)| !vision::is_buffer(name)).map(|(_, s)| s.iter().product::<usize>());
+            let trained = shapes.iter().filter(|(name, _)| !vision::is_buffer(name));
+            let numbers = trained.clone().map(|(_, s)| s.iter().product::<usize>());
             Ok(Footprint {
-                parameters: trained.clone().sum(),
-                largest: trained.max().unwrap_or(0),
+                parameters: numbers.clone().sum(),
+                largest: numbers.max().unwrap_or(0),
+                largest_kernel: trained.filter(|(_, s)| s.len() == 4).map(|(_, s)| s.iter().product::<usize>()).max().unwrap_or(0),
                 activations_per_sample: as_f64(vision::activation_floats(arch, input, classes, !matches!(device, Device::Cuda(_)))),
                 batch,
                 eval_samples,
@@ -237,7 +249,8 @@ pub(crate) fn estimate(cfg: &TrainingConfig, datasets: &[DatasetRecord], device:
             gpu_mb: mb((model + activations) * ALLOCATOR_FACTOR + CUDA_CONTEXT_MB * MB),
         },
         Device::Cpu | Device::Auto => {
-            MemoryEstimate { device, host_mb: mb(runtime + (data + model + activations) * ALLOCATOR_FACTOR), gpu_mb: 0 }
+            let kept = KEPT_KERNEL_COPIES * as_f64(f.largest_kernel) * F32;
+            MemoryEstimate { device, host_mb: mb(runtime + (data + model + kept + activations) * ALLOCATOR_FACTOR), gpu_mb: 0 }
         }
     })
 }

@@ -54,6 +54,8 @@ fn image_parameter_counts_are_those_of_the_built_models() {
         assert_eq!(f.parameters, trained_in(&varmap), "{arch}");
         let largest = named_vars(&varmap).iter().map(|(_, v)| v.elem_count()).max().unwrap();
         assert_eq!(f.largest, largest, "{arch}");
+        let kernels = named_vars(&varmap).iter().filter(|(_, v)| v.rank() == 4).map(|(_, v)| v.elem_count()).max().unwrap();
+        assert_eq!(f.largest_kernel, kernels, "{arch}");
     }
 }
 

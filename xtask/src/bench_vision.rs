@@ -96,7 +96,7 @@ pub(crate) fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
         }
         let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(o, t)| o / t.max(f64::MIN_POSITIVE)).collect();
         let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-        let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+        let (ours, theirs) = (super::median(&mut ours), super::median(&mut theirs));
         let input = format!("{size}x{size}x3");
         println!(
             "{arch:<14} {input:<10} {batch:>5} {ours:>11.1} {theirs:>11.1} {:>10.2}x {:>7.2}-{:.2}x",
@@ -107,15 +107,4 @@ pub(crate) fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
     }
     println!("(ratio: Trainyard's median samples/s over PyTorch's; above 1 means faster than PyTorch)");
     Ok(())
-}
-
-/// The middle value (the mean of the two middle ones for an even count).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }

@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("  tidy     crate dependency rules and module docs");
             eprintln!("  openapi  write docs/openapi.json from the code");
             eprintln!("  bench    the lstm and registry benchmarks below, each printing its table");
-            eprintln!("    lstm      char-LSTM training speed: Trainyard, stock candle and PyTorch, as ratios");
+            eprintln!("    lstm      char-LSTM training speed: Trainyard, stock candle and PyTorch, as ratios of medians");
             eprintln!("    registry  model upload/download MB/s over loopback vs a file copy, and the server's peak RSS");
             eprintln!("    memory    training peak RSS and growth per architecture vs the memory estimate (minutes; not in plain bench)");
             eprintln!("    vision    image-classifier training samples/s vs PyTorch, as ratios (minutes; not in plain bench);");
@@ -300,36 +300,67 @@ fn field(line: &str, key: &str) -> Option<f64> {
     rest[..end].trim().parse().ok()
 }
 
+/// `cargo xtask bench lstm`: the char-LSTM's training step in Trainyard (fused layers and plain
+/// candle) and in PyTorch, alternating the two sides `TRAINYARD_BENCH_ROUNDS` times (default 3)
+/// and comparing medians, as `bench vision` does: this machine's timings swing from run to run.
 fn bench(root: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let rounds = env_number("TRAINYARD_BENCH_ROUNDS", 3)?.max(1);
     let text = root.join("examples/datasets/tempest.txt");
     let text = text.to_string_lossy();
-    eprintln!("$ cargo run --release -p trainyard-trainer-candle --example lstm_bench -- {text}");
-    let ours = Command::new(&cargo)
-        .args(["run", "--quiet", "--release", "-p", "trainyard-trainer-candle", "--example", "lstm_bench", "--", &text])
-        .current_dir(root)
-        .output()
-        .context("running the Trainyard benchmark")?;
-    if !ours.status.success() {
-        bail!("lstm_bench failed: {}", String::from_utf8_lossy(&ours.stderr));
-    }
     let python = torch_python(root)?;
     let script = root.join("../shared/bench/torch_char_lstm.py");
-    let reference = Command::new(&python).arg(&script).arg(&*text).current_dir(root).output().context("running the PyTorch reference")?;
-    if !reference.status.success() {
-        bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&reference.stderr));
-    }
-    let torch = json_lines(&reference.stdout).pop().context("no result from the PyTorch reference")?;
-    let torch_ms = field(&torch, "ms_per_step").context("no ms_per_step from PyTorch")?;
-    println!("char-LSTM training step (emb 128, 2x256 LSTM, seq 100, batch 16, Adam), CPU, this run:");
-    println!("{:<16} {:>12} {:>16}", "implementation", "ms/step", "vs PyTorch");
-    println!("{:<16} {:>12.2} {:>15.2}x", "pytorch", torch_ms, 1.0);
-    for line in json_lines(&ours.stdout) {
-        let name = line.split("\"impl\"").nth(1).and_then(|r| r.split('"').nth(1)).unwrap_or("?").to_owned();
-        if let Some(ms) = field(&line, "ms_per_step") {
-            println!("{name:<16} {ms:>12.2} {:>15.2}x", ms / torch_ms);
+    let (mut torch_ms, mut ours) = (Vec::new(), Vec::<(String, Vec<f64>)>::new());
+    for _ in 0..rounds {
+        eprintln!("$ cargo run --release -p trainyard-trainer-candle --example lstm_bench -- {text}");
+        let out = Command::new(&cargo)
+            .args(["run", "--quiet", "--release", "-p", "trainyard-trainer-candle", "--example", "lstm_bench", "--", &text])
+            .current_dir(root)
+            .output()
+            .context("running the Trainyard benchmark")?;
+        if !out.status.success() {
+            bail!("lstm_bench failed: {}", String::from_utf8_lossy(&out.stderr));
         }
+        for line in json_lines(&out.stdout) {
+            let name = line.split("\"impl\"").nth(1).and_then(|r| r.split('"').nth(1)).unwrap_or("?").to_owned();
+            let Some(ms) = field(&line, "ms_per_step") else { continue };
+            match ours.iter_mut().find(|(known, _)| *known == name) {
+                Some((_, times)) => times.push(ms),
+                None => ours.push((name, vec![ms])),
+            }
+        }
+        eprintln!("$ {} {} {text}", python.display(), script.display());
+        let reference =
+            Command::new(&python).arg(&script).arg(&*text).current_dir(root).output().context("running the PyTorch reference")?;
+        if !reference.status.success() {
+            bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&reference.stderr));
+        }
+        let torch = json_lines(&reference.stdout).pop().context("no result from the PyTorch reference")?;
+        torch_ms.push(field(&torch, "ms_per_step").context("no ms_per_step from PyTorch")?);
     }
-    println!("(ratio below 1 means faster than PyTorch)");
+    println!(
+        "char-LSTM training step (emb 128, 2x256 LSTM, seq 100, batch 16, Adam), CPU, median of {rounds} alternating rounds, this run:"
+    );
+    println!("{:<16} {:>12} {:>12} {:>15}", "implementation", "ms/step", "vs PyTorch", "round ratios");
+    let torch = median(&mut torch_ms.clone());
+    println!("{:<16} {torch:>12.2} {:>11.2}x", "pytorch", 1.0);
+    for (name, mut times) in ours {
+        let ratios = times.iter().zip(&torch_ms).map(|(ms, t)| ms / t.max(f64::MIN_POSITIVE));
+        let (lo, hi) = ratios.fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
+        let ms = median(&mut times);
+        println!("{name:<16} {ms:>12.2} {:>11.2}x {lo:>7.2}-{hi:.2}x", ms / torch.max(f64::MIN_POSITIVE));
+    }
+    println!("(ratio: median ms per step over PyTorch's; below 1 means faster than PyTorch)");
     Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
 }

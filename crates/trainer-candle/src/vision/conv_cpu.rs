@@ -313,7 +313,7 @@ pub(super) fn reuse(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// How one matrix product of `tasks` running side by side uses the cores: one each when there
 /// are enough tasks to go round, else all of them.
-fn product_par(tasks: usize) -> Par {
+pub(super) fn product_par(tasks: usize) -> Par {
     let threads = rayon::current_num_threads();
     if tasks >= threads {
         Par::Seq
@@ -558,15 +558,14 @@ fn swapped(g: &Geometry, w: &[f32], out: &mut [f32]) {
 /// order.
 fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
     if let Some(winograd) = g.winograd() {
-        let per_part = winograd.part(WEIGHT_GRAD_PARTS);
+        let per_part = images_per_part(winograd.images(), g.n);
         let par = product_par(g.n.div_ceil(per_part));
         let work = x.par_chunks(per_part * g.image()).zip(grad.par_chunks(per_part * g.output()));
         let partials = work.map(|(xs, grads)| winograd.weight_grad_part(xs, grads, par)).collect();
         return winograd.weight_grad(&sum_in_order(partials));
     }
     let group = g.group(MIN_WEIGHT_GRAD_COLUMNS);
-    let groups = g.n.div_ceil(group);
-    let per_part = group * groups.div_ceil(WEIGHT_GRAD_PARTS.min(groups).max(1));
+    let per_part = images_per_part(group, g.n);
     let par = product_par(g.n.div_ceil(per_part));
     let partials = x
         .par_chunks(per_part * g.image())
@@ -602,6 +601,13 @@ fn dense_weight_grad(g: &Geometry, x: &[f32], grad: &[f32]) -> Vec<f32> {
         })
         .collect();
     sum_in_order(partials)
+}
+
+/// Images per partial sum of a weight gradient over `n` images in groups of `group` (one
+/// matrix product or Winograd block each): whole groups, in at most [`WEIGHT_GRAD_PARTS`] parts.
+fn images_per_part(group: usize, n: usize) -> usize {
+    let groups = n.div_ceil(group);
+    group * groups.div_ceil(WEIGHT_GRAD_PARTS.min(groups).max(1))
 }
 
 /// The sum of equally long `partials`, added to the first in their order (the same order on

@@ -19,7 +19,7 @@ use std::{cell::Cell, ops::Range};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::conv_cpu::{reuse, with_scratch, Scratch};
+use super::conv_cpu::{product_par, reuse, with_scratch, Scratch};
 use crate::cpu_data;
 
 /// About how many tiles one block of products takes (a band of a large image's tile rows, or
@@ -93,9 +93,8 @@ impl Winograd {
         let u = reuse(&mut kept, XI * self.o * self.c);
         self.kernels(w, u);
         let u = &*u;
-        let (images, plane, tw) = (self.blocks().0, self.h * self.w, self.tiles().1);
-        let threads = rayon::current_num_threads();
-        let par = if self.n.div_ceil(images) >= threads { Par::Seq } else { Par::rayon(threads) };
+        let (images, plane, tw) = (self.images(), self.h * self.w, self.tiles().1);
+        let par = product_par(self.n.div_ceil(images));
         let mut y = vec![0f32; self.n * self.o * plane];
         let work = y.par_chunks_mut(images * self.o * plane).zip(x.par_chunks(images * self.c * plane));
         work.for_each(|(y, x)| {
@@ -122,11 +121,9 @@ impl Winograd {
         y
     }
 
-    /// Images per part of the weight gradient, for at most `parts` parts of whole blocks.
-    pub(super) fn part(&self, parts: usize) -> usize {
-        let images = self.blocks().0;
-        let blocks = self.n.div_ceil(images);
-        images * blocks.div_ceil(parts.min(blocks).max(1))
+    /// Images per block ([`Self::blocks`]).
+    pub(super) fn images(&self) -> usize {
+        self.blocks().0
     }
 
     /// The kernels' gradient in the transformed domain, `dU[ξ] = Σ (A dY Aᵀ)[ξ] ⊙ V[ξ]` over
@@ -134,7 +131,7 @@ impl Winograd {
     /// (`[count, o, h, w]`), `[16, o, c]`, the products running on `par`: one `[o, tiles] ·
     /// [tiles, c]` product per `ξ` and block, added in order.
     pub(super) fn weight_grad_part(&self, x: &[f32], grad: &[f32], par: Par) -> Vec<f32> {
-        let (images, plane, tw) = (self.blocks().0, self.h * self.w, self.tiles().1);
+        let (images, plane, tw) = (self.images(), self.h * self.w, self.tiles().1);
         let (oc, mut du) = (self.o * self.c, vec![0f32; XI * self.o * self.c]);
         with_scratch(
             #[inline(always)]

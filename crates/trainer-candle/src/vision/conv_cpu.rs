@@ -17,7 +17,7 @@
 //! run in a fixed order, so results do not depend on the number of threads. The composed candle
 //! operations are their test oracle.
 
-use std::{cell::Cell, ops::Range};
+use std::{cell::Cell, ops::Range, thread::LocalKey};
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
@@ -302,6 +302,16 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     result
 }
 
+/// Runs `f` with the first `len` values ([`reuse`]) of the buffer `kept` holds for this thread,
+/// taken out for the call (a nested call starts from an empty one, as with [`Scratch`]) and put
+/// back after it.
+pub(super) fn with_kept<R>(kept: &'static LocalKey<Cell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = kept.take();
+    let result = f(reuse(&mut buf, len));
+    kept.set(buf);
+    result
+}
+
 /// The first `len` values of `buf`, grown (with zeros) to hold them: what was there before
 /// stays, so callers overwrite or clear what they use.
 pub(super) fn reuse(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -497,12 +507,10 @@ fn dense_forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// [`col2im`], a single image's in [`Geometry::bands`].
 fn dense_input_grad(g: &Geometry, grad: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     if let Some(t) = g.transposed()? {
-        let mut kept = SWAPPED.take();
-        let swapped_w = reuse(&mut kept, w.len());
-        swapped(g, w, swapped_w);
-        let dx = dense_forward(&t, grad, swapped_w);
-        SWAPPED.set(kept);
-        return Ok(dx);
+        return Ok(with_kept(&SWAPPED, w.len(), |swapped_w| {
+            swapped(g, w, swapped_w);
+            dense_forward(&t, grad, swapped_w)
+        }));
     }
     let (group, plane) = (g.group(MIN_COLUMNS), g.plane());
     let wt = MatRef::from_row_major_slice(w, g.o, g.rows()).transpose();

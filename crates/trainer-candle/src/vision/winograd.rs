@@ -19,7 +19,7 @@ use std::{cell::Cell, ops::Range};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::conv_cpu::{product_par, reuse, with_scratch, Scratch};
+use super::conv_cpu::{product_par, reuse, with_kept, with_scratch, Scratch};
 use crate::cpu_data;
 
 /// About how many tiles one block of products takes (a band of a large image's tile rows, or
@@ -89,36 +89,35 @@ impl Winograd {
     /// The output `[n, o, h, w]` of the input `x` `[n, c, h, w]` and the weight `w` `[o, c, 3,
     /// 3]`.
     pub(super) fn forward(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
-        let mut kept = KERNELS.take();
-        let u = reuse(&mut kept, XI * self.o * self.c);
-        self.kernels(w, u);
-        let u = &*u;
-        let (images, plane, tw) = (self.images(), self.h * self.w, self.tiles().1);
-        let par = product_par(self.n.div_ceil(images));
-        let mut y = vec![0f32; self.n * self.o * plane];
-        let work = y.par_chunks_mut(images * self.o * plane).zip(x.par_chunks(images * self.c * plane));
-        work.for_each(|(y, x)| {
-            with_scratch(
-                #[inline(always)]
-                |Scratch { col: v, out: m, phases: rows, .. }| {
-                    for (tys, tiles) in self.bands(x.len() / (self.c * plane)) {
-                        let v = reuse(v, XI * self.c * tiles);
-                        let m = reuse(m, XI * self.o * tiles);
-                        for (i, x) in x.chunks_exact(self.c * plane).enumerate() {
-                            self.transform_input(x, tys.clone(), v, tiles, i * tys.len() * tw, rows);
+        with_kept(&KERNELS, XI * self.o * self.c, |u| {
+            self.kernels(w, u);
+            let u = &*u;
+            let (images, plane, tw) = (self.images(), self.h * self.w, self.tiles().1);
+            let par = product_par(self.n.div_ceil(images));
+            let mut y = vec![0f32; self.n * self.o * plane];
+            let work = y.par_chunks_mut(images * self.o * plane).zip(x.par_chunks(images * self.c * plane));
+            work.for_each(|(y, x)| {
+                with_scratch(
+                    #[inline(always)]
+                    |Scratch { col: v, out: m, phases: rows, .. }| {
+                        for (tys, tiles) in self.bands(x.len() / (self.c * plane)) {
+                            let v = reuse(v, XI * self.c * tiles);
+                            let m = reuse(m, XI * self.o * tiles);
+                            for (i, x) in x.chunks_exact(self.c * plane).enumerate() {
+                                self.transform_input(x, tys.clone(), v, tiles, i * tys.len() * tw, rows);
+                            }
+                            for (xi, (m, v)) in m.chunks_exact_mut(self.o * tiles).zip(v.chunks_exact(self.c * tiles)).enumerate() {
+                                let u = MatRef::from_row_major_slice(&u[xi * self.o * self.c..][..self.o * self.c], self.o, self.c);
+                                let v = MatRef::from_row_major_slice(v, self.c, tiles);
+                                matmul(MatMut::from_row_major_slice_mut(m, self.o, tiles), Accum::Replace, u, v, 1.0, par);
+                            }
+                            self.transform_output(m, tiles, tys.clone(), y, rows);
                         }
-                        for (xi, (m, v)) in m.chunks_exact_mut(self.o * tiles).zip(v.chunks_exact(self.c * tiles)).enumerate() {
-                            let u = MatRef::from_row_major_slice(&u[xi * self.o * self.c..][..self.o * self.c], self.o, self.c);
-                            let v = MatRef::from_row_major_slice(v, self.c, tiles);
-                            matmul(MatMut::from_row_major_slice_mut(m, self.o, tiles), Accum::Replace, u, v, 1.0, par);
-                        }
-                        self.transform_output(m, tiles, tys.clone(), y, rows);
-                    }
-                },
-            );
-        });
-        KERNELS.set(kept);
-        y
+                    },
+                );
+            });
+            y
+        })
     }
 
     /// Images per block ([`Self::blocks`]).
@@ -255,9 +254,10 @@ impl Winograd {
         let (d, rest) = reuse(buf, 8 * run + 16 * cols + 2 * (tw + 1)).split_at_mut(8 * run);
         let (t, split) = rest.split_at_mut(16 * cols);
         let (even, odd) = split.split_at_mut(tw + 1);
+        let row_at = |q: usize, parity: usize, m: usize| (q * 2 + parity) * run + m * tw;
         for (ci, map) in x.chunks_exact(h * w).enumerate() {
             for (parity, m) in (0..2).flat_map(|parity| (0..=len).map(move |m| (parity, m))) {
-                let at = |q: usize| (q * 2 + parity) * run + m * tw;
+                let at = |q: usize| row_at(q, parity, m);
                 let Some(iy) = (2 * (tys.start + m) + parity).checked_sub(1).filter(|&iy| iy < h) else {
                     (0..4).for_each(|q| d[at(q)..][..tw].fill(0.0));
                     continue;
@@ -271,7 +271,7 @@ impl Winograd {
                 d[at(2)..][..tw].copy_from_slice(&odd[..tw]);
                 d[at(3)..][..tw].copy_from_slice(&even[1..]);
             }
-            let rows = |q: usize, parity: usize, m: usize| &d[((q * 2 + parity) * (len + 1) + m) * tw..][..cols];
+            let rows = |q: usize, parity: usize, m: usize| &d[row_at(q, parity, m)..][..cols];
             for (iq, t) in t.chunks_exact_mut(cols).enumerate() {
                 let q = iq % 4;
                 let (r0, r1, r2, r3) = (rows(q, 0, 0), rows(q, 1, 0), rows(q, 0, 1), rows(q, 1, 1));

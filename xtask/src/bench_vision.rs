@@ -94,8 +94,7 @@ pub(crate) fn run(root: &Path, only: &[String]) -> anyhow::Result<()> {
             let torch = json_lines(&reference.stdout).pop().context("no result from the PyTorch reference")?;
             theirs.push(field(&torch, "samples_per_s").with_context(|| format!("no samples_per_s in {torch}"))?);
         }
-        let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(o, t)| o / t.max(f64::MIN_POSITIVE)).collect();
-        let (lo, hi) = ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let (lo, hi) = super::ratio_range(&ours, &theirs);
         let (ours, theirs) = (super::median(&mut ours), super::median(&mut theirs));
         let input = format!("{size}x{size}x3");
         println!(

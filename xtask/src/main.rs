@@ -345,13 +345,18 @@ fn bench(root: &Path) -> anyhow::Result<()> {
     let torch = median(&mut torch_ms.clone());
     println!("{:<16} {torch:>12.2} {:>11.2}x", "pytorch", 1.0);
     for (name, mut times) in ours {
-        let ratios = times.iter().zip(&torch_ms).map(|(ms, t)| ms / t.max(f64::MIN_POSITIVE));
-        let (lo, hi) = ratios.fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
+        let (lo, hi) = ratio_range(&times, &torch_ms);
         let ms = median(&mut times);
         println!("{name:<16} {ms:>12.2} {:>11.2}x {lo:>7.2}-{hi:.2}x", ms / torch.max(f64::MIN_POSITIVE));
     }
     println!("(ratio: median ms per step over PyTorch's; below 1 means faster than PyTorch)");
     Ok(())
+}
+
+/// The smallest and largest of the rounds' ratios `ours[i] / theirs[i]`.
+fn ratio_range(ours: &[f64], theirs: &[f64]) -> (f64, f64) {
+    let ratios = ours.iter().zip(theirs).map(|(o, t)| o / t.max(f64::MIN_POSITIVE));
+    ratios.fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)))
 }
 
 /// The middle value (the mean of the two middle ones for an even count).
